@@ -1,0 +1,54 @@
+//! `load`: raw files -> train / validation / test image sets, split by a seeded permutation.
+
+use crate::executor::StageIo;
+use crate::UserError;
+use anyhow::Result;
+use serde::Deserialize;
+use serde_json::json;
+use stages::codec::encode_image_set;
+use stages::data::mnist::load_pair;
+use stages::rng::Rng;
+
+#[derive(Deserialize)]
+struct Params {
+    train_size: usize,
+    validation_size: usize,
+    test_size: usize,
+    seed: u64,
+}
+
+pub fn run(io: &mut StageIo) -> Result<()> {
+    let p: Params = io.params()?;
+    let full = load_pair(&io.file("train_images")?, &io.file("train_labels")?)?;
+    let test = load_pair(&io.file("test_images")?, &io.file("test_labels")?)?;
+    let n = full.len();
+    if p.validation_size >= n {
+        return Err(UserError(format!("data.validation_size = {} leaves no training example: the training files hold {n}", p.validation_size)).into());
+    }
+    let train_n = if p.train_size == 0 { n - p.validation_size } else { p.train_size };
+    if p.validation_size + train_n > n {
+        return Err(UserError(format!(
+            "data.train_size = {} plus data.validation_size = {} exceeds the {n} examples of the training files",
+            p.train_size, p.validation_size
+        ))
+        .into());
+    }
+    if p.test_size > test.len() {
+        return Err(UserError(format!("data.test_size = {} exceeds the {} examples of the test files", p.test_size, test.len())).into());
+    }
+    let perm = Rng::new(p.seed).permutation(n);
+    let pick = |range: std::ops::Range<usize>| {
+        let mut idx = perm[range].to_vec();
+        idx.sort_unstable(); // file order inside a split: easier to read, same content
+        full.select(&idx)
+    };
+    let validation = pick(0..p.validation_size);
+    let train = pick(p.validation_size..p.validation_size + train_n);
+    let test = if p.test_size == 0 { test } else { test.select(&(0..p.test_size).collect::<Vec<_>>()) };
+    for (name, set) in [("train", &train), ("validation", &validation), ("test", &test)] {
+        io.write(&format!("{name}.safetensors"), &encode_image_set(set)?)?;
+        io.summary(name, json!({"count": set.len(), "class_counts": set.class_counts(10)}));
+    }
+    io.summary("line", json!(format!("train {}  validation {}  test {}", train.len(), validation.len(), test.len())));
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Stage adapters: the thin layer between the engine (which sees bytes and parameters) and
+//! the ML library (which sees tensors). One file per stage kind.
+
+mod evaluate;
+mod load;
+mod synthesize;
+mod train;
+
+use crate::executor::{Runner, StageIo};
+use crate::plan::StageDef;
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use stages::candle::Device;
+use stages::nn::{Classifier, Cnn4, Cnn4Config};
+use stages::rng::Rng;
+
+/// Runs stages on one candle device.
+pub struct Adapters {
+    pub device: Device,
+}
+
+impl Adapters {
+    pub fn cpu() -> Self {
+        Adapters { device: Device::Cpu }
+    }
+}
+
+impl Runner for Adapters {
+    fn run(&self, stage: &StageDef, io: &mut StageIo) -> Result<()> {
+        match stage.kind {
+            "load" => load::run(io),
+            "train" => train::run(io, &self.device),
+            "synthesize" => synthesize::run(io, &self.device),
+            "evaluate" => evaluate::run(io, &self.device),
+            other => bail!("no adapter for stage kind `{other}`"),
+        }
+    }
+
+    fn device(&self) -> String {
+        match &self.device {
+            Device::Cpu => "cpu".into(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// The `net` block of stage parameters.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NetParams {
+    pub arch: String,
+    pub width: f64,
+    pub leaky_slope: f64,
+    pub channels: usize,
+    pub height: usize,
+    pub image_width: usize,
+    pub num_classes: usize,
+}
+
+impl NetParams {
+    pub fn shape(&self) -> (usize, usize, usize) {
+        (self.channels, self.height, self.image_width)
+    }
+
+    /// A freshly initialized net; weights drawn from `rng`.
+    pub fn build(&self, rng: &mut Rng, device: &Device) -> Result<Box<dyn Classifier>> {
+        match self.arch.as_str() {
+            "cnn4" => {
+                let mut cfg = Cnn4Config::mnist(self.num_classes, self.width, self.leaky_slope);
+                cfg.in_channels = self.channels;
+                cfg.height = self.height;
+                cfg.width = self.image_width;
+                Ok(Box::new(Cnn4::new(cfg, rng, device)?))
+            }
+            other => bail!("unknown net `{other}`"),
+        }
+    }
+
+    /// The net of a checkpoint (weights only).
+    pub fn load(&self, checkpoint: &[u8], device: &Device) -> Result<Box<dyn Classifier>> {
+        let net = self.build(&mut Rng::new(0), device)?;
+        let decoded = stages::checkpoint::decode(checkpoint, device)?;
+        net.load_tensors(&decoded.model)?;
+        Ok(net)
+    }
+}
+
+/// The decoded image set of an input, as floats in [-1, 1] and labels.
+fn read_set(io: &StageIo, name: &str) -> Result<(Vec<f32>, Vec<u32>)> {
+    let set = stages::codec::decode_image_set(&io.read(name)?)?;
+    Ok((set.to_unit_range(), set.labels))
+}

@@ -1,0 +1,94 @@
+//! `synthesize`: round t's pseudo-negatives from round t-1's classifier, `per_class` for
+//! each class k (increase logit k from p0 noise), with one table row per sample and a PNG
+//! grid (a row per class).
+
+use super::NetParams;
+use crate::executor::StageIo;
+use crate::table::{to_parquet, Column};
+use anyhow::Result;
+use serde::Deserialize;
+use serde_json::json;
+use stages::candle::Device;
+use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
+use stages::grid::encode_grid_png;
+use stages::synthesize::{synthesize, StopReason, StopRule, SynthesisConfig, Target};
+
+#[derive(Deserialize)]
+struct Params {
+    round: u32,
+    net: NetParams,
+    per_class: usize,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    init_std: f64,
+    max_steps: u32,
+    stop: String,
+    batch_size: usize,
+    seed: u64,
+}
+
+/// Pictures per class in the grid.
+const GRID_COLUMNS: usize = 10;
+
+/// The seed of sample i of a stage: recorded per sample, so any one can be remade alone.
+fn sample_seed(stage_seed: u64, i: usize) -> u64 {
+    let h = blake3::hash(format!("pipe-sample/{stage_seed}/{i}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
+    let p: Params = io.params()?;
+    let net = p.net.load(&io.read("checkpoint")?, device)?;
+    let cfg = SynthesisConfig {
+        lr: p.lr,
+        beta1: p.beta1,
+        beta2: p.beta2,
+        eps: 1e-8,
+        max_steps: p.max_steps,
+        init_std: p.init_std,
+        batch_size: p.batch_size,
+        stop: if p.stop == "steps" { StopRule::Steps } else { StopRule::Classified },
+    };
+    let k = p.net.num_classes;
+    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: (i / p.per_class) as u32, seed: sample_seed(p.seed, i) }).collect();
+    let pb = io.progress(targets.len() as u64, "pseudo-negatives");
+    let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |n| pb.inc(n as u64))?;
+    pb.finish_and_clear();
+
+    let shape = p.net.shape();
+    let d = shape.0 * shape.1 * shape.2;
+    let classes: Vec<u32> = out.records.iter().map(|r| r.class).collect();
+    io.write("pseudo_negatives.safetensors", &encode_pseudo_negatives(&PseudoNegatives { images: out.images.clone(), classes, shape })?)?;
+
+    let r = &out.records;
+    let table = to_parquet(vec![
+        ("sample_id", Column::U32((0..r.len() as u32).collect())),
+        ("round", Column::U32(vec![p.round; r.len()])),
+        ("class", Column::U32(r.iter().map(|s| s.class).collect())),
+        ("seed", Column::U64(r.iter().map(|s| s.seed).collect())),
+        ("steps", Column::U32(r.iter().map(|s| s.steps).collect())),
+        ("stop_reason", Column::Str(r.iter().map(|s| s.stop_reason.as_str().to_string()).collect())),
+        ("final_logit", Column::F32(r.iter().map(|s| s.final_logit).collect())),
+        ("final_prob", Column::F32(r.iter().map(|s| s.final_prob).collect())),
+    ])?;
+    io.write("pseudo_negatives.parquet", &table)?;
+
+    let columns = p.per_class.min(GRID_COLUMNS);
+    let mut tiles = Vec::with_capacity(k * columns * d);
+    for class in 0..k {
+        for j in 0..columns {
+            let i = class * p.per_class + j;
+            tiles.extend_from_slice(&out.images[i * d..(i + 1) * d]);
+        }
+    }
+    io.write("grid.png", &encode_grid_png(&tiles, k * columns, shape.0, shape.1, shape.2, columns, 2)?)?;
+
+    let classified = r.iter().filter(|s| s.stop_reason == StopReason::Classified).count();
+    let mean_steps = r.iter().map(|s| s.steps as f64).sum::<f64>() / r.len().max(1) as f64;
+    io.summary("count", json!(r.len()));
+    io.summary("classified", json!(classified));
+    io.summary("mean_steps", json!(mean_steps));
+    io.summary("line", json!(format!("{} samples, {classified} classified as their class, mean {mean_steps:.1} steps", r.len())));
+    Ok(())
+}

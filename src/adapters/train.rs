@@ -1,0 +1,131 @@
+//! `train`: round 0 trains the plain classifier from a seeded initialization; round t
+//! continues round t-1's weights and optimizer on the training set plus every
+//! pseudo-negative so far (the ICN paper's union). After each epoch the full training
+//! state goes to a resumption checkpoint, so a killed stage restarts at its last epoch
+//! and ends with the same bytes as an uninterrupted one.
+
+use super::{read_set, NetParams};
+use crate::executor::StageIo;
+use crate::table::{to_parquet, Column};
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stages::candle::Device;
+use stages::checkpoint;
+use stages::codec::decode_pseudo_negatives;
+use stages::optim::{Adam, Optimizer, SgdMomentum};
+use stages::rng::Rng;
+use stages::train::{train_epoch, TrainSet};
+
+#[derive(Deserialize)]
+struct OptParams {
+    kind: String,
+    lr: f64,
+    #[serde(default)]
+    momentum: f64,
+    #[serde(default)]
+    beta1: f64,
+    #[serde(default)]
+    beta2: f64,
+}
+
+#[derive(Deserialize)]
+struct Params {
+    round: u32,
+    net: NetParams,
+    optimizer: OptParams,
+    batch_size: usize,
+    epochs: u32,
+    #[serde(default)]
+    alpha: f64,
+    seed: u64,
+}
+
+/// One epoch's line of the training log.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct EpochRow {
+    epoch: u32,
+    loss: f64,
+    real_error: f64,
+    negatives_fooling: f64,
+    lr: f64,
+}
+
+/// What a resumption checkpoint carries besides tensors.
+#[derive(Deserialize, Serialize)]
+struct Progress {
+    epochs_done: u32,
+    log: Vec<EpochRow>,
+}
+
+const PARTIAL: &str = "checkpoint.safetensors";
+
+fn optimizer(p: &OptParams) -> Result<Box<dyn Optimizer>> {
+    Ok(match p.kind.as_str() {
+        "sgd" => Box::new(SgdMomentum::new(p.lr, p.momentum)),
+        "adam" => Box::new(Adam::new(p.lr, p.beta1, p.beta2, 1e-8)),
+        other => anyhow::bail!("unknown optimizer `{other}`"),
+    })
+}
+
+pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
+    let p: Params = io.params()?;
+    let mut rng = Rng::new(p.seed);
+    let net = p.net.build(&mut rng, device)?;
+    let mut opt = optimizer(&p.optimizer)?;
+    if io.has_input("init") {
+        let init = checkpoint::decode(&io.read("init")?, device)?;
+        net.load_tensors(&init.model)?;
+        opt.load_state(&net.vars(), &init.optim)?;
+        opt.set_learning_rate(p.optimizer.lr);
+    }
+
+    let (real_x, real_y) = read_set(io, "train")?;
+    let (mut neg_x, mut neg_y) = (Vec::new(), Vec::new());
+    for name in io.input_names("pseudo_negatives.") {
+        let pn = decode_pseudo_negatives(&io.read(&name)?).with_context(|| format!("input {name}"))?;
+        neg_x.extend(pn.images);
+        neg_y.extend(pn.classes);
+    }
+    let set = TrainSet { shape: p.net.shape(), real_x: &real_x, real_y: &real_y, neg_x: &neg_x, neg_y: &neg_y };
+
+    let mut progress = Progress { epochs_done: 0, log: Vec::new() };
+    if let Some(bytes) = io.read_partial(PARTIAL)? {
+        let saved = checkpoint::decode(&bytes, device).context("reading the resumption checkpoint")?;
+        net.load_tensors(&saved.model)?;
+        opt.load_state(&net.vars(), &saved.optim)?;
+        rng = saved.rng.context("resumption checkpoint without RNG state")?;
+        progress = serde_json::from_str(&saved.meta)?;
+        io.note_resumed(json!(format!("epoch {}", progress.epochs_done)));
+    }
+
+    let samples = real_y.len() + neg_y.len();
+    for epoch in progress.epochs_done..p.epochs {
+        let pb = io.progress(samples as u64, &format!("epoch {}/{}", epoch + 1, p.epochs));
+        let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, p.alpha, &mut rng, device, &mut |n| pb.inc(n as u64))?;
+        pb.finish_and_clear();
+        progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate() });
+        progress.epochs_done = epoch + 1;
+        let bytes = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
+        io.write_partial(PARTIAL, &bytes)?;
+    }
+
+    let meta = json!({"round": p.round, "epochs": p.epochs}).to_string();
+    io.write("checkpoint.safetensors", &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta)?)?;
+    let log = &progress.log;
+    let table = to_parquet(vec![
+        ("round", Column::U32(vec![p.round; log.len()])),
+        ("epoch", Column::U32(log.iter().map(|r| r.epoch).collect())),
+        ("loss", Column::F64(log.iter().map(|r| r.loss).collect())),
+        ("real_error", Column::F64(log.iter().map(|r| r.real_error).collect())),
+        ("negatives_fooling", Column::F64(log.iter().map(|r| r.negatives_fooling).collect())),
+        ("lr", Column::F64(log.iter().map(|r| r.lr).collect())),
+    ])?;
+    io.write("train_log.parquet", &table)?;
+    let last = log.last().context("no epoch ran")?;
+    io.summary("real", json!(real_y.len()));
+    io.summary("pseudo_negatives", json!(neg_y.len()));
+    io.summary("final_loss", json!(last.loss));
+    io.summary("line", json!(format!("{} real + {} pseudo-negatives, loss {:.4}, train error {:.2}%", real_y.len(), neg_y.len(), last.loss, 100.0 * last.real_error)));
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! The `pipe` command line: run, status, ls, show.
+
+use crate::adapters::Adapters;
+use crate::executor::{self, Manifest, RunRecord, Runner};
+use crate::plan::plan;
+use crate::spec;
+use crate::store::Store;
+use crate::table::format_parquet;
+use crate::{timefmt, UserError};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = "pipe", version, about = "Resumable, content-addressed training of introspective neural networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct StoreArg {
+    /// The artifact store.
+    #[arg(long, default_value = "artifacts", env = "PIPE_STORE")]
+    store: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// A pipeline file (TOML).
+    file: PathBuf,
+    /// Override a setting, e.g. --set synthesize.lr=0.02 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: reuse every stage already in the store, run the rest.
+    Run(PipelineArgs),
+    /// Show each stage as cached or to run, with its key, without running anything.
+    Status(PipelineArgs),
+    /// List runs in the store, oldest first.
+    Ls(StoreArg),
+    /// Show a run (id or prefix), a stage (key or prefix) or RUN:STAGE.
+    Show {
+        what: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(a) => run(&a),
+        Command::Status(a) => status(&a),
+        Command::Ls(s) => ls(&s.store),
+        Command::Show { what, store } => show(&store.store, &what),
+    }
+}
+
+fn run(a: &PipelineArgs) -> Result<()> {
+    let pipeline = spec::load(&a.file, &a.set)?;
+    let stages = plan(&pipeline);
+    let store = Store::open(&a.store.store)?;
+    let _lock = store.lock()?;
+    let runner = Adapters::cpu();
+    let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);
+    let mut record = RunRecord {
+        id: id.clone(),
+        pipeline: pipeline.name.clone(),
+        file: pipeline.file.display().to_string(),
+        overrides: pipeline.overrides.clone(),
+        spec: serde_json::to_value(&pipeline.spec)?,
+        started_at: timefmt::now_iso(),
+        finished_at: None,
+        status: "running".into(),
+        error: None,
+        device: runner.device(),
+        seconds: 0.0,
+        stages: Vec::new(),
+    };
+    println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
+    executor::run(&store, &stages, &runner, &mut record)?;
+    let ran = record.stages.iter().filter(|s| s.status == "ran").count();
+    println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
+    print_errors(&record);
+    Ok(())
+}
+
+/// Validation and test error per round, from the evaluate stages' summaries.
+fn print_errors(record: &RunRecord) {
+    let rows: Vec<String> = record
+        .stages
+        .iter()
+        .filter(|s| s.kind == "evaluate")
+        .map(|s| {
+            let pct = |k: &str| s.summary.get(k).and_then(Value::as_f64).map(|v| format!("{:>7.2}%", 100.0 * v)).unwrap_or_else(|| "       ?".into());
+            format!("  {:<6} {}  {}", s.stage.trim_start_matches("evaluate/"), pct("validation_error"), pct("test_error"))
+        })
+        .collect();
+    if !rows.is_empty() {
+        println!("  round  val err  test err");
+        for r in rows {
+            println!("{r}");
+        }
+    }
+}
+
+fn status(a: &PipelineArgs) -> Result<()> {
+    let pipeline = spec::load(&a.file, &a.set)?;
+    let stages = plan(&pipeline);
+    let store = Store::at(&a.store.store);
+    let rows = executor::status(&store, &stages)?;
+    println!("{} ({}), store {}", pipeline.name, pipeline.file.display(), store.root().display());
+    for r in &rows {
+        let key = match (&r.key, &r.waits_for) {
+            (Some(k), _) => k[..12].to_string(),
+            (None, Some(up)) => format!("(key after {up})"),
+            _ => String::new(),
+        };
+        println!("  {:<7} {:<14} {key}", r.state, r.stage);
+    }
+    let cached = rows.iter().filter(|r| r.state == "cached").count();
+    println!("{cached} cached, {} to run", rows.len() - cached);
+    Ok(())
+}
+
+fn ls(root: &Path) -> Result<()> {
+    let store = Store::open_existing(root)?;
+    let ids = store.run_ids()?;
+    if ids.is_empty() {
+        println!("no runs in {}", root.display());
+        return Ok(());
+    }
+    println!("{:<23} {:<16} {:<8} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
+    for id in ids {
+        if let Some(r) = store.run::<RunRecord>(&id)? {
+            let ran = r.stages.iter().filter(|s| s.status == "ran").count();
+            println!("{:<23} {:<16} {:<8} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, r.status, ran, r.stages.len() - ran, r.seconds, r.started_at);
+        }
+    }
+    Ok(())
+}
+
+/// The one item of `items` equal to `what` or, failing that, the only one it prefixes.
+fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> Result<Option<&'a String>> {
+    if let Some(exact) = items.iter().find(|i| i.as_str() == what) {
+        return Ok(Some(exact));
+    }
+    let hits: Vec<&String> = items.iter().filter(|i| i.starts_with(what)).collect();
+    match hits.len() {
+        0 => Ok(None),
+        1 => Ok(Some(hits[0])),
+        n => Err(UserError(format!("`{what}` matches {n} {kind}s; give more characters")).into()),
+    }
+}
+
+fn show(root: &Path, what: &str) -> Result<()> {
+    let store = Store::open_existing(root)?;
+    let runs = store.run_ids()?;
+    if let Some((run, stage)) = what.split_once(':') {
+        let id = unique_match(&runs, run, "run")?.ok_or_else(|| UserError(format!("no run `{run}` in {}", root.display())))?;
+        let record: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
+        let s = record.stages.iter().find(|s| s.stage == stage).ok_or_else(|| {
+            let names: Vec<&str> = record.stages.iter().map(|s| s.stage.as_str()).collect();
+            UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", ")))
+        })?;
+        return show_stage(&store, &s.key);
+    }
+    if let Some(id) = unique_match(&runs, what, "run")? {
+        return show_run(&store, id);
+    }
+    let keys = store.stage_keys()?;
+    if let Some(key) = unique_match(&keys, what, "stage key")? {
+        return show_stage(&store, key);
+    }
+    Err(UserError(format!("`{what}` is neither a run nor a stage key in {} (see `pipe ls`)", root.display())).into())
+}
+
+fn show_run(store: &Store, id: &str) -> Result<()> {
+    let r: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
+    println!("run       {}\npipeline  {} ({})\nstatus    {}\nstarted   {}\nseconds   {:.2}\ndevice    {}", r.id, r.pipeline, r.file, r.status, r.started_at, r.seconds, r.device);
+    if !r.overrides.is_empty() {
+        println!("overrides {}", r.overrides.join(" "));
+    }
+    if let Some(e) = &r.error {
+        println!("error     {e}");
+    }
+    println!();
+    for s in &r.stages {
+        let line = s.summary.get("line").and_then(Value::as_str).unwrap_or("");
+        println!("  {:<7} {:<14} {}  {:>8.2}s  {line}", s.status, s.stage, &s.key[..12], s.seconds);
+    }
+    print_errors(&r);
+    Ok(())
+}
+
+fn show_stage(store: &Store, key: &str) -> Result<()> {
+    let m: Manifest = store.manifest(key)?.ok_or_else(|| UserError(format!("stage {key} is not committed in this store")))?;
+    println!("stage     {} ({} v{})\nkey       {}\ndevice    {}\nstarted   {}\nseconds   {:.2}", m.stage, m.kind, m.version, m.key, m.device, m.started_at, m.seconds);
+    if let Some(r) = &m.resumed {
+        println!("resumed   {r}");
+    }
+    println!("params    {}", serde_json::to_string_pretty(&m.params)?.replace('\n', "\n          "));
+    println!("inputs");
+    for (name, d) in &m.inputs {
+        println!("  {name:<26} {d}");
+    }
+    println!("outputs");
+    for (name, o) in &m.outputs {
+        println!("  {name:<26} {}  {:>10} bytes  {}", o.digest, o.bytes, store.object_path(&o.digest).display());
+    }
+    println!("summary   {}", serde_json::to_string_pretty(&m.summary)?.replace('\n', "\n          "));
+    for (name, o) in m.outputs.iter().filter(|(n, _)| n.ends_with(".parquet")) {
+        println!("\n{name}:");
+        println!("{}", format_parquet(store.read(&o.digest)?, 20)?);
+    }
+    Ok(())
+}

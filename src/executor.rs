@@ -1,0 +1,347 @@
+//! Walks a stage graph against the store: computes each stage's key from its kind, version,
+//! parameters and the *content digests* of its inputs, reuses committed stages, runs the
+//! rest through a [`Runner`] and commits each with a manifest written last.
+
+use crate::plan::{InputRef, StageDef};
+use crate::store::{digest_file, Digest, Store};
+use crate::timefmt;
+use anyhow::{anyhow, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Runs one kind of stage; implemented by the stage adapters.
+pub trait Runner {
+    fn run(&self, stage: &StageDef, io: &mut StageIo) -> Result<()>;
+    /// Where the work runs (recorded in manifests, never in keys).
+    fn device(&self) -> String;
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct OutputInfo {
+    pub digest: Digest,
+    pub bytes: u64,
+}
+
+/// A committed stage.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Manifest {
+    pub key: String,
+    pub stage: String,
+    pub kind: String,
+    pub version: u32,
+    pub params: Value,
+    pub inputs: BTreeMap<String, Digest>,
+    pub outputs: BTreeMap<String, OutputInfo>,
+    pub summary: Value,
+    pub device: String,
+    pub pipe_version: String,
+    pub started_at: String,
+    pub seconds: f64,
+    /// Set when the stage continued from a checkpoint of an interrupted attempt.
+    pub resumed: Option<Value>,
+}
+
+/// The key of a stage: blake3 over the canonical JSON (sorted keys) of what defines it.
+pub fn stage_key(stage: &StageDef, inputs: &BTreeMap<String, Digest>) -> String {
+    let canonical = json!({"kind": stage.kind, "version": stage.version, "params": stage.params, "inputs": inputs});
+    blake3::hash(canonical.to_string().as_bytes()).to_hex().to_string()
+}
+
+/// What is known about the graph while walking it.
+#[derive(Default)]
+struct Known {
+    outputs: HashMap<(String, String), Digest>,
+    files: HashMap<PathBuf, Digest>,
+}
+
+impl Known {
+    /// Input digests of a stage, or the first upstream stage whose outputs are not known yet.
+    fn inputs(&mut self, stage: &StageDef) -> Result<std::result::Result<BTreeMap<String, Digest>, String>> {
+        let mut out = BTreeMap::new();
+        for (name, input) in &stage.inputs {
+            let digest = match input {
+                InputRef::File(path) => match self.files.get(path) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = digest_file(path).map_err(|e| crate::UserError(format!("stage {}: input `{name}`: {e:#}", stage.id)))?;
+                        self.files.insert(path.clone(), d.clone());
+                        d
+                    }
+                },
+                InputRef::Output { stage: s, output } => match self.outputs.get(&(s.clone(), output.clone())) {
+                    Some(d) => d.clone(),
+                    None => return Ok(Err(s.clone())),
+                },
+            };
+            out.insert(name.clone(), digest);
+        }
+        Ok(Ok(out))
+    }
+
+    fn add(&mut self, stage: &StageDef, manifest: &Manifest) {
+        for (name, info) in &manifest.outputs {
+            self.outputs.insert((stage.id.clone(), name.clone()), info.digest.clone());
+        }
+    }
+}
+
+/// A committed manifest whose outputs are all present (a missing object means rerun).
+fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
+    Ok(store.manifest::<Manifest>(key)?.filter(|m| m.outputs.values().all(|o| store.object_path(&o.digest).exists())))
+}
+
+/// How a stage stands before a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageStatus {
+    pub stage: String,
+    pub kind: String,
+    /// Known once every input is known.
+    pub key: Option<String>,
+    /// `cached`, `to run`, `resume` (an interrupted attempt left a checkpoint).
+    pub state: String,
+    /// For a stage whose key is not known yet: the upstream stage it waits for.
+    pub waits_for: Option<String>,
+}
+
+/// Each stage's state without running anything.
+pub fn status(store: &Store, stages: &[StageDef]) -> Result<Vec<StageStatus>> {
+    let mut known = Known::default();
+    let mut out = Vec::new();
+    for stage in stages {
+        let row = match known.inputs(stage)? {
+            Err(upstream) => StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: None, state: "to run".into(), waits_for: Some(upstream) },
+            Ok(inputs) => {
+                let key = stage_key(stage, &inputs);
+                let state = if let Some(m) = committed(store, &key)? {
+                    known.add(stage, &m);
+                    "cached"
+                } else if store.partial_dir(&key).is_dir() {
+                    "resume"
+                } else {
+                    "to run"
+                };
+                StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: Some(key), state: state.into(), waits_for: None }
+            }
+        };
+        out.push(row);
+    }
+    Ok(out)
+}
+
+/// One stage's line in a run record.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RunStage {
+    pub stage: String,
+    pub kind: String,
+    pub key: String,
+    /// `cached` or `ran`.
+    pub status: String,
+    pub seconds: f64,
+    pub outputs: BTreeMap<String, OutputInfo>,
+    pub summary: Value,
+}
+
+/// The record of one `pipe run`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub pipeline: String,
+    pub file: String,
+    pub overrides: Vec<String>,
+    pub spec: Value,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running`, `ok` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    pub device: String,
+    pub seconds: f64,
+    pub stages: Vec<RunStage>,
+}
+
+/// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
+pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord) -> Result<()> {
+    let t_run = Instant::now();
+    store.write_run(&record.id, record)?;
+    let result = run_stages(store, stages, runner, record);
+    record.seconds = t_run.elapsed().as_secs_f64();
+    record.finished_at = Some(timefmt::now_iso());
+    match &result {
+        Ok(()) => record.status = "ok".into(),
+        Err(e) => {
+            record.status = "failed".into();
+            record.error = Some(format!("{e:#}"));
+        }
+    }
+    store.write_run(&record.id, record)?;
+    result
+}
+
+fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord) -> Result<()> {
+    let mut known = Known::default();
+    for stage in stages {
+        let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
+        let key = stage_key(stage, &inputs);
+        let t0 = Instant::now();
+        let (manifest, status) = match committed(store, &key)? {
+            Some(m) => (m, "cached"),
+            None => {
+                let m = execute(store, stage, &key, inputs, runner).with_context(|| format!("stage {} failed", stage.id))?;
+                (m, "ran")
+            }
+        };
+        let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
+        println!("{}", stage_line(status, stage, &key, seconds, &manifest));
+        known.add(stage, &manifest);
+        record.stages.push(RunStage {
+            stage: stage.id.clone(),
+            kind: stage.kind.into(),
+            key,
+            status: status.into(),
+            seconds,
+            outputs: manifest.outputs.clone(),
+            summary: manifest.summary.clone(),
+        });
+        store.write_run(&record.id, record)?;
+    }
+    Ok(())
+}
+
+fn stage_line(status: &str, stage: &StageDef, key: &str, seconds: f64, m: &Manifest) -> String {
+    let mut extra = String::new();
+    if status == "ran" {
+        if let Some(r) = &m.resumed {
+            extra.push_str(&format!("  resumed from {r}"));
+        }
+    }
+    if let Some(line) = m.summary.get("line").and_then(Value::as_str) {
+        extra.push_str("  ");
+        extra.push_str(line);
+    }
+    format!("{status:<7} {:<14} {}  {seconds:>8.2}s{extra}", stage.id, &key[..12])
+}
+
+fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner) -> Result<Manifest> {
+    let started_at = timefmt::now_iso();
+    let t0 = Instant::now();
+    let mut io = StageIo { store, stage, key: key.to_string(), inputs: inputs.clone(), outputs: BTreeMap::new(), summary: serde_json::Map::new(), resumed: None };
+    runner.run(stage, &mut io)?;
+    let manifest = Manifest {
+        key: key.to_string(),
+        stage: stage.id.clone(),
+        kind: stage.kind.to_string(),
+        version: stage.version,
+        params: stage.params.clone(),
+        inputs,
+        outputs: io.outputs,
+        summary: Value::Object(io.summary),
+        device: runner.device(),
+        pipe_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at,
+        seconds: t0.elapsed().as_secs_f64(),
+        resumed: io.resumed,
+    };
+    store.commit_manifest(key, &manifest)?;
+    Ok(manifest)
+}
+
+/// A running stage's view of the store: its inputs, its outputs, its resumption
+/// checkpoints and its progress bars. Adapters see nothing else of the engine.
+pub struct StageIo<'a> {
+    store: &'a Store,
+    stage: &'a StageDef,
+    key: String,
+    inputs: BTreeMap<String, Digest>,
+    outputs: BTreeMap<String, OutputInfo>,
+    summary: serde_json::Map<String, Value>,
+    resumed: Option<Value>,
+}
+
+impl StageIo<'_> {
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.stage.params.clone()).with_context(|| format!("parameters of stage {}", self.stage.id))
+    }
+
+    /// Names of the stage's inputs starting with `prefix`, in order.
+    pub fn input_names(&self, prefix: &str) -> Vec<String> {
+        self.inputs.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
+    }
+
+    pub fn has_input(&self, name: &str) -> bool {
+        self.inputs.contains_key(name)
+    }
+
+    /// The bytes of an input, verified against the digest in the key.
+    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let digest = self.inputs.get(name).with_context(|| format!("stage {} has no input `{name}`", self.stage.id))?;
+        match self.stage.inputs.get(name) {
+            Some(InputRef::File(path)) => {
+                let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                if &crate::store::digest_bytes(&bytes) != digest {
+                    anyhow::bail!("{} changed while the pipeline was running; rerun it", path.display());
+                }
+                Ok(bytes)
+            }
+            _ => self.store.read(digest),
+        }
+    }
+
+    /// The path of a file input (raw data outside the store).
+    pub fn file(&self, name: &str) -> Result<PathBuf> {
+        match self.stage.inputs.get(name) {
+            Some(InputRef::File(path)) => Ok(path.clone()),
+            _ => anyhow::bail!("stage {}: `{name}` is not a file input", self.stage.id),
+        }
+    }
+
+    pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let digest = self.store.write(bytes)?;
+        self.outputs.insert(name.to_string(), OutputInfo { digest, bytes: bytes.len() as u64 });
+        Ok(())
+    }
+
+    /// A value for the manifest's summary; `line` is also shown after the stage's line.
+    pub fn summary(&mut self, key: &str, value: Value) {
+        self.summary.insert(key.to_string(), value);
+    }
+
+    /// The last resumption checkpoint `name` of an interrupted attempt of this very stage.
+    pub fn read_partial(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.store.partial_dir(&self.key).join(name);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Saves a resumption checkpoint atomically (a kill mid-write keeps the previous one).
+    pub fn write_partial(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.store.write_atomic(&self.store.partial_dir(&self.key).join(name), bytes)
+    }
+
+    pub fn note_resumed(&mut self, what: Value) {
+        self.resumed = Some(what);
+    }
+
+    pub fn stage_id(&self) -> &str {
+        &self.stage.id
+    }
+
+    /// A progress bar on stderr (hidden when stderr is not a terminal).
+    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
+        let pb = ProgressBar::new(len);
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:<14} {msg:<18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(self.stage.id.clone());
+        pb.set_message(what.to_string());
+        pb
+    }
+}

@@ -1,0 +1,17 @@
+//! The pipeline engine of `pipe`: pipeline files ([`spec`]), the stage graph ([`plan`]),
+//! the content-addressed store ([`store`]), the executor ([`executor`]) and the stage
+//! adapters ([`adapters`]) that connect it to the ML library in the `stages` crate.
+
+pub mod adapters;
+pub mod cli;
+pub mod executor;
+pub mod plan;
+pub mod spec;
+pub mod store;
+pub mod table;
+pub mod timefmt;
+
+/// An error in what the user gave (pipeline file, flags, names): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserError(pub String);

@@ -1,0 +1,16 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match pipe::cli::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // Bad input (file, flags, names) is 2, like a usage error; anything else is 1.
+            if e.chain().any(|c| c.downcast_ref::<pipe::UserError>().is_some()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! From a pipeline to its stage graph, unrolled per round:
+//!
+//! ```text
+//! load -> train/0 -> evaluate/0
+//!      -> for t in 1..=T: synthesize/t -> train/t -> evaluate/t
+//! ```
+//!
+//! `train/t` warm-starts from `train/(t-1)` and sees every pseudo-negative made so far.
+//! Each stage carries exactly the settings that can change its outputs, so a change reruns
+//! that stage and what depends on it, and nothing else; the number of rounds is in no
+//! stage, so growing it reuses the rounds already made.
+
+use crate::spec::{mnist_file, DataFormat, OptimizerKind, Pipeline, StopRule, MNIST_FILES};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where a stage input comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputRef {
+    /// A file outside the store (raw data), addressed by its content.
+    File(PathBuf),
+    /// An output of an earlier stage of the graph.
+    Output { stage: String, output: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct StageDef {
+    /// Position in the graph: `load`, `train/0`, `synthesize/3`, ...
+    pub id: String,
+    pub kind: &'static str,
+    /// Bumped whenever the stage's code changes what it outputs for the same inputs.
+    pub version: u32,
+    pub params: Value,
+    pub inputs: BTreeMap<String, InputRef>,
+}
+
+pub const LOAD: (&str, u32) = ("load", 1);
+pub const TRAIN: (&str, u32) = ("train", 1);
+pub const SYNTHESIZE: (&str, u32) = ("synthesize", 1);
+pub const EVALUATE: (&str, u32) = ("evaluate", 1);
+
+/// The seed of one stage: a function of the run seed and the stage's position only.
+pub fn stage_seed(run_seed: u64, stage_id: &str) -> u64 {
+    let h = blake3::hash(format!("pipe-seed/{run_seed}/{stage_id}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Image geometry and class count of a data format.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Geometry {
+    channels: usize,
+    height: usize,
+    width: usize,
+    num_classes: usize,
+}
+
+fn geometry(format: DataFormat) -> Geometry {
+    match format {
+        DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
+    }
+}
+
+/// The MNIST files a `load` stage reads, by input name (their presence is checked when
+/// the pipeline file is loaded).
+fn mnist_inputs(p: &Pipeline) -> BTreeMap<String, InputRef> {
+    let names = ["train_images", "train_labels", "test_images", "test_labels"];
+    names
+        .into_iter()
+        .zip(MNIST_FILES)
+        .map(|(name, base)| (name.to_string(), InputRef::File(mnist_file(&p.data_path, base).unwrap_or_else(|| p.data_path.join(base)))))
+        .collect()
+}
+
+fn output(stage: &str, output: &str) -> InputRef {
+    InputRef::Output { stage: stage.to_string(), output: output.to_string() }
+}
+
+pub fn plan(p: &Pipeline) -> Vec<StageDef> {
+    let s = &p.spec;
+    let seed = s.pipeline.seed;
+    let g = geometry(s.data.format);
+    let net = json!({
+        "arch": s.net.arch, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
+        "channels": g.channels, "height": g.height, "image_width": g.width, "num_classes": g.num_classes,
+    });
+    let t = &s.train;
+    let optimizer = match t.optimizer {
+        OptimizerKind::Sgd => json!({"kind": "sgd", "lr": t.lr, "momentum": t.momentum}),
+        OptimizerKind::Adam => json!({"kind": "adam", "lr": t.lr, "beta1": t.beta1, "beta2": t.beta2}),
+    };
+    let mut stages = Vec::new();
+    let mut push = |id: String, (kind, version): (&'static str, u32), mut params: Value, inputs: Vec<(String, InputRef)>| {
+        params["seed"] = json!(stage_seed(seed, &id));
+        stages.push(StageDef { id, kind, version, params, inputs: inputs.into_iter().collect() });
+    };
+
+    push(
+        "load".into(),
+        LOAD,
+        json!({
+            "format": s.data.format, "train_size": s.data.train_size,
+            "validation_size": s.data.validation_size, "test_size": s.data.test_size,
+        }),
+        mnist_inputs(p).into_iter().collect(),
+    );
+    let evaluate = |round: u32| {
+        (
+            format!("evaluate/{round}"),
+            EVALUATE,
+            json!({"round": round, "batch_size": s.evaluate.batch_size, "net": net}),
+            vec![
+                ("checkpoint".to_string(), output(&format!("train/{round}"), "checkpoint.safetensors")),
+                ("validation".to_string(), output("load", "validation.safetensors")),
+                ("test".to_string(), output("load", "test.safetensors")),
+            ],
+        )
+    };
+    push(
+        "train/0".into(),
+        TRAIN,
+        json!({"round": 0, "net": net, "optimizer": optimizer, "batch_size": t.batch_size, "epochs": t.epochs}),
+        vec![("train".into(), output("load", "train.safetensors"))],
+    );
+    let (id, kind, params, inputs) = evaluate(0);
+    push(id, kind, params, inputs);
+    let sy = &s.synthesize;
+    for round in 1..=s.pipeline.rounds {
+        let previous = format!("train/{}", round - 1);
+        push(
+            format!("synthesize/{round}"),
+            SYNTHESIZE,
+            json!({
+                "round": round, "net": net, "per_class": sy.per_class, "lr": sy.lr, "beta1": sy.beta1,
+                "beta2": sy.beta2, "init_std": sy.init_std, "max_steps": sy.max_steps,
+                "stop": match sy.stop { StopRule::Classified => "classified", StopRule::Steps => "steps" },
+                "batch_size": sy.batch_size,
+            }),
+            vec![("checkpoint".into(), output(&previous, "checkpoint.safetensors"))],
+        );
+        let mut inputs = vec![
+            ("init".to_string(), output(&previous, "checkpoint.safetensors")),
+            ("train".to_string(), output("load", "train.safetensors")),
+        ];
+        for r in 1..=round {
+            inputs.push((pseudo_negative_input(r), output(&format!("synthesize/{r}"), "pseudo_negatives.safetensors")));
+        }
+        push(
+            format!("train/{round}"),
+            TRAIN,
+            json!({
+                "round": round, "net": net, "optimizer": optimizer, "batch_size": t.batch_size,
+                "epochs": t.epochs_per_round, "alpha": t.alpha,
+            }),
+            inputs,
+        );
+        let (id, kind, params, inputs) = evaluate(round);
+        push(id, kind, params, inputs);
+    }
+    stages
+}
+
+/// Input name of round r's pseudo-negatives; zero-padded so names sort in round order.
+pub fn pseudo_negative_input(round: u32) -> String {
+    format!("pseudo_negatives.{round:04}")
+}

@@ -1,0 +1,307 @@
+//! Pipeline files: TOML with every key known and typed, `--set` overrides, and validation
+//! that happens before any work. Errors name the file, the line or key, and what was
+//! expected.
+
+use crate::UserError;
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub pipeline: PipelineSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub net: NetSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub synthesize: SynthesizeSection,
+    #[serde(default)]
+    pub evaluate: EvaluateSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Shown in `pipe ls`; defaults to the file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Every stage's randomness derives from this and the stage's position in the graph.
+    #[serde(default)]
+    pub seed: u64,
+    /// Introspection rounds after the plain classifier of round 0.
+    pub rounds: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// IDX files (`train-images-idx3-ubyte[.gz]`, ...) in one directory.
+    Mnist,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub format: DataFormat,
+    /// Relative paths are relative to the pipeline file (to the working directory when
+    /// given with `--set`).
+    pub path: PathBuf,
+    /// Training examples to keep after the validation split (0 = all).
+    #[serde(default)]
+    pub train_size: usize,
+    /// Examples held out from the training files for validation.
+    #[serde(default = "d_validation_size")]
+    pub validation_size: usize,
+    /// Test examples to use (0 = all).
+    #[serde(default)]
+    pub test_size: usize,
+}
+fn d_validation_size() -> usize {
+    1000
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    Cnn4,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetSection {
+    pub arch: Arch,
+    /// Channel multiplier: 1.0 is the paper's 64/128/256/512.
+    pub width: f64,
+    pub leaky_slope: f64,
+}
+impl Default for NetSection {
+    fn default() -> Self {
+        NetSection { arch: Arch::Cnn4, width: 1.0, leaky_slope: 0.2 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// SGD momentum (ignored by Adam).
+    pub momentum: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub batch_size: usize,
+    /// Epochs of the plain classifier (round 0).
+    pub epochs: u32,
+    /// Epochs of each reclassification round.
+    pub epochs_per_round: u32,
+    /// Weight of the pseudo-negative term in the softmax ICN loss (Eq. 9).
+    pub alpha: f64,
+}
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.025,
+            momentum: 0.9,
+            beta1: 0.9,
+            beta2: 0.999,
+            batch_size: 64,
+            epochs: 5,
+            epochs_per_round: 5,
+            alpha: 0.5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopRule {
+    /// Stop option (1): once classified as the target class.
+    Classified,
+    /// Stop option (3): a fixed number of steps (`max_steps`).
+    Steps,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthesizeSection {
+    /// Pseudo-negatives per class per round.
+    pub per_class: usize,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Standard deviation of the reference distribution p0 = N(0, s^2).
+    pub init_std: f64,
+    pub max_steps: u32,
+    pub stop: StopRule,
+    pub batch_size: usize,
+}
+impl Default for SynthesizeSection {
+    fn default() -> Self {
+        SynthesizeSection { per_class: 200, lr: 0.01, beta1: 0.5, beta2: 0.999, init_std: 0.3, max_steps: 500, stop: StopRule::Classified, batch_size: 200 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluateSection {
+    pub batch_size: usize,
+}
+impl Default for EvaluateSection {
+    fn default() -> Self {
+        EvaluateSection { batch_size: 500 }
+    }
+}
+
+/// A pipeline file, parsed, overridden and validated.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub spec: Spec,
+    pub name: String,
+    /// `data.path` resolved against the file (or the working directory for `--set`).
+    pub data_path: PathBuf,
+    pub overrides: Vec<String>,
+}
+
+/// Reads, overrides and validates a pipeline file; every problem is a [`UserError`].
+pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
+    let shown = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| UserError(format!("{shown}: cannot read the pipeline file: {e}")))?;
+    // Typed parse of the file as written: syntax, unknown keys and wrong types come with
+    // the file's line and column from toml's own diagnostics.
+    let spec: Spec = toml::from_str(&text).map_err(|e| UserError(format!("{shown}: {}", e.to_string().trim_end())))?;
+    let mut spec = spec;
+    let mut path_from_cli = false;
+    if !overrides.is_empty() {
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| UserError(format!("{shown}: {e}")))?;
+        for o in overrides {
+            let (key, value) = o.split_once('=').ok_or_else(|| UserError(format!("--set {o}: expected key=value, e.g. --set synthesize.lr=0.02")))?;
+            set_key(&mut table, key.trim(), parse_value(value.trim()))
+                .map_err(|msg| UserError(format!("--set {o}: {msg}")))?;
+            path_from_cli |= key.trim() == "data.path";
+        }
+        spec = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| UserError(format!("{shown} with --set {}: {}", overrides.join(" --set "), e.message())))?;
+    }
+    let locate = |key: &str| -> String {
+        if overrides.iter().any(|o| o.split_once('=').map(|(k, _)| k.trim()) == Some(key)) {
+            format!("{shown}: --set {key}")
+        } else {
+            match line_of(&text, key) {
+                Some(line) => format!("{shown}:{line}: {key}"),
+                None => format!("{shown}: {key}"),
+            }
+        }
+    };
+    validate(&spec, &locate)?;
+    let data_path = if spec.data.path.is_absolute() || path_from_cli {
+        spec.data.path.clone()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(&spec.data.path)
+    };
+    if !data_path.is_dir() {
+        return Err(UserError(format!(
+            "{}: the dataset directory {} does not exist (expected a directory holding the MNIST IDX files)",
+            locate("data.path"),
+            data_path.display()
+        ))
+        .into());
+    }
+    for base in MNIST_FILES {
+        if mnist_file(&data_path, base).is_none() {
+            return Err(UserError(format!(
+                "{}: {} holds no {base} (or {base}.gz); expected the four MNIST IDX files there",
+                locate("data.path"),
+                data_path.display()
+            ))
+            .into());
+        }
+    }
+    let name = spec.pipeline.name.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
+    Ok(Pipeline { file: file.to_path_buf(), spec, name, data_path, overrides: overrides.to_vec() })
+}
+
+/// A `--set` value: TOML if it parses as a value (numbers, booleans, quoted strings,
+/// arrays), otherwise taken as a bare string (`--set data.format=mnist`).
+fn parse_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_key(table: &mut toml::Table, key: &str, value: toml::Value) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a setting; expected section.key, e.g. train.lr"));
+    }
+    let section = table
+        .entry(parts[0].to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let section = section.as_table_mut().ok_or_else(|| format!("`{}` is not a section", parts[0]))?;
+    section.insert(parts[1].to_string(), value);
+    Ok(())
+}
+
+/// The 1-based line where `section.key` is written, from the parser's spans.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let (section, field) = key.split_once('.')?;
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let sec = doc.get_ref().get(section)?;
+    let item = sec.get_ref().as_table()?.get(field)?;
+    let offset = item.span().start;
+    Some(text[..offset.min(text.len())].matches('\n').count() + 1)
+}
+
+fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
+    let mut problems = Vec::new();
+    let mut need = |ok: bool, key: &str, expected: &str| {
+        if !ok {
+            problems.push(format!("{}: expected {expected}", locate(key)));
+        }
+    };
+    let t = &spec.train;
+    let s = &spec.synthesize;
+    need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
+    need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
+    need(t.lr > 0.0 && t.lr.is_finite(), "train.lr", "a positive learning rate");
+    need((0.0..1.0).contains(&t.momentum), "train.momentum", "a momentum in [0, 1)");
+    need((0.0..1.0).contains(&t.beta1), "train.beta1", "a value in [0, 1)");
+    need((0.0..1.0).contains(&t.beta2), "train.beta2", "a value in [0, 1)");
+    need(t.batch_size >= 1, "train.batch_size", "at least 1");
+    need(t.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
+    need((0.0..=1.0).contains(&t.alpha), "train.alpha", "a weight in [0, 1]");
+    need(s.per_class >= 1, "synthesize.per_class", "at least 1 pseudo-negative per class");
+    need(s.lr > 0.0 && s.lr.is_finite(), "synthesize.lr", "a positive step size");
+    need((0.0..1.0).contains(&s.beta1), "synthesize.beta1", "a value in [0, 1)");
+    need((0.0..1.0).contains(&s.beta2), "synthesize.beta2", "a value in [0, 1)");
+    need(s.init_std > 0.0, "synthesize.init_std", "a positive standard deviation");
+    need(s.batch_size >= 1, "synthesize.batch_size", "at least 1");
+    need(spec.evaluate.batch_size >= 1, "evaluate.batch_size", "at least 1");
+    need(spec.data.validation_size >= 1, "data.validation_size", "at least 1 validation example");
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(UserError(problems.join("\n")).into())
+    }
+}
+
+/// The four files of an MNIST directory.
+pub const MNIST_FILES: [&str; 4] = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+/// `dir/base`, or `dir/base.gz` when only that exists.
+pub fn mnist_file(dir: &Path, base: &str) -> Option<PathBuf> {
+    [dir.join(base), dir.join(format!("{base}.gz"))].into_iter().find(|p| p.is_file())
+}

@@ -1,0 +1,222 @@
+//! The content-addressed artifact store, in the manner of cacache: a few verbs over a
+//! directory.
+//!
+//! ```text
+//! objects/ab/cdef...   immutable bytes, named by their blake3 digest
+//! stages/<key>.json    a stage's manifest: written last, it is the stage's commit point
+//! partial/<key>/       checkpoints of a stage still running (resumption), removed on commit
+//! runs/<id>.json       one record per `pipe run`
+//! tmp/                 staging for atomic writes (same filesystem, so rename is atomic)
+//! ```
+//!
+//! Every write goes temp file -> fsync -> rename -> fsync(dir), so a crash leaves either the
+//! old state or the new one, never a torn file. Every object read is rehashed: a corrupt
+//! object is an error, never silently used.
+
+use anyhow::{bail, Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A blake3 digest in lowercase hex.
+pub type Digest = String;
+
+pub fn digest_bytes(bytes: &[u8]) -> Digest {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+pub fn digest_file(path: &Path) -> Result<Digest> {
+    let mut h = blake3::Hasher::new();
+    let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    h.update_reader(f).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) a store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["objects", "stages", "partial", "runs", "tmp"] {
+            fs::create_dir_all(root.join(sub)).with_context(|| format!("creating store directory {}", root.join(sub).display()))?;
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    /// A store at `root` that may not exist yet; nothing is created (for `pipe status`).
+    pub fn at(root: &Path) -> Store {
+        Store { root: root.to_path_buf() }
+    }
+
+    /// Opens an existing store without creating anything (for read-only commands).
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join("objects").is_dir() {
+            bail!(crate::UserError(format!("{} is not a pipe store (no objects/ directory); run `pipe run` first or pass --store", root.display())));
+        }
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn object_path(&self, digest: &str) -> PathBuf {
+        self.root.join("objects").join(&digest[..2]).join(&digest[2..])
+    }
+
+    /// Stores bytes and returns their digest; storing existing content is a no-op.
+    pub fn write(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = digest_bytes(bytes);
+        let path = self.object_path(&digest);
+        if !path.exists() {
+            self.write_atomic(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Reads an object, checking that its bytes still hash to its name.
+    pub fn read(&self, digest: &str) -> Result<Vec<u8>> {
+        let path = self.object_path(digest);
+        let bytes = fs::read(&path).with_context(|| format!("object {digest} is missing from the store ({})", path.display()))?;
+        let actual = digest_bytes(&bytes);
+        if actual != digest {
+            bail!("object {digest} is corrupt: its bytes hash to {actual} ({}); run `pipe verify`", path.display());
+        }
+        Ok(bytes)
+    }
+
+    /// Rehashes an object; Ok(false) when missing or corrupt.
+    pub fn verify(&self, digest: &str) -> bool {
+        self.read(digest).is_ok()
+    }
+
+    /// Writes `bytes` at `path` so that readers see the old file or the whole new one.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let dir = path.parent().context("path has no parent")?;
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{}.tmp", std::process::id(), n));
+        {
+            let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+        File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
+        Ok(())
+    }
+
+    fn manifest_path(&self, key: &str) -> PathBuf {
+        self.root.join("stages").join(format!("{key}.json"))
+    }
+
+    /// The committed manifest of a stage key, if the stage has finished.
+    pub fn manifest<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        read_json_opt(&self.manifest_path(key))
+    }
+
+    /// Commits a stage: its outputs must already be stored.
+    pub fn commit_manifest<T: Serialize>(&self, key: &str, manifest: &T) -> Result<()> {
+        self.write_atomic(&self.manifest_path(key), &serde_json::to_vec_pretty(manifest)?)?;
+        fs::remove_dir_all(self.partial_dir(key)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+        Ok(())
+    }
+
+    /// All committed stage keys.
+    pub fn stage_keys(&self) -> Result<Vec<String>> {
+        list_json_stems(&self.root.join("stages"))
+    }
+
+    /// Where a running stage keeps its resumption checkpoints.
+    pub fn partial_dir(&self, key: &str) -> PathBuf {
+        self.root.join("partial").join(key)
+    }
+
+    pub fn run_path(&self, id: &str) -> PathBuf {
+        self.root.join("runs").join(format!("{id}.json"))
+    }
+
+    pub fn write_run<T: Serialize>(&self, id: &str, record: &T) -> Result<()> {
+        self.write_atomic(&self.run_path(id), &serde_json::to_vec_pretty(record)?)
+    }
+
+    pub fn run<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        read_json_opt(&self.run_path(id))
+    }
+
+    /// Run ids, oldest first (ids start with a UTC timestamp).
+    pub fn run_ids(&self) -> Result<Vec<String>> {
+        let mut ids = list_json_stems(&self.root.join("runs"))?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Takes the store's writer lock for the life of the returned file: two `pipe run`s on
+    /// one store would otherwise race on the same partial checkpoints.
+    pub fn lock(&self) -> Result<File> {
+        let path = self.root.join("lock");
+        let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            bail!(crate::UserError(format!("the store {} is in use by another `pipe run`; wait for it or use another --store", self.root.display())));
+        }
+        Ok(f)
+    }
+}
+
+fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn list_json_stems(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        if let Some(stem) = name.strip_suffix(".json") {
+            out.push(stem.to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_and_detect_corruption() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let d = store.write(b"hello")?;
+        assert_eq!(d, digest_bytes(b"hello"));
+        assert_eq!(store.write(b"hello")?, d, "same content, same name");
+        assert_eq!(store.read(&d)?, b"hello");
+        fs::write(store.object_path(&d), b"jello")?;
+        let err = store.read(&d).unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+        assert!(!store.verify(&d));
+        assert!(store.read(&digest_bytes(b"absent")).unwrap_err().to_string().contains("missing"));
+        Ok(())
+    }
+
+    #[test]
+    fn second_lock_is_refused() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let _held = store.lock()?;
+        assert!(store.lock().is_err());
+        Ok(())
+    }
+}

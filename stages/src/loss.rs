@@ -1,0 +1,71 @@
+//! Losses of the ICN papers.
+
+use candle_core::{DType, Result, Tensor, D};
+
+/// ln(1 + exp(z)) without overflow: max(z, 0) + ln(1 + exp(-|z|)).
+pub fn softplus(z: &Tensor) -> Result<Tensor> {
+    z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+/// The softmax ICN loss (ICN paper, Eq. 9) on a mixed mini-batch.
+///
+/// `labels[i]` is the class of sample i; `negative[i]` is 1.0 for a pseudo-negative of class
+/// `labels[i]` (label -k in the paper) and 0.0 for a real sample. Real samples contribute
+/// softmax cross-entropy, pseudo-negatives ln(1 + exp(f_k(x))), weighted (1 - alpha) and
+/// alpha; the batch sum is divided by the batch size, so it is the mini-batch estimate of
+/// the paper's sum over the whole training set (up to a constant factor). No extra class.
+pub fn icn_softmax(logits: &Tensor, labels: &Tensor, negative: &Tensor, alpha: f64) -> Result<Tensor> {
+    let n = logits.dim(0)? as f64;
+    let idx = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    let picked = logits.gather(&idx, 1)?.squeeze(1)?; // f_{y_i}(x_i)
+    let ce = (candle_nn::ops::log_softmax(logits, D::Minus1)?.gather(&idx, 1)?.squeeze(1)?.neg())?;
+    let positive = negative.affine(-1.0, 1.0)?;
+    let pos_term = (ce * positive)?.sum_all()?;
+    let neg_term = (softplus(&picked)? * negative)?.sum_all()?;
+    ((pos_term * (1.0 - alpha))? + (neg_term * alpha)?)? / n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_the_formula_and_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let z = vec![0.3f64, -1.2, 2.0, 0.5, 0.1, -0.4, 1.5, -2.0, 0.0];
+        let labels = Tensor::new(&[2u32, 0, 1], &dev)?;
+        let neg = Tensor::new(&[0f64, 1.0, 0.0], &dev)?;
+        let alpha = 0.3;
+        let value = |z: &[f64]| -> f64 {
+            let row = |i: usize| &z[3 * i..3 * i + 3];
+            let lse = |r: &[f64]| r.iter().map(|v| v.exp()).sum::<f64>().ln();
+            let ce0 = lse(row(0)) - row(0)[2];
+            let ce2 = lse(row(2)) - row(2)[1];
+            let sp1 = (1.0 + row(1)[0].exp()).ln();
+            ((1.0 - alpha) * (ce0 + ce2) + alpha * sp1) / 3.0
+        };
+        let logits = Var::from_vec(z.clone(), (3, 3), &dev)?;
+        let loss = icn_softmax(logits.as_tensor(), &labels, &neg, alpha)?;
+        assert!((loss.to_scalar::<f64>()? - value(&z)).abs() < 1e-12);
+        let g = loss.backward()?.get(&logits).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        for i in 0..z.len() {
+            let (mut a, mut b) = (z.clone(), z.clone());
+            a[i] += 1e-6;
+            b[i] -= 1e-6;
+            let fd = (value(&a) - value(&b)) / 2e-6;
+            assert!((fd - g[i]).abs() < 1e-8, "d/dz{i}: analytic {} vs fd {fd}", g[i]);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn softplus_is_stable() -> Result<()> {
+        let t = Tensor::new(&[-100f32, 0.0, 100.0], &Device::Cpu)?;
+        let v = softplus(&t)?.to_vec1::<f32>()?;
+        assert!(v[0] >= 0.0 && v[0] < 1e-30);
+        assert!((v[1] - 2f32.ln()).abs() < 1e-6);
+        assert!((v[2] - 100.0).abs() < 1e-4);
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The ICN paper's MNIST net: four 5x5 stride-2 convolutions (64/128/256/512 channels),
+//! LeakyReLU, no pooling, no batch norm, then one linear layer to K logits.
+
+use super::Classifier;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cnn4Config {
+    pub in_channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+    /// Output channels of the four convolutions; the paper's are 64/128/256/512.
+    pub channels: [usize; 4],
+    pub leaky_slope: f64,
+}
+
+impl Cnn4Config {
+    /// The paper's widths scaled by `width` (1.0 is the paper's net; tests use smaller).
+    pub fn mnist(num_classes: usize, width: f64, leaky_slope: f64) -> Self {
+        let scale = |c: f64| ((c * width).round() as usize).max(1);
+        Cnn4Config {
+            in_channels: 1,
+            height: 28,
+            width: 28,
+            num_classes,
+            channels: [scale(64.0), scale(128.0), scale(256.0), scale(512.0)],
+            leaky_slope,
+        }
+    }
+}
+
+const KERNEL: usize = 5;
+const STRIDE: usize = 2;
+const PADDING: usize = 2;
+
+fn conv_out(n: usize) -> usize {
+    (n + 2 * PADDING - KERNEL) / STRIDE + 1
+}
+
+pub struct Cnn4 {
+    pub config: Cnn4Config,
+    convs: Vec<(Var, Var)>,
+    head: (Var, Var),
+}
+
+impl Cnn4 {
+    /// He-normal weights with the LeakyReLU gain, zero biases, all drawn from `rng`.
+    pub fn new(config: Cnn4Config, rng: &mut Rng, device: &Device) -> Result<Self> {
+        let gain2 = 2.0 / (1.0 + config.leaky_slope * config.leaky_slope);
+        let mut convs = Vec::with_capacity(4);
+        let mut c_in = config.in_channels;
+        for &c_out in &config.channels {
+            let fan_in = c_in * KERNEL * KERNEL;
+            let w = rng.normal_vec(c_out * fan_in, 0.0, (gain2 / fan_in as f64).sqrt());
+            let w = Var::from_vec(w, (c_out, c_in, KERNEL, KERNEL), device)?;
+            let b = Var::zeros(c_out, DType::F32, device)?;
+            convs.push((w, b));
+            c_in = c_out;
+        }
+        let (h, w) = config.feature_size();
+        let fan_in = c_in * h * w;
+        let hw = rng.normal_vec(config.num_classes * fan_in, 0.0, (1.0 / fan_in as f64).sqrt());
+        let head = (
+            Var::from_vec(hw, (config.num_classes, fan_in), device)?,
+            Var::zeros(config.num_classes, DType::F32, device)?,
+        );
+        Ok(Cnn4 { config, convs, head })
+    }
+}
+
+impl Cnn4Config {
+    /// Spatial size after the four convolutions (2x2 for 28x28 and for 32x32).
+    pub fn feature_size(&self) -> (usize, usize) {
+        let mut h = self.height;
+        let mut w = self.width;
+        for _ in 0..4 {
+            h = conv_out(h);
+            w = conv_out(w);
+        }
+        (h, w)
+    }
+}
+
+impl Classifier for Cnn4 {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (w, b) in &self.convs {
+            h = h.conv2d(w, PADDING, STRIDE, 1, 1)?;
+            h = h.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+            h = candle_nn::ops::leaky_relu(&h, self.config.leaky_slope)?;
+        }
+        let h = h.flatten_from(1)?;
+        h.matmul(&self.head.0.t()?)?.broadcast_add(&self.head.1)
+    }
+
+    fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::with_capacity(10);
+        for (i, (w, b)) in self.convs.iter().enumerate() {
+            out.push((format!("conv{}.weight", i + 1), w.clone()));
+            out.push((format!("conv{}.bias", i + 1), b.clone()));
+        }
+        out.push(("head.weight".into(), self.head.0.clone()));
+        out.push(("head.bias".into(), self.head.1.clone()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_seeded_init() -> Result<()> {
+        let cfg = Cnn4Config::mnist(10, 0.125, 0.2);
+        assert_eq!(cfg.feature_size(), (2, 2));
+        let a = Cnn4::new(cfg.clone(), &mut Rng::new(1), &Device::Cpu)?;
+        let b = Cnn4::new(cfg.clone(), &mut Rng::new(1), &Device::Cpu)?;
+        let x = Tensor::zeros((3, 1, 28, 28), DType::F32, &Device::Cpu)?;
+        assert_eq!(a.forward(&x)?.dims(), &[3, 10]);
+        for ((na, ta), (_, tb)) in a.named_tensors().iter().zip(b.named_tensors()) {
+            let (va, vb) = (ta.flatten_all()?.to_vec1::<f32>()?, tb.flatten_all()?.to_vec1::<f32>()?);
+            assert_eq!(va, vb, "{na} differs for the same seed");
+        }
+        let c = Cnn4::new(cfg, &mut Rng::new(2), &Device::Cpu)?;
+        let w = |m: &Cnn4| m.named_tensors()[0].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_ne!(w(&a), w(&c));
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! Synthesis of pseudo-negatives (ICN Table 2): start at x ~ p0 = N(0, s^2) per pixel and
+//! increase the class logit f_k(x) by gradient steps on x, clipping to [-1, 1] after each.
+//!
+//! Every sample owns its seed, so it can be regenerated alone from its table row, and its
+//! optimizer state: a sample that stops is frozen while the rest of its batch goes on, and
+//! only the samples still running are forwarded.
+
+use crate::nn::Classifier;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+/// When a sample is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopRule {
+    /// Stop option (1): once the classifier assigns the sample to its target class.
+    Classified,
+    /// Stop option (3): always run `max_steps` steps.
+    Steps,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Classified,
+    MaxSteps,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Classified => "classified",
+            StopReason::MaxSteps => "max_steps",
+        }
+    }
+}
+
+/// Adam on x as the ICN reference code does it (lr 0.01, beta1 0.5, state fresh per sample).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynthesisConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub max_steps: u32,
+    pub init_std: f64,
+    pub batch_size: usize,
+    pub stop: StopRule,
+}
+
+/// One sample to make: its target class and the seed of its starting noise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub class: u32,
+    pub seed: u64,
+}
+
+/// What happened to one sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleRecord {
+    pub class: u32,
+    pub seed: u64,
+    pub steps: u32,
+    pub stop_reason: StopReason,
+    /// f_k(x) of the returned sample.
+    pub final_logit: f32,
+    /// Softmax probability of class k for the returned sample.
+    pub final_prob: f32,
+}
+
+/// Pseudo-negatives (N x C x H x W, row-major, in [-1, 1]) and one record per sample.
+pub struct Synthesized {
+    pub images: Vec<f32>,
+    pub records: Vec<SampleRecord>,
+}
+
+/// Image shape (C, H, W).
+pub type Shape3 = (usize, usize, usize);
+
+/// The starting point of a sample: p0 noise from its own seed, clipped to the data range.
+pub fn initial_sample(seed: u64, len: usize, std: f64) -> Vec<f32> {
+    let mut x = Rng::new(seed).normal_vec(len, 0.0, std);
+    x.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
+    x
+}
+
+struct Running {
+    x: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+pub fn synthesize(
+    model: &dyn Classifier,
+    shape: Shape3,
+    targets: &[Target],
+    cfg: &SynthesisConfig,
+    device: &Device,
+    on_finished: &mut dyn FnMut(usize),
+) -> Result<Synthesized> {
+    let (c, h, w) = shape;
+    let d = c * h * w;
+    let mut images = vec![0f32; targets.len() * d];
+    let mut records: Vec<Option<SampleRecord>> = vec![None; targets.len()];
+    for chunk_start in (0..targets.len()).step_by(cfg.batch_size.max(1)) {
+        let chunk_end = (chunk_start + cfg.batch_size.max(1)).min(targets.len());
+        let mut active: Vec<usize> = (chunk_start..chunk_end).collect();
+        let mut state: Vec<Running> = active
+            .iter()
+            .map(|&i| Running { x: initial_sample(targets[i].seed, d, cfg.init_std), m: vec![0.0; d], v: vec![0.0; d] })
+            .collect();
+        let mut step: u32 = 0;
+        while !active.is_empty() {
+            let flat: Vec<f32> = state.iter().flat_map(|s| s.x.iter().copied()).collect();
+            let x = Var::from_vec(flat, (active.len(), c, h, w), device)?;
+            let logits = model.forward(x.as_tensor())?;
+            let classes: Vec<u32> = active.iter().map(|&i| targets[i].class).collect();
+            let idx = Tensor::new(classes.as_slice(), device)?.unsqueeze(1)?;
+            let picked = logits.gather(&idx, 1)?.squeeze(1)?;
+            let logit_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            // Decide who stops before stepping: the returned sample is the one just scored.
+            let mut keep = Vec::with_capacity(active.len());
+            for (j, &i) in active.iter().enumerate() {
+                let k = targets[i].class as usize;
+                let row = &logit_rows[j];
+                let classified = argmax(row) == k;
+                let reason = match cfg.stop {
+                    StopRule::Classified if classified => Some(StopReason::Classified),
+                    _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
+                    _ => None,
+                };
+                match reason {
+                    Some(reason) => {
+                        images[i * d..(i + 1) * d].copy_from_slice(&state[j].x);
+                        records[i] = Some(SampleRecord {
+                            class: targets[i].class,
+                            seed: targets[i].seed,
+                            steps: step,
+                            stop_reason: reason,
+                            final_logit: row[k],
+                            final_prob: softmax_at(row, k),
+                        });
+                    }
+                    None => keep.push(j),
+                }
+            }
+            let finished = active.len() - keep.len();
+            if finished > 0 {
+                on_finished(finished);
+            }
+            if keep.is_empty() {
+                break;
+            }
+            // Ascent on sum_i f_{k_i}(x_i): samples are independent, so one backward serves all.
+            let grads = picked.sum_all()?.backward()?;
+            let g = grads
+                .get(x.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient reached the input".into()))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            step += 1;
+            let c1 = 1.0 - cfg.beta1.powi(step as i32);
+            let c2 = 1.0 - cfg.beta2.powi(step as i32);
+            let (b1, b2) = (cfg.beta1 as f32, cfg.beta2 as f32);
+            for &j in &keep {
+                let s = &mut state[j];
+                let gj = &g[j * d..(j + 1) * d];
+                for p in 0..d {
+                    s.m[p] = b1 * s.m[p] + (1.0 - b1) * gj[p];
+                    s.v[p] = b2 * s.v[p] + (1.0 - b2) * gj[p] * gj[p];
+                    let mhat = s.m[p] as f64 / c1;
+                    let vhat = s.v[p] as f64 / c2;
+                    let up = (cfg.lr * mhat / (vhat.sqrt() + cfg.eps)) as f32;
+                    s.x[p] = (s.x[p] + up).clamp(-1.0, 1.0);
+                }
+            }
+            active = keep.iter().map(|&j| active[j]).collect();
+            let mut old: Vec<Option<Running>> = state.into_iter().map(Some).collect();
+            state = keep.iter().map(|&j| old[j].take().expect("kept once")).collect();
+        }
+    }
+    let records = records.into_iter().map(|r| r.expect("every sample stops")).collect();
+    Ok(Synthesized { images, records })
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn softmax_at(row: &[f32], k: usize) -> f32 {
+    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
+    (((row[k] - m) as f64).exp() / z) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Cnn4, Cnn4Config};
+
+    fn cfg(stop: StopRule, max_steps: u32) -> SynthesisConfig {
+        SynthesisConfig { lr: 0.05, beta1: 0.5, beta2: 0.999, eps: 1e-8, max_steps, init_std: 0.3, batch_size: 3, stop }
+    }
+
+    #[test]
+    fn raises_the_target_logit_and_stops_by_rule() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
+        let targets: Vec<Target> = (0..5).map(|i| Target { class: (i * 3 % 10) as u32, seed: 100 + i as u64 }).collect();
+        let mut done = 0;
+        let fixed = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Steps, 15), &dev, &mut |n| done += n)?;
+        assert_eq!(done, 5);
+        for (t, r) in targets.iter().zip(&fixed.records) {
+            assert_eq!(r.steps, 15);
+            assert_eq!(r.stop_reason, StopReason::MaxSteps);
+            // the logit went up from its value at the start
+            let x0 = Tensor::from_vec(initial_sample(t.seed, 784, 0.3), (1, 1, 28, 28), &dev)?;
+            let before = net.forward(&x0)?.to_vec2::<f32>()?[0][t.class as usize];
+            assert!(r.final_logit > before, "class {}: {} -> {}", t.class, before, r.final_logit);
+        }
+        assert!(fixed.images.iter().all(|v| (-1.0..=1.0).contains(v)));
+
+        let early = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 200), &dev, &mut |_| {})?;
+        for (i, r) in early.records.iter().enumerate() {
+            let x = Tensor::from_vec(early.images[i * 784..(i + 1) * 784].to_vec(), (1, 1, 28, 28), &dev)?;
+            let row = net.forward(&x)?.to_vec2::<f32>()?.remove(0);
+            assert!((row[r.class as usize] - r.final_logit).abs() < 1e-4, "recorded logit is the sample's");
+            if r.stop_reason == StopReason::Classified {
+                assert_eq!(argmax(&row), r.class as usize);
+            } else {
+                assert_eq!(r.steps, 200);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_sample_depends_only_on_its_seed() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
+        let t = |class, seed| Target { class, seed };
+        let a = synthesize(&net, (1, 28, 28), &[t(1, 9), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut |_| {})?;
+        let b = synthesize(&net, (1, 28, 28), &[t(7, 3), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut |_| {})?;
+        assert_eq!(a.images[784..], b.images[784..]);
+        assert_eq!(a.records[1], b.records[1]);
+        Ok(())
+    }
+}
