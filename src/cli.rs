@@ -137,11 +137,11 @@ fn ls(root: &Path) -> Result<()> {
         println!("no runs in {}", root.display());
         return Ok(());
     }
-    println!("{:<23} {:<16} {:<8} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
+    println!("{:<27} {:<16} {:<8} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
     for id in ids {
         if let Some(r) = store.run::<RunRecord>(&id)? {
             let ran = r.stages.iter().filter(|s| s.status == "ran").count();
-            println!("{:<23} {:<16} {:<8} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, r.status, ran, r.stages.len() - ran, r.seconds, r.started_at);
+            println!("{:<27} {:<16} {:<8} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, r.status, ran, r.stages.len() - ran, r.seconds, r.started_at);
         }
     }
     Ok(())

@@ -215,7 +215,7 @@ fn stage_line(status: &str, stage: &StageDef, key: &str, seconds: f64, m: &Manif
     let mut extra = String::new();
     if status == "ran" {
         if let Some(r) = &m.resumed {
-            extra.push_str(&format!("  resumed from {r}"));
+            extra.push_str(&format!("  resumed from {}", r.as_str().map(String::from).unwrap_or_else(|| r.to_string())));
         }
     }
     if let Some(line) = m.summary.get("line").and_then(Value::as_str) {

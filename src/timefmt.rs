@@ -30,11 +30,11 @@ pub fn now_iso() -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{ms:03}Z")
 }
 
-/// `20261125-173005` for run ids (sortable).
+/// `20261125-173005.042` for run ids: sortable, and distinct for runs a second apart.
 pub fn now_compact() -> String {
-    let (s, _) = now_secs();
+    let (s, ms) = now_secs();
     let (y, mo, d, h, mi, se) = civil(s);
-    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}")
+    format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}.{ms:03}")
 }
 
 #[cfg(test)]

@@ -1,0 +1,279 @@
+//! The real `pipe` binary on tiny pipelines over the shipped MNIST subset: caching,
+//! selective reruns, determinism, resumption after SIGKILL and input errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn pipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    c.env_remove("PIPE_STORE");
+    c
+}
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/mnist")
+}
+
+/// A small but real pipeline: a narrow CNN4 on a few hundred digits, two rounds.
+fn tiny(dir: &Path, train_epochs: u32, train_size: usize) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+name = "tiny"
+seed = 7
+rounds = 2
+
+[data]
+format = "mnist"
+path = "{data}"
+train_size = {train_size}
+validation_size = 100
+test_size = 200
+
+[net]
+width = 0.125
+
+[train]
+lr = 0.05
+batch_size = 32
+epochs = {train_epochs}
+epochs_per_round = 1
+
+[synthesize]
+per_class = 3
+max_steps = 20
+"#,
+        data = data_dir().display()
+    );
+    let file = dir.join("tiny.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn run(file: &Path, store: &Path, sets: &[&str]) -> Output {
+    let mut c = pipe();
+    c.arg("run").arg(file).arg("--store").arg(store);
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "pipe run failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// (status, stage) of every stage line of a run's output.
+fn stage_lines(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some(s @ ("ran" | "cached")), Some(stage)) => Some((s.to_string(), stage.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn ran(out: &Output) -> Vec<String> {
+    stage_lines(out).into_iter().filter(|(s, _)| s == "ran").map(|(_, st)| st).collect()
+}
+
+/// The newest run record of a store.
+fn last_record(store: &Path) -> serde_json::Value {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(store.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    serde_json::from_slice(&std::fs::read(runs.last().unwrap()).unwrap()).unwrap()
+}
+
+/// stage -> output name -> digest, from the newest run record.
+fn output_digests(store: &Path) -> Vec<(String, String, String)> {
+    let rec = last_record(store);
+    let mut out = Vec::new();
+    for s in rec["stages"].as_array().unwrap() {
+        for (name, o) in s["outputs"].as_object().unwrap() {
+            out.push((s["stage"].as_str().unwrap().to_string(), name.clone(), o["digest"].as_str().unwrap().to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn unchanged_rerun_runs_nothing_and_is_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    let first = run(&file, &store, &[]);
+    let all: Vec<String> = stage_lines(&first).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(all, ["load", "train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1", "synthesize/2", "train/2", "evaluate/2"]);
+    assert_eq!(ran(&first).len(), 9);
+
+    let t = Instant::now();
+    let second = run(&file, &store, &[]);
+    let took = t.elapsed();
+    assert!(ran(&second).is_empty(), "{:?}", stage_lines(&second));
+    assert_eq!(stage_lines(&second).len(), 9);
+    assert!(took < Duration::from_secs(1), "cached rerun took {took:?}");
+}
+
+#[test]
+fn a_synthesis_setting_reruns_only_what_depends_on_it_and_more_rounds_reuse_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    run(&file, &store, &[]);
+
+    let changed = run(&file, &store, &["synthesize.lr=0.02"]);
+    assert_eq!(ran(&changed), ["synthesize/1", "train/1", "evaluate/1", "synthesize/2", "train/2", "evaluate/2"]);
+
+    let more = run(&file, &store, &["pipeline.rounds=3"]);
+    assert_eq!(ran(&more), ["synthesize/3", "train/3", "evaluate/3"]);
+
+    // status agrees before running anything
+    let st = pipe().args(["status"]).arg(&file).arg("--store").arg(&store).args(["--set", "pipeline.rounds=4"]).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{text}");
+    assert!(text.contains("12 cached, 3 to run"), "{text}");
+}
+
+#[test]
+fn same_seed_gives_identical_digests_and_another_seed_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+    run(&file, &a, &[]);
+    run(&file, &b, &[]);
+    let da = output_digests(&a);
+    assert_eq!(da.len(), 3 + 3 * (2 + 1) + 2 * 3, "{da:?}");
+    assert_eq!(da, output_digests(&b));
+    run(&file, &c, &["pipeline.seed=8"]);
+    let dc = output_digests(&c);
+    let train0 = |d: &[(String, String, String)]| d.iter().find(|(s, n, _)| s == "train/0" && n == "checkpoint.safetensors").unwrap().2.clone();
+    assert_ne!(train0(&da), train0(&dc));
+}
+
+#[test]
+fn sigkill_during_training_resumes_at_the_last_epoch_with_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 4, 1500);
+    let killed = dir.path().join("killed");
+    let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Wait for train/0's first epoch checkpoint, then kill -9 mid-stage.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let partial = loop {
+        let found = std::fs::read_dir(killed.join("partial"))
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "pipe ended before its first epoch checkpoint");
+        assert!(Instant::now() < deadline, "no epoch checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(partial.exists());
+    let rec = last_record(&killed);
+    assert_eq!(rec["status"], "running", "a killed run is left as running");
+    assert_eq!(rec["stages"].as_array().unwrap().len(), 1, "only load finished before the kill");
+
+    let resumed = run(&file, &killed, &[]);
+    let text = String::from_utf8_lossy(&resumed.stdout).to_string();
+    assert_eq!(stage_lines(&resumed)[0], ("cached".to_string(), "load".to_string()), "{text}");
+    let train0 = text.lines().find(|l| l.contains("train/0")).unwrap();
+    assert!(train0.starts_with("ran") && train0.contains("resumed from epoch"), "{text}");
+    assert!(!partial.exists(), "the partial checkpoint is removed on commit");
+
+    let clean = dir.path().join("clean");
+    run(&file, &clean, &[]);
+    assert_eq!(output_digests(&killed), output_digests(&clean));
+}
+
+/// Runs `pipe run` on a broken file; it must exit 2, say where and what, and write nothing.
+fn rejected(dir: &Path, text: &str, expect: &[&str]) {
+    let file = dir.join("broken.toml");
+    std::fs::write(&file, text).unwrap();
+    let store = dir.join("never-made");
+    let out = pipe().arg("run").arg(&file).arg("--store").arg(&store).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("broken.toml"), "the message names the file: {err}");
+    for e in expect {
+        assert!(err.contains(e), "expected `{e}` in: {err}");
+    }
+    assert!(!store.exists(), "the store must be left untouched");
+}
+
+#[test]
+fn malformed_pipeline_files_fail_before_any_work_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(tiny(dir.path(), 1, 300)).unwrap();
+    rejected(dir.path(), &good.replace("rounds = 2", "rounds = "), &["line 4"]);
+    rejected(dir.path(), &good.replace("lr = 0.05", "lrr = 0.05"), &["line 17", "unknown field `lrr`", "lr"]);
+    rejected(dir.path(), &good.replace("rounds = 2", "rounds = \"two\""), &["line 4", "invalid type", "u32"]);
+    rejected(dir.path(), &good.replace(&data_dir().display().to_string(), "/no/such/mnist"), &["broken.toml:8: data.path", "/no/such/mnist", "does not exist"]);
+    rejected(dir.path(), &good.replace("width = 0.125", "width = -1.0"), &["broken.toml:14: net.width", "expected"]);
+
+    // the same from the command line
+    let file = dir.path().join("good.toml");
+    std::fs::write(&file, &good).unwrap();
+    for set in ["train.lrr=1", "train.lr=fast", "nosuchkey"] {
+        let store = dir.path().join("never-made");
+        let out = pipe().arg("run").arg(&file).arg("--store").arg(&store).args(["--set", set]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--set {set}: {err}");
+        assert!(err.contains("--set"), "{err}");
+        assert!(!store.exists());
+    }
+}
+
+#[test]
+fn status_ls_and_show_describe_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+
+    let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success());
+    assert!(text.contains("0 cached, 9 to run") && text.contains("(key after load)"), "{text}");
+    assert!(!store.exists(), "status writes nothing");
+
+    run(&file, &store, &[]);
+    let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
+    assert!(String::from_utf8_lossy(&st.stdout).contains("9 cached, 0 to run"));
+
+    let ls = pipe().arg("ls").arg("--store").arg(&store).output().unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).to_string();
+    let id = last_record(&store)["id"].as_str().unwrap().to_string();
+    assert!(ls.contains(&id) && ls.contains("tiny") && ls.contains(" ok "), "{ls}");
+
+    let show = pipe().args(["show", &id[..12]]).arg("--store").arg(&store).output().unwrap();
+    let show = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(show.contains("synthesize/2") && show.contains("val err"), "{show}");
+
+    let stage = pipe().args(["show", &format!("{id}:synthesize/1")]).arg("--store").arg(&store).output().unwrap();
+    let stage = String::from_utf8_lossy(&stage.stdout).to_string();
+    for want in ["pseudo_negatives.parquet", "stop_reason", "final_logit", "grid.png", "\"per_class\": 3"] {
+        assert!(stage.contains(want), "missing {want} in {stage}");
+    }
+
+    // The pseudo-negative table has a row per sample; the grid is a PNG of 10 rows x 3.
+    let rec = last_record(&store);
+    let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
+    let obj = |name: &str| {
+        let d = syn["outputs"][name]["digest"].as_str().unwrap().to_string();
+        std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()
+    };
+    let rows: usize = pipe::table::read_parquet(obj("pseudo_negatives.parquet")).unwrap().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 30);
+    let png = obj("grid.png");
+    assert_eq!(&png[1..4], b"PNG");
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
+    assert_eq!((width, height), (3 * 28 + 2 * 2, 10 * 28 + 9 * 2));
+
+    let missing = pipe().args(["show", "zzzz"]).arg("--store").arg(&store).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}
