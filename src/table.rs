@@ -2,7 +2,7 @@
 //! writer settings are fixed so the same rows always give the same bytes (and digest).
 
 use anyhow::{Context, Result};
-use arrow_array::{ArrayRef, Float32Array, Float64Array, Int32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
@@ -17,6 +17,7 @@ pub enum Column {
     F32(Vec<f32>),
     F64(Vec<f64>),
     Str(Vec<String>),
+    Bool(Vec<bool>),
 }
 
 impl Column {
@@ -28,6 +29,7 @@ impl Column {
             Column::F32(v) => (DataType::Float32, Arc::new(Float32Array::from(v))),
             Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v))),
             Column::Str(v) => (DataType::Utf8, Arc::new(StringArray::from(v))),
+            Column::Bool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v))),
         }
     }
 }

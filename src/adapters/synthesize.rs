@@ -11,7 +11,7 @@ use serde_json::json;
 use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::grid::encode_grid_png;
-use stages::synthesize::{synthesize, StopReason, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{synthesize, StopRule, SynthesisConfig, Target};
 
 #[derive(Deserialize)]
 struct Params {
@@ -71,6 +71,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         ("stop_reason", Column::Str(r.iter().map(|s| s.stop_reason.as_str().to_string()).collect())),
         ("final_logit", Column::F32(r.iter().map(|s| s.final_logit).collect())),
         ("final_prob", Column::F32(r.iter().map(|s| s.final_prob).collect())),
+        ("classified", Column::Bool(r.iter().map(|s| s.classified).collect())),
     ])?;
     io.write("pseudo_negatives.parquet", &table)?;
 
@@ -84,7 +85,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     }
     io.write("grid.png", &encode_grid_png(&tiles, k * columns, shape.0, shape.1, shape.2, columns, 2)?)?;
 
-    let classified = r.iter().filter(|s| s.stop_reason == StopReason::Classified).count();
+    let classified = r.iter().filter(|s| s.classified).count();
     let mean_steps = r.iter().map(|s| s.steps as f64).sum::<f64>() / r.len().max(1) as f64;
     io.summary("count", json!(r.len()));
     io.summary("classified", json!(classified));

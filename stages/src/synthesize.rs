@@ -64,6 +64,8 @@ pub struct SampleRecord {
     pub final_logit: f32,
     /// Softmax probability of class k for the returned sample.
     pub final_prob: f32,
+    /// Whether the classifier assigns the returned sample to class k.
+    pub classified: bool,
 }
 
 /// Pseudo-negatives (N x C x H x W, row-major, in [-1, 1]) and one record per sample.
@@ -137,6 +139,7 @@ pub fn synthesize(
                             stop_reason: reason,
                             final_logit: row[k],
                             final_prob: softmax_at(row, k),
+                            classified,
                         });
                     }
                     None => keep.push(j),
