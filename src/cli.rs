@@ -51,6 +51,24 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Throughput of training, synthesis and FGSM, next to PyTorch on the same cores.
+    Bench {
+        /// Seconds measured per workload (after a warm-up step).
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Only these workloads (cnn4_train, cnn4_synthesis, cnn4_fgsm, resnet32_train).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Skip the PyTorch reference.
+        #[arg(long)]
+        no_torch: bool,
+        /// One JSON object per workload on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Where the Parquet table goes.
+        #[arg(long, default_value = "artifacts/bench.parquet")]
+        out: PathBuf,
+    },
 }
 
 pub fn main() -> Result<()> {
@@ -60,6 +78,9 @@ pub fn main() -> Result<()> {
         Command::Status(a) => status(&a),
         Command::Ls(s) => ls(&s.store),
         Command::Show { what, store } => show(&store.store, &what),
+        Command::Bench { seconds, only, no_torch, json, out } => {
+            crate::bench::run(&crate::bench::Options { seconds, only, torch: !no_torch, json, out: &out }).map(|_| ())
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! adapters ([`adapters`]) that connect it to the ML library in the `stages` crate.
 
 pub mod adapters;
+pub mod bench;
 pub mod cli;
 pub mod executor;
 pub mod plan;

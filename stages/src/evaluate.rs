@@ -1,6 +1,6 @@
 //! Classification error, overall and per class.
 
-use crate::nn::Classifier;
+use crate::nn::{Classifier, Mode};
 use crate::synthesize::{argmax, Shape3};
 use candle_core::{Device, Result, Tensor};
 
@@ -11,7 +11,7 @@ pub fn predict(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usi
     let mut out = Vec::with_capacity(x.len() / d.max(1));
     for chunk in x.chunks(batch_size.max(1) * d) {
         let t = Tensor::from_vec(chunk.to_vec(), (chunk.len() / d, c, h, w), device)?;
-        out.extend(model.forward(&t)?.to_vec2::<f32>()?.iter().map(|r| argmax(r) as u32));
+        out.extend(model.forward_mode(&t, Mode::Frozen)?.to_vec2::<f32>()?.iter().map(|r| argmax(r) as u32));
     }
     Ok(out)
 }

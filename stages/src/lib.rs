@@ -4,6 +4,8 @@
 
 pub mod data;
 pub mod grid;
+pub mod attack;
+pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod evaluate;

@@ -5,7 +5,7 @@
 //! optimizer state: a sample that stops is frozen while the rest of its batch goes on, and
 //! only the samples still running are forwarded.
 
-use crate::nn::Classifier;
+use crate::nn::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -113,7 +113,7 @@ pub fn synthesize(
         while !active.is_empty() {
             let flat: Vec<f32> = state.iter().flat_map(|s| s.x.iter().copied()).collect();
             let x = Var::from_vec(flat, (active.len(), c, h, w), device)?;
-            let logits = model.forward(x.as_tensor())?;
+            let logits = model.forward_mode(x.as_tensor(), Mode::Frozen)?;
             let classes: Vec<u32> = active.iter().map(|&i| targets[i].class).collect();
             let idx = Tensor::new(classes.as_slice(), device)?.unsqueeze(1)?;
             let picked = logits.gather(&idx, 1)?.squeeze(1)?;

@@ -1,7 +1,9 @@
 //! The ICN paper's MNIST net: four 5x5 stride-2 convolutions (64/128/256/512 channels),
 //! LeakyReLU, no pooling, no batch norm, then one linear layer to K logits.
 
-use super::Classifier;
+use super::act::bias_leaky_relu;
+use super::conv::{conv2d, Geom};
+use super::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -32,12 +34,7 @@ impl Cnn4Config {
 }
 
 const KERNEL: usize = 5;
-const STRIDE: usize = 2;
-const PADDING: usize = 2;
-
-fn conv_out(n: usize) -> usize {
-    (n + 2 * PADDING - KERNEL) / STRIDE + 1
-}
+const GEOM: Geom = Geom { k: KERNEL, stride: 2, pad: 2 };
 
 pub struct Cnn4 {
     pub config: Cnn4Config,
@@ -54,7 +51,8 @@ impl Cnn4 {
         for &c_out in &config.channels {
             let fan_in = c_in * KERNEL * KERNEL;
             let w = rng.normal_vec(c_out * fan_in, 0.0, (gain2 / fan_in as f64).sqrt());
-            let w = Var::from_vec(w, (c_out, c_in, KERNEL, KERNEL), device)?;
+            // NHWC layout: rows (ki, kj, c_in), one column per output channel.
+            let w = Var::from_vec(w, (fan_in, c_out), device)?;
             let b = Var::zeros(c_out, DType::F32, device)?;
             convs.push((w, b));
             c_in = c_out;
@@ -63,7 +61,7 @@ impl Cnn4 {
         let fan_in = c_in * h * w;
         let hw = rng.normal_vec(config.num_classes * fan_in, 0.0, (1.0 / fan_in as f64).sqrt());
         let head = (
-            Var::from_vec(hw, (config.num_classes, fan_in), device)?,
+            Var::from_vec(hw, (fan_in, config.num_classes), device)?,
             Var::zeros(config.num_classes, DType::F32, device)?,
         );
         Ok(Cnn4 { config, convs, head })
@@ -76,27 +74,39 @@ impl Cnn4Config {
         let mut h = self.height;
         let mut w = self.width;
         for _ in 0..4 {
-            h = conv_out(h);
-            w = conv_out(w);
+            h = GEOM.out(h);
+            w = GEOM.out(w);
         }
         (h, w)
     }
 }
 
+impl Cnn4Config {
+    /// Floating-point operations of one image's forward pass (multiply-add = 2).
+    pub fn forward_flops(&self) -> f64 {
+        let (mut h, mut w, mut c_in, mut flops) = (self.height, self.width, self.in_channels, 0.0);
+        for &c_out in &self.channels {
+            h = GEOM.out(h);
+            w = GEOM.out(w);
+            flops += 2.0 * (h * w * c_out * KERNEL * KERNEL * c_in) as f64;
+            c_in = c_out;
+        }
+        flops + 2.0 * (h * w * c_in * self.num_classes) as f64
+    }
+}
+
 impl Classifier for Cnn4 {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let p = |v: &Var| mode.param(v);
+        let (n, c, hh, ww) = x.dims4()?;
+        // NCHW in, NHWC inside: one channel needs no copy.
+        let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         for (w, b) in &self.convs {
-            h = h.conv2d(w, PADDING, STRIDE, 1, 1)?;
-            h = h.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
-            h = candle_nn::ops::leaky_relu(&h, self.config.leaky_slope)?;
+            h = conv2d(&h, &p(w), GEOM)?;
+            h = bias_leaky_relu(&h, &p(b), self.config.leaky_slope)?;
         }
         let h = h.flatten_from(1)?;
-        h.matmul(&self.head.0.t()?)?.broadcast_add(&self.head.1)
-    }
-
-    fn vars(&self) -> Vec<Var> {
-        self.named_vars().into_iter().map(|(_, v)| v).collect()
+        h.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {

@@ -1,31 +1,68 @@
 //! Classifiers. Parameters are `Var`s initialized from our own seeded [`crate::rng::Rng`]
 //! and addressed by stable names, so a checkpoint is a plain name -> tensor map.
 
+pub mod act;
 pub mod cnn4;
+pub mod conv;
+pub mod resnet;
 
 use candle_core::{Result, Tensor, Var};
 use std::collections::HashMap;
 
 pub use cnn4::{Cnn4, Cnn4Config};
+pub use conv::Geom;
+pub use resnet::{ResNet, ResNetConfig};
+
+/// How a forward pass treats the parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Gradients reach the parameters (training).
+    Train,
+    /// Parameters are constants: a backward pass computes input gradients only
+    /// (synthesis, attacks, evaluation), never weight gradients.
+    Frozen,
+}
+
+impl Mode {
+    /// A parameter as this mode sees it.
+    pub fn param(self, v: &Var) -> Tensor {
+        match self {
+            Mode::Train => v.as_tensor().clone(),
+            Mode::Frozen => v.as_detached_tensor(),
+        }
+    }
+}
 
 /// What training, synthesis and evaluation need from a net.
 pub trait Classifier {
     /// Logits (N x K) for images (N x C x H x W) in [-1, 1].
-    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// Logits with gradients reaching the parameters.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_mode(x, Mode::Train)
+    }
     /// Trainable parameters, in a fixed order (optimizer state follows it).
-    fn vars(&self) -> Vec<Var>;
+    fn vars(&self) -> Vec<Var> {
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
     /// Parameters by name, in the same order as [`Classifier::vars`].
     fn named_vars(&self) -> Vec<(String, Var)>;
 
-    /// Parameter tensors by name, for checkpoints.
+    /// State that is not trained by gradients (batch-norm running statistics).
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        Vec::new()
+    }
+
+    /// Parameters and buffers by name, for checkpoints.
     fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        self.named_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()
+        self.named_vars().into_iter().chain(self.named_buffers()).map(|(n, v)| (n, v.as_tensor().clone())).collect()
     }
 
     /// Overwrites every parameter from a checkpoint map; a missing name or a shape mismatch
     /// is an error, never a silent partial load.
     fn load_tensors(&self, map: &HashMap<String, Tensor>) -> Result<()> {
-        for (name, var) in self.named_vars() {
+        for (name, var) in self.named_vars().into_iter().chain(self.named_buffers()) {
             let t = map
                 .get(&name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint has no parameter `{name}`")))?;

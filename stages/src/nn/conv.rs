@@ -1,0 +1,488 @@
+//! 2-D convolution on NHWC tensors as im2col + GEMM, with a GEMM-based backward.
+//!
+//! Three linear maps form a closed family, each one's derivative made of the others, so
+//! every order of differentiation stays on the fast path (the WINN gradient penalty
+//! differentiates d f / d x again with respect to the weights):
+//!
+//! ```text
+//! conv(x, w)    = im2col(x) . w                 x: N x H x W x C, w: (k*k*C) x O
+//! conv_t(g, w)  = col2im(g . w^T)               (input gradient of conv)
+//! wgrad(x, g)   = im2col(x)^T . g               (weight gradient of conv)
+//! ```
+//!
+//! with <conv(x, w), g> = <x, conv_t(g, w)> = <w, wgrad(x, g)>. A backward pass computes
+//! the gradient of an operand only when that operand is tracked, so synthesis and attacks
+//! (weights detached) pay for input gradients alone. NHWC keeps the GEMM output in the
+//! layout the next layer reads, so no transposes run between layers.
+//!
+//! Off the CPU, or for dtypes other than f32, [`conv2d`] falls back to candle's own ops.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// A square kernel's size, stride and zero padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geom {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Geom {
+    pub fn out(&self, n: usize) -> usize {
+        (n + 2 * self.pad - self.k) / self.stride + 1
+    }
+}
+
+/// Input dims (N, H, W, C) of a convolution, needed by ops whose result has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InDims {
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// Row-major GEMM through the `gemm` crate: dst[m x n] (+)= a . b, where a and b are given
+/// by strides so transposed operands need no copy.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) {
+    assert!(dst.len() >= m * n);
+    // SAFETY: the strides and sizes above describe ranges inside the given slices
+    // (checked by the callers' shapes), and dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// Patches of x as rows: (N*Ho*Wo) x (k*k*C), column order (ki, kj, c).
+fn im2col(x: &[f32], d: InDims, g: Geom) -> Vec<f32> {
+    let (ho, wo) = (g.out(d.h), g.out(d.w));
+    let kk = g.k * g.k * d.c;
+    let mut cols = vec![0f32; d.n * ho * wo * kk];
+    cols.par_chunks_mut(ho * wo * kk).enumerate().for_each(|(n, img_cols)| {
+        let img = &x[n * d.h * d.w * d.c..(n + 1) * d.h * d.w * d.c];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &mut img_cols[(oh * wo + ow) * kk..(oh * wo + ow + 1) * kk];
+                for ki in 0..g.k {
+                    let ih = (oh * g.stride + ki) as isize - g.pad as isize;
+                    if ih < 0 || ih >= d.h as isize {
+                        continue; // stays zero
+                    }
+                    for kj in 0..g.k {
+                        let iw = (ow * g.stride + kj) as isize - g.pad as isize;
+                        if iw < 0 || iw >= d.w as isize {
+                            continue;
+                        }
+                        let src = ((ih as usize) * d.w + iw as usize) * d.c;
+                        let dst = (ki * g.k + kj) * d.c;
+                        row[dst..dst + d.c].copy_from_slice(&img[src..src + d.c]);
+                    }
+                }
+            }
+        }
+    });
+    cols
+}
+
+/// The adjoint of [`im2col`]: scatter-add rows of patches back into an N x H x W x C image.
+fn col2im(cols: &[f32], d: InDims, g: Geom) -> Vec<f32> {
+    let (ho, wo) = (g.out(d.h), g.out(d.w));
+    let kk = g.k * g.k * d.c;
+    let mut x = vec![0f32; d.n * d.h * d.w * d.c];
+    x.par_chunks_mut(d.h * d.w * d.c).enumerate().for_each(|(n, img)| {
+        let img_cols = &cols[n * ho * wo * kk..(n + 1) * ho * wo * kk];
+        for oh in 0..ho {
+            for ow in 0..wo {
+                let row = &img_cols[(oh * wo + ow) * kk..(oh * wo + ow + 1) * kk];
+                for ki in 0..g.k {
+                    let ih = (oh * g.stride + ki) as isize - g.pad as isize;
+                    if ih < 0 || ih >= d.h as isize {
+                        continue;
+                    }
+                    for kj in 0..g.k {
+                        let iw = (ow * g.stride + kj) as isize - g.pad as isize;
+                        if iw < 0 || iw >= d.w as isize {
+                            continue;
+                        }
+                        let dst = ((ih as usize) * d.w + iw as usize) * d.c;
+                        let src = (ki * g.k + kj) * d.c;
+                        for (a, b) in img[dst..dst + d.c].iter_mut().zip(&row[src..src + d.c]) {
+                            *a += *b;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    x
+}
+
+fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
+    l.shape().dims4()
+}
+
+fn dims2(l: &Layout) -> Result<(usize, usize)> {
+    l.shape().dims2()
+}
+
+/// conv(x, w). Keeps im2col(x) for the weight gradient when asked (training).
+struct Conv {
+    g: Geom,
+    keep_cols: bool,
+    cols: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+}
+
+impl candle_core::CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv2d-nhwc"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = dims4(l1)?;
+        let (kk, o) = dims2(l2)?;
+        if kk != self.g.k * self.g.k * c {
+            candle_core::bail!("conv2d-nhwc: weight rows {kk} != k*k*C = {}", self.g.k * self.g.k * c);
+        }
+        let d = InDims { n, h, w, c };
+        let x = f32_slice(s1, l1, "conv2d-nhwc input")?;
+        let wt = f32_slice(s2, l2, "conv2d-nhwc weight")?;
+        let (ho, wo) = (self.g.out(h), self.g.out(w));
+        let cols = im2col(x, d, self.g);
+        let m = n * ho * wo;
+        let mut out = vec![0f32; m * o];
+        gemm_rm(m, o, kk, &mut out, &cols, kk as isize, 1, wt, o as isize, 1);
+        if self.keep_cols {
+            *self.cols.lock().expect("cols lock") = Some(Arc::new(cols));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, o))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() { Some(conv_t(&grad, w, self.g, x.dims())?) } else { None };
+        let dw = if w.track_op() {
+            let cached = self.cols.lock().expect("cols lock").take();
+            Some(wgrad_with(x, &grad, self.g, cached)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// conv_t(g, w): the input gradient of conv, an image of `in_dims`.
+struct ConvT {
+    g: Geom,
+    d: InDims,
+}
+
+impl candle_core::CustomOp2 for ConvT {
+    fn name(&self) -> &'static str {
+        "conv2d-nhwc-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, ho, wo, o) = dims4(l1)?;
+        let (kk, o2) = dims2(l2)?;
+        let d = self.d;
+        if o != o2 || n != d.n || ho != self.g.out(d.h) || wo != self.g.out(d.w) || kk != self.g.k * self.g.k * d.c {
+            candle_core::bail!("conv2d-nhwc-input-grad: gradient {:?} and weight {:?} do not fit input {:?}", l1.dims(), l2.dims(), d);
+        }
+        let gr = f32_slice(s1, l1, "input-grad gradient")?;
+        let wt = f32_slice(s2, l2, "input-grad weight")?;
+        let m = n * ho * wo;
+        let mut dcols = vec![0f32; m * kk];
+        // dcols = g . w^T: w is kk x o row-major, so w^T has row stride 1, column stride o.
+        gemm_rm(m, kk, o, &mut dcols, gr, o as isize, 1, wt, 1, o as isize);
+        let dx = col2im(&dcols, d, self.g);
+        Ok((CpuStorage::F32(dx), Shape::from((d.n, d.h, d.w, d.c))))
+    }
+
+    fn bwd(&self, g: &Tensor, w: &Tensor, _res: &Tensor, up: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let up = up.contiguous()?;
+        let dg = if g.track_op() { Some(conv2d_fast(&up, w, self.g, false)?) } else { None };
+        let dw = if w.track_op() { Some(wgrad_with(&up, g, self.g, None)?) } else { None };
+        Ok((dg, dw))
+    }
+}
+
+/// wgrad(x, g): the weight gradient of conv, (k*k*C) x O.
+struct WGrad {
+    g: Geom,
+    cols: Option<Arc<Vec<f32>>>,
+}
+
+impl candle_core::CustomOp2 for WGrad {
+    fn name(&self) -> &'static str {
+        "conv2d-nhwc-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = dims4(l1)?;
+        let (n2, ho, wo, o) = dims4(l2)?;
+        if n != n2 || ho != self.g.out(h) || wo != self.g.out(w) {
+            candle_core::bail!("conv2d-nhwc-weight-grad: input {:?} and gradient {:?} do not fit", l1.dims(), l2.dims());
+        }
+        let d = InDims { n, h, w, c };
+        let kk = self.g.k * self.g.k * c;
+        let m = n * ho * wo;
+        let computed;
+        let cols: &[f32] = match &self.cols {
+            Some(c) if c.len() == m * kk => c.as_slice(),
+            _ => {
+                computed = im2col(f32_slice(s1, l1, "weight-grad input")?, d, self.g);
+                &computed
+            }
+        };
+        let gr = f32_slice(s2, l2, "weight-grad gradient")?;
+        let mut dw = vec![0f32; kk * o];
+        // dw = cols^T . g: cols is m x kk row-major, so cols^T has row stride 1, column stride kk.
+        gemm_rm(kk, o, m, &mut dw, cols, 1, kk as isize, gr, o as isize, 1);
+        Ok((CpuStorage::F32(dw), Shape::from((kk, o))))
+    }
+
+    fn bwd(&self, x: &Tensor, g: &Tensor, _res: &Tensor, up: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let up = up.contiguous()?;
+        let dx = if x.track_op() { Some(conv_t(g, &up, self.g, x.dims())?) } else { None };
+        let dg = if g.track_op() { Some(conv2d_fast(x, &up, self.g, false)?) } else { None };
+        Ok((dx, dg))
+    }
+}
+
+fn in_dims(dims: &[usize]) -> Result<InDims> {
+    match dims {
+        &[n, h, w, c] => Ok(InDims { n, h, w, c }),
+        _ => candle_core::bail!("expected N x H x W x C, got {dims:?}"),
+    }
+}
+
+fn conv_t(g: &Tensor, w: &Tensor, geom: Geom, x_dims: &[usize]) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&w.contiguous()?, ConvT { g: geom, d: in_dims(x_dims)? })
+}
+
+fn wgrad_with(x: &Tensor, g: &Tensor, geom: Geom, cols: Option<Arc<Vec<f32>>>) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&g.contiguous()?, WGrad { g: geom, cols })
+}
+
+fn conv2d_fast(x: &Tensor, w: &Tensor, g: Geom, keep_cols: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv { g, keep_cols, cols: Arc::new(Mutex::new(None)) })
+}
+
+/// Convolution of x (N x H x W x C) with w ((k*k*C) x O, rows ordered (ki, kj, c)), no bias.
+pub fn conv2d(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+        // im2col(x) is kept for the weight gradient only when one will be asked for.
+        conv2d_fast(x, w, g, w.track_op())
+    } else {
+        conv2d_reference(x, w, g)
+    }
+}
+
+/// The same convolution with candle's own (NCHW) ops: the reference of the tests and the
+/// path on devices without the fast kernels.
+pub fn conv2d_reference(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
+    let (_, _, _, c) = x.dims4()?;
+    let (_, o) = w.dims2()?;
+    let w_nchw = w.reshape((g.k, g.k, c, o))?.permute((3, 2, 0, 1))?.contiguous()?;
+    x.permute((0, 3, 1, 2))?.contiguous()?.conv2d(&w_nchw, g.pad, g.stride, 1, 1)?.permute((0, 2, 3, 1))?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::act::bias_leaky_relu;
+    use crate::rng::Rng;
+    use candle_core::{Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_vec(Rng::new(seed).uniform_vec(n, -1.0, 1.0), shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
+    }
+
+    /// (n, h, w, c, o, geometry): stride 1 and 2, padding, batch 1, odd and non-square sizes.
+    const CASES: &[(usize, usize, usize, usize, usize, Geom)] = &[
+        (2, 28, 28, 1, 8, Geom { k: 5, stride: 2, pad: 2 }),
+        (1, 7, 7, 3, 5, Geom { k: 5, stride: 2, pad: 2 }),
+        (3, 8, 8, 4, 6, Geom { k: 3, stride: 1, pad: 1 }),
+        (2, 9, 9, 2, 3, Geom { k: 3, stride: 2, pad: 1 }),
+        (1, 5, 5, 2, 2, Geom { k: 3, stride: 1, pad: 0 }),
+        (2, 7, 10, 3, 4, Geom { k: 5, stride: 2, pad: 2 }),
+        (1, 6, 9, 2, 3, Geom { k: 3, stride: 1, pad: 1 }),
+    ];
+
+    #[test]
+    fn forward_and_gradients_match_candle_ops() -> Result<()> {
+        for (i, &(n, h, w, c, o, g)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[n, h, w, c], 10 + i as u64))?;
+            let wt = Var::from_tensor(&rand(&[g.k * g.k * c, o], 20 + i as u64))?;
+            let fast = conv2d(x.as_tensor(), wt.as_tensor(), g)?;
+            let slow = conv2d_reference(x.as_tensor(), wt.as_tensor(), g)?;
+            assert_eq!(fast.dims(), &[n, g.out(h), g.out(w), o]);
+            assert!(max_rel(&fast, &slow) < 1e-5, "case {i}: forward");
+            let r = rand(fast.dims(), 30 + i as u64);
+            let gf = (fast * &r)?.sum_all()?.backward()?;
+            if h == w {
+                // candle's own input gradient is only right for square inputs (DESIGN §4)
+                let gs = (slow * &r)?.sum_all()?.backward()?;
+                assert!(max_rel(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-5, "case {i}: dx");
+                assert!(max_rel(gf.get(&wt).unwrap(), gs.get(&wt).unwrap()) < 1e-5, "case {i}: dw");
+            }
+            // the adjoint identities hold whatever the shape:
+            // <conv(x, w), r> = <x, conv_t(r, w)> = <w, wgrad(x, r)>
+            let lhs = (conv2d(x.as_tensor(), wt.as_tensor(), g)? * &r)?.sum_all()?.to_scalar::<f32>()?;
+            let via_x = (x.as_tensor() * gf.get(&x).unwrap())?.sum_all()?.to_scalar::<f32>()?;
+            let via_w = (wt.as_tensor() * gf.get(&wt).unwrap())?.sum_all()?.to_scalar::<f32>()?;
+            assert!((lhs - via_x).abs() < 1e-3 * lhs.abs().max(1.0), "case {i}: {lhs} vs {via_x}");
+            assert!((lhs - via_w).abs() < 1e-3 * lhs.abs().max(1.0), "case {i}: {lhs} vs {via_w}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        for (i, &(n, h, w, c, o, g)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[n, h, w, c], 40 + i as u64))?;
+            let wt = Var::from_tensor(&rand(&[g.k * g.k * c, o], 50 + i as u64))?;
+            let r = rand(&[n, g.out(h), g.out(w), o], 60 + i as u64);
+            // smooth and nonlinear in both operands: sum(conv(x, w)^2 * r)
+            let f = |x: &Tensor, wt: &Tensor| -> Result<f64> { Ok((conv2d(x, wt, g)?.sqr()? * &r)?.sum_all()?.to_scalar::<f32>()? as f64) };
+            let grads = (conv2d(x.as_tensor(), wt.as_tensor(), g)?.sqr()? * &r)?.sum_all()?.backward()?;
+            for (var, other, is_x) in [(&x, &wt, true), (&wt, &x, false)] {
+                let analytic = grads.get(var).unwrap().flatten_all()?.to_vec1::<f32>()?;
+                let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                // a handful of coordinates, spread over the tensor
+                for j in (0..base.len()).step_by((base.len() / 7).max(1)) {
+                    let eps = 1e-2f32;
+                    let shifted = |d: f32| -> Result<f64> {
+                        let mut v = base.clone();
+                        v[j] += d;
+                        let t = Tensor::from_vec(v, var.dims(), &Device::Cpu)?;
+                        if is_x { f(&t, other.as_tensor()) } else { f(other.as_tensor(), &t) }
+                    };
+                    let fd = (shifted(eps)? - shifted(-eps)?) / (2.0 * eps as f64);
+                    let a = analytic[j] as f64;
+                    assert!((fd - a).abs() < 2e-2 * a.abs().max(1.0), "case {i} {} [{j}]: analytic {a} fd {fd}", if is_x { "dx" } else { "dw" });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bias_leaky_relu_matches_candle_ops() -> Result<()> {
+        let h = Var::from_tensor(&rand(&[3, 4, 5, 6], 70))?;
+        let b = Var::from_tensor(&rand(&[6], 71))?;
+        let r = rand(&[3, 4, 5, 6], 72);
+        let fast = bias_leaky_relu(h.as_tensor(), b.as_tensor(), 0.2)?;
+        let slow = candle_nn::ops::leaky_relu(&h.as_tensor().broadcast_add(b.as_tensor())?, 0.2)?;
+        assert!(max_rel(&fast, &slow) < 1e-6);
+        let gf = (fast * &r)?.sum_all()?.backward()?;
+        let gs = (slow * &r)?.sum_all()?.backward()?;
+        assert!(max_rel(gf.get(&h).unwrap(), gs.get(&h).unwrap()) < 1e-6);
+        assert!(max_rel(gf.get(&b).unwrap(), gs.get(&b).unwrap()) < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn frozen_weights_get_no_gradient_and_the_same_input_gradient() -> Result<()> {
+        let g = Geom { k: 5, stride: 2, pad: 2 };
+        let x = Var::from_tensor(&rand(&[2, 12, 12, 3], 1))?;
+        let wt = Var::from_tensor(&rand(&[75, 4], 2))?;
+        let r = rand(&[2, 6, 6, 4], 3);
+        let full = (conv2d(x.as_tensor(), wt.as_tensor(), g)? * &r)?.sum_all()?.backward()?;
+        let frozen = (conv2d(x.as_tensor(), &wt.as_detached_tensor(), g)? * &r)?.sum_all()?.backward()?;
+        assert!(frozen.get(&wt).is_none());
+        assert_eq!(full.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?, frozen.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    /// d/dW ||d f / d x||^2 through the fast path (the WINN gradient penalty), against the
+    /// same quantity through candle's ops and against finite differences.
+    #[test]
+    fn second_order_gradient_penalty() -> Result<()> {
+        std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        let g1 = Geom { k: 5, stride: 2, pad: 2 };
+        let g2 = Geom { k: 3, stride: 1, pad: 1 };
+        let x0 = rand(&[2, 10, 10, 2], 7);
+        let w1 = Var::from_tensor(&(rand(&[50, 3], 8) * 0.5)?)?;
+        let b1 = Var::from_tensor(&(rand(&[3], 9) * 0.1)?)?;
+        let w2 = Var::from_tensor(&(rand(&[27, 2], 10) * 0.5)?)?;
+        let r = rand(&[2, 5, 5, 2], 11);
+        // penalty(W) = || d <net(x), r> / dx ||^2
+        let penalty = |w1: &Tensor, w2: &Tensor, fast: bool| -> Result<Tensor> {
+            let conv = if fast { conv2d } else { conv2d_reference };
+            let x = Var::from_tensor(&x0)?;
+            let h = conv(x.as_tensor(), w1, g1)?;
+            let h = if fast { bias_leaky_relu(&h, b1.as_tensor(), 0.2)? } else { candle_nn::ops::leaky_relu(&h.broadcast_add(b1.as_tensor())?, 0.2)? };
+            let f = (conv(&h, w2, g2)? * &r)?.sum_all()?;
+            f.backward()?.get(x.as_tensor()).unwrap().sqr()?.sum_all()
+        };
+        let p_fast = penalty(w1.as_tensor(), w2.as_tensor(), true)?;
+        let p_ref = penalty(w1.as_tensor(), w2.as_tensor(), false)?;
+        assert!((p_fast.to_scalar::<f32>()? - p_ref.to_scalar::<f32>()?).abs() < 1e-4 * p_ref.to_scalar::<f32>()?.abs());
+        let gf = p_fast.backward()?;
+        let gr = p_ref.backward()?;
+        for (name, w) in [("w1", &w1), ("w2", &w2)] {
+            let a = gf.get(w).unwrap_or_else(|| panic!("no second-order gradient for {name}"));
+            assert!(max_rel(a, gr.get(w).unwrap()) < 1e-3, "{name}: fast vs candle ops");
+            let analytic = a.flatten_all()?.to_vec1::<f32>()?;
+            let base = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            for j in (0..base.len()).step_by((base.len() / 6).max(1)) {
+                let eps = 5e-3f32;
+                let at = |d: f32| -> Result<f64> {
+                    let mut v = base.clone();
+                    v[j] += d;
+                    let t = Tensor::from_vec(v, w.dims(), &Device::Cpu)?;
+                    let p = if name == "w1" { penalty(&t, &w2.as_detached_tensor(), true)? } else { penalty(&w1.as_detached_tensor(), &t, true)? };
+                    Ok(p.to_scalar::<f32>()? as f64)
+                };
+                let fd = (at(eps)? - at(-eps)?) / (2.0 * eps as f64);
+                let an = analytic[j] as f64;
+                assert!((fd - an).abs() < 3e-2 * an.abs().max(0.1), "{name}[{j}]: analytic {an} fd {fd}");
+            }
+        }
+        Ok(())
+    }
+}
