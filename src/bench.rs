@@ -33,12 +33,13 @@ pub struct Options<'a> {
 
 /// PyTorch's numbers by workload name, or None when torch is not importable.
 fn torch_numbers(o: &Options, threads: usize) -> Result<Option<HashMap<String, f64>>> {
+    if !o.torch {
+        return Ok(None);
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_torch.py");
     let ok = Command::new("python3").args(["-c", "import torch"]).output().map(|out| out.status.success()).unwrap_or(false);
-    if !o.torch || !ok || !script.exists() {
-        if o.torch {
-            eprintln!("note: PyTorch not importable (pip install torch), or {} missing: pipe numbers only", script.display());
-        }
+    if !ok || !script.exists() {
+        eprintln!("note: PyTorch not importable (pip install torch), or {} missing: pipe numbers only", script.display());
         return Ok(None);
     }
     let out = Command::new("python3")

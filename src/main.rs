@@ -1,5 +1,10 @@
 use std::process::ExitCode;
 
+// Training allocates and frees buffers of tens of MB every step; the system allocator
+// returns them to the OS each time, and page faults then cost several percent.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match pipe::cli::main() {
         Ok(()) => ExitCode::SUCCESS,

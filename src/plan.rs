@@ -37,9 +37,9 @@ pub struct StageDef {
 }
 
 pub const LOAD: (&str, u32) = ("load", 1);
-pub const TRAIN: (&str, u32) = ("train", 2);
-pub const SYNTHESIZE: (&str, u32) = ("synthesize", 2);
-pub const EVALUATE: (&str, u32) = ("evaluate", 2);
+pub const TRAIN: (&str, u32) = ("train", 3);
+pub const SYNTHESIZE: (&str, u32) = ("synthesize", 3);
+pub const EVALUATE: (&str, u32) = ("evaluate", 3);
 
 /// The seed of one stage: a function of the run seed and the stage's position only.
 pub fn stage_seed(run_seed: u64, stage_id: &str) -> u64 {

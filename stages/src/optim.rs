@@ -3,7 +3,8 @@
 //! safetensors checkpoint as the weights.
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 pub trait Optimizer {
@@ -35,17 +36,59 @@ fn grow<T: Clone>(v: &mut Vec<Option<T>>, n: usize) {
     }
 }
 
+/// y = a * y + x, in place (one pass, no allocation).
+struct Axpby {
+    a: f32,
+    b: f32,
+}
+
+impl candle_core::InplaceOp2 for Axpby {
+    fn name(&self) -> &'static str {
+        "axpby"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let (CpuStorage::F32(y), CpuStorage::F32(x)) = (s1, s2) else { candle_core::bail!("axpby: expected f32") };
+        let (Some((y0, y1)), Some((x0, x1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("axpby: expected contiguous tensors")
+        };
+        if y1 - y0 != x1 - x0 {
+            candle_core::bail!("axpby: {} vs {} elements", y1 - y0, x1 - x0);
+        }
+        let (a, b) = (self.a, self.b);
+        y[y0..y1].par_chunks_mut(1 << 14).zip(x[x0..x1].par_chunks(1 << 14)).for_each(|(y, x)| {
+            for (y, x) in y.iter_mut().zip(x) {
+                *y = a * *y + b * *x;
+            }
+        });
+        Ok(())
+    }
+}
+
+/// y <- a y + b x in place on the CPU; a new tensor elsewhere (returned either way).
+fn axpby(y: &Tensor, a: f64, b: f64, x: &Tensor) -> Result<Tensor> {
+    if y.device().is_cpu() && y.dtype() == DType::F32 && x.dtype() == DType::F32 && y.is_contiguous() && x.is_contiguous() {
+        y.inplace_op2(x, &Axpby { a: a as f32, b: b as f32 })?;
+        Ok(y.clone())
+    } else {
+        (y * a)? + (x * b)?
+    }
+}
+
 impl Optimizer for SgdMomentum {
     fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<()> {
         grow(&mut self.velocity, vars.len());
         for (i, var) in vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let v = match &self.velocity[i] {
-                Some(v) if self.momentum != 0.0 => ((v * self.momentum)? + g)?,
-                _ => g.clone(),
+            let v = match self.velocity[i].take() {
+                Some(v) if self.momentum != 0.0 => axpby(&v, self.momentum, 1.0, g)?,
+                _ => g.detach().copy()?,
             };
-            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
-            self.velocity[i] = Some(v.detach());
+            if var.device().is_cpu() && var.is_contiguous() {
+                axpby(var.as_tensor(), 1.0, -self.lr, &v)?;
+            } else {
+                var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
+            }
+            self.velocity[i] = Some(v);
         }
         Ok(())
     }
@@ -59,7 +102,8 @@ impl Optimizer for SgdMomentum {
         let mut out = Vec::new();
         for (i, v) in self.velocity.iter().enumerate() {
             if let Some(v) = v {
-                out.push((format!("sgd.velocity.{i}"), v.clone()));
+                // a copy: the optimizer keeps updating its own buffer in place
+                out.push((format!("sgd.velocity.{i}"), v.copy().expect("copy of a velocity")));
             }
         }
         out
@@ -76,7 +120,7 @@ fn load_slots(vars: &[Var], state: &HashMap<String, Tensor>, prefix: &str) -> Re
         .enumerate()
         .map(|(i, var)| match state.get(&format!("{prefix}.{i}")) {
             None => Ok(None),
-            Some(t) if t.dims() == var.dims() => Ok(Some(t.to_device(var.device())?)),
+            Some(t) if t.dims() == var.dims() => Ok(Some(t.to_device(var.device())?.copy()?)),
             Some(t) => candle_core::bail!("optimizer slot {prefix}.{i}: shape {:?}, parameter {:?}", t.dims(), var.dims()),
         })
         .collect()

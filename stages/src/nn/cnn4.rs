@@ -1,8 +1,7 @@
 //! The ICN paper's MNIST net: four 5x5 stride-2 convolutions (64/128/256/512 channels),
 //! LeakyReLU, no pooling, no batch norm, then one linear layer to K logits.
 
-use super::act::bias_leaky_relu;
-use super::conv::{conv2d, Geom};
+use super::conv::{conv2d_bias_leaky, Geom};
 use super::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -102,8 +101,7 @@ impl Classifier for Cnn4 {
         // NCHW in, NHWC inside: one channel needs no copy.
         let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         for (w, b) in &self.convs {
-            h = conv2d(&h, &p(w), GEOM)?;
-            h = bias_leaky_relu(&h, &p(b), self.config.leaky_slope)?;
+            h = conv2d_bias_leaky(&h, &p(w), &p(b), GEOM, self.config.leaky_slope)?;
         }
         let h = h.flatten_from(1)?;
         h.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))

@@ -18,6 +18,8 @@
 //! Off the CPU, or for dtypes other than f32, [`conv2d`] falls back to candle's own ops.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use super::act::{column_sums, leaky_grad};
+use super::uninit;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -91,7 +93,7 @@ fn gemm_rm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize
 fn im2col(x: &[f32], d: InDims, g: Geom) -> Vec<f32> {
     let (ho, wo) = (g.out(d.h), g.out(d.w));
     let kk = g.k * g.k * d.c;
-    let mut cols = vec![0f32; d.n * ho * wo * kk];
+    let mut cols = uninit(d.n * ho * wo * kk);
     cols.par_chunks_mut(ho * wo * kk).enumerate().for_each(|(n, img_cols)| {
         let img = &x[n * d.h * d.w * d.c..(n + 1) * d.h * d.w * d.c];
         for oh in 0..ho {
@@ -99,17 +101,20 @@ fn im2col(x: &[f32], d: InDims, g: Geom) -> Vec<f32> {
                 let row = &mut img_cols[(oh * wo + ow) * kk..(oh * wo + ow + 1) * kk];
                 for ki in 0..g.k {
                     let ih = (oh * g.stride + ki) as isize - g.pad as isize;
+                    let krow = &mut row[ki * g.k * d.c..(ki + 1) * g.k * d.c];
                     if ih < 0 || ih >= d.h as isize {
-                        continue; // stays zero
+                        krow.fill(0.0); // zero padding
+                        continue;
                     }
                     for kj in 0..g.k {
                         let iw = (ow * g.stride + kj) as isize - g.pad as isize;
+                        let dst = &mut krow[kj * d.c..(kj + 1) * d.c];
                         if iw < 0 || iw >= d.w as isize {
-                            continue;
+                            dst.fill(0.0);
+                        } else {
+                            let src = ((ih as usize) * d.w + iw as usize) * d.c;
+                            dst.copy_from_slice(&img[src..src + d.c]);
                         }
-                        let src = ((ih as usize) * d.w + iw as usize) * d.c;
-                        let dst = (ki * g.k + kj) * d.c;
-                        row[dst..dst + d.c].copy_from_slice(&img[src..src + d.c]);
                     }
                 }
             }
@@ -159,11 +164,26 @@ fn dims2(l: &Layout) -> Result<(usize, usize)> {
     l.shape().dims2()
 }
 
+type ColsCache = Arc<Mutex<Option<Arc<Vec<f32>>>>>;
+
+/// im2col(x) . w, the forward of a convolution; stores im2col(x) in `keep` when given.
+fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom, keep: Option<&ColsCache>) -> Vec<f32> {
+    let kk = g.k * g.k * d.c;
+    let m = d.n * g.out(d.h) * g.out(d.w);
+    let cols = im2col(x, d, g);
+    let mut out = uninit(m * o);
+    gemm_rm(m, o, kk, &mut out, &cols, kk as isize, 1, wt, o as isize, 1);
+    if let Some(cache) = keep {
+        *cache.lock().expect("cols lock") = Some(Arc::new(cols));
+    }
+    out
+}
+
 /// conv(x, w). Keeps im2col(x) for the weight gradient when asked (training).
 struct Conv {
     g: Geom,
     keep_cols: bool,
-    cols: Arc<Mutex<Option<Arc<Vec<f32>>>>>,
+    cols: ColsCache,
 }
 
 impl candle_core::CustomOp2 for Conv {
@@ -180,15 +200,8 @@ impl candle_core::CustomOp2 for Conv {
         let d = InDims { n, h, w, c };
         let x = f32_slice(s1, l1, "conv2d-nhwc input")?;
         let wt = f32_slice(s2, l2, "conv2d-nhwc weight")?;
-        let (ho, wo) = (self.g.out(h), self.g.out(w));
-        let cols = im2col(x, d, self.g);
-        let m = n * ho * wo;
-        let mut out = vec![0f32; m * o];
-        gemm_rm(m, o, kk, &mut out, &cols, kk as isize, 1, wt, o as isize, 1);
-        if self.keep_cols {
-            *self.cols.lock().expect("cols lock") = Some(Arc::new(cols));
-        }
-        Ok((CpuStorage::F32(out), Shape::from((n, ho, wo, o))))
+        let out = conv_forward(x, wt, d, o, self.g, self.keep_cols.then_some(&self.cols));
+        Ok((CpuStorage::F32(out), Shape::from((n, self.g.out(h), self.g.out(w), o))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -225,7 +238,7 @@ impl candle_core::CustomOp2 for ConvT {
         let gr = f32_slice(s1, l1, "input-grad gradient")?;
         let wt = f32_slice(s2, l2, "input-grad weight")?;
         let m = n * ho * wo;
-        let mut dcols = vec![0f32; m * kk];
+        let mut dcols = uninit(m * kk);
         // dcols = g . w^T: w is kk x o row-major, so w^T has row stride 1, column stride o.
         gemm_rm(m, kk, o, &mut dcols, gr, o as isize, 1, wt, 1, o as isize);
         let dx = col2im(&dcols, d, self.g);
@@ -269,7 +282,7 @@ impl candle_core::CustomOp2 for WGrad {
             }
         };
         let gr = f32_slice(s2, l2, "weight-grad gradient")?;
-        let mut dw = vec![0f32; kk * o];
+        let mut dw = uninit(kk * o);
         // dw = cols^T . g: cols is m x kk row-major, so cols^T has row stride 1, column stride kk.
         gemm_rm(kk, o, m, &mut dw, cols, 1, kk as isize, gr, o as isize, 1);
         Ok((CpuStorage::F32(dw), Shape::from((kk, o))))
@@ -300,6 +313,66 @@ fn wgrad_with(x: &Tensor, g: &Tensor, geom: Geom, cols: Option<Arc<Vec<f32>>>) -
 
 fn conv2d_fast(x: &Tensor, w: &Tensor, g: Geom, keep_cols: bool) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv { g, keep_cols, cols: Arc::new(Mutex::new(None)) })
+}
+
+/// leaky_relu(conv(x, w) + b) as one node of the graph: one pass for bias and activation
+/// on the GEMM output, and one gradient accumulation per layer instead of two.
+struct ConvBiasLeaky {
+    g: Geom,
+    slope: f32,
+    keep_cols: bool,
+    cols: ColsCache,
+}
+
+impl candle_core::CustomOp3 for ConvBiasLeaky {
+    fn name(&self) -> &'static str {
+        "conv2d-nhwc-bias-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, h, w, c) = dims4(l1)?;
+        let (kk, o) = dims2(l2)?;
+        if kk != self.g.k * self.g.k * c || l3.dims() != [o] {
+            candle_core::bail!("conv2d-nhwc-bias-leaky-relu: input {:?}, weight {:?}, bias {:?} do not fit", l1.dims(), l2.dims(), l3.dims());
+        }
+        let x = f32_slice(s1, l1, "conv input")?;
+        let wt = f32_slice(s2, l2, "conv weight")?;
+        let b = f32_slice(s3, l3, "conv bias")?;
+        let mut out = conv_forward(x, wt, InDims { n, h, w, c }, o, self.g, self.keep_cols.then_some(&self.cols));
+        let slope = self.slope;
+        out.par_chunks_mut(o * 64).for_each(|chunk| {
+            for row in chunk.chunks_mut(o) {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    let z = *v + b;
+                    *v = if z > 0.0 { z } else { z * slope };
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((n, self.g.out(h), self.g.out(w), o))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gpre = leaky_grad(grad, y, self.slope)?;
+        let dx = if x.track_op() { Some(conv_t(&gpre, w, self.g, x.dims())?) } else { None };
+        let dw = if w.track_op() {
+            let cached = self.cols.lock().expect("cols lock").take();
+            Some(wgrad_with(x, &gpre, self.g, cached)?)
+        } else {
+            None
+        };
+        let db = if b.track_op() { Some(column_sums(&gpre)?) } else { None };
+        Ok((dx, dw, db))
+    }
+}
+
+/// leaky_relu(conv(x, w) + b, slope): the layer of CNN4.
+pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64) -> Result<Tensor> {
+    if x.device().is_cpu() && [x.dtype(), w.dtype(), b.dtype()].iter().all(|d| *d == DType::F32) {
+        let op = ConvBiasLeaky { g, slope: slope as f32, keep_cols: w.track_op(), cols: Arc::new(Mutex::new(None)) };
+        x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
+    } else {
+        candle_nn::ops::leaky_relu(&conv2d_reference(x, w, g)?.broadcast_add(b)?, slope)
+    }
 }
 
 /// Convolution of x (N x H x W x C) with w ((k*k*C) x O, rows ordered (ki, kj, c)), no bias.
@@ -426,6 +499,25 @@ mod tests {
     }
 
     #[test]
+    fn fused_layer_matches_its_parts_and_candle_ops() -> Result<()> {
+        for (i, &(n, h, w, c, o, g)) in CASES.iter().enumerate() {
+            let x = Var::from_tensor(&rand(&[n, h, w, c], 80 + i as u64))?;
+            let wt = Var::from_tensor(&rand(&[g.k * g.k * c, o], 81 + i as u64))?;
+            let b = Var::from_tensor(&rand(&[o], 82 + i as u64))?;
+            let fused = conv2d_bias_leaky(x.as_tensor(), wt.as_tensor(), b.as_tensor(), g, 0.2)?;
+            let parts = candle_nn::ops::leaky_relu(&conv2d_reference(x.as_tensor(), wt.as_tensor(), g)?.broadcast_add(b.as_tensor())?, 0.2)?;
+            assert!(max_rel(&fused, &parts) < 1e-5, "case {i}: forward");
+            let r = rand(fused.dims(), 83 + i as u64);
+            let gf = (fused * &r)?.sum_all()?.backward()?;
+            let gp = (bias_leaky_relu(&conv2d(x.as_tensor(), wt.as_tensor(), g)?, b.as_tensor(), 0.2)? * &r)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &wt), ("b", &b)] {
+                assert!(max_rel(gf.get(v).unwrap(), gp.get(v).unwrap()) < 1e-5, "case {i}: d{name}");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
     fn frozen_weights_get_no_gradient_and_the_same_input_gradient() -> Result<()> {
         let g = Geom { k: 5, stride: 2, pad: 2 };
         let x = Var::from_tensor(&rand(&[2, 12, 12, 3], 1))?;
@@ -454,8 +546,11 @@ mod tests {
         let penalty = |w1: &Tensor, w2: &Tensor, fast: bool| -> Result<Tensor> {
             let conv = if fast { conv2d } else { conv2d_reference };
             let x = Var::from_tensor(&x0)?;
-            let h = conv(x.as_tensor(), w1, g1)?;
-            let h = if fast { bias_leaky_relu(&h, b1.as_tensor(), 0.2)? } else { candle_nn::ops::leaky_relu(&h.broadcast_add(b1.as_tensor())?, 0.2)? };
+            let h = if fast {
+                conv2d_bias_leaky(x.as_tensor(), w1, b1.as_tensor(), g1, 0.2)?
+            } else {
+                candle_nn::ops::leaky_relu(&conv2d_reference(x.as_tensor(), w1, g1)?.broadcast_add(b1.as_tensor())?, 0.2)?
+            };
             let f = (conv(&h, w2, g2)? * &r)?.sum_all()?;
             f.backward()?.get(x.as_tensor()).unwrap().sqr()?.sum_all()
         };
