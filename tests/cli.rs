@@ -17,6 +17,10 @@ fn data_dir() -> PathBuf {
 
 /// A small but real pipeline: a narrow CNN4 on a few hundred digits, two rounds.
 fn tiny(dir: &Path, train_epochs: u32, train_size: usize) -> PathBuf {
+    tiny_with(dir, train_epochs, 1, train_size)
+}
+
+fn tiny_with(dir: &Path, train_epochs: u32, epochs_per_round: u32, train_size: usize) -> PathBuf {
     let text = format!(
         r#"[pipeline]
 name = "tiny"
@@ -37,7 +41,7 @@ width = 0.125
 lr = 0.05
 batch_size = 32
 epochs = {train_epochs}
-epochs_per_round = 1
+epochs_per_round = {epochs_per_round}
 
 [synthesize]
 per_class = 3
@@ -155,34 +159,46 @@ fn same_seed_gives_identical_digests_and_another_seed_does_not() {
 #[test]
 fn sigkill_during_training_resumes_at_the_last_epoch_with_identical_results() {
     let dir = tempfile::tempdir().unwrap();
-    let file = tiny(dir.path(), 4, 1500);
+    let file = tiny_with(dir.path(), 1, 4, 1500);
     let killed = dir.path().join("killed");
     let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // Wait for train/0's first epoch checkpoint, then kill -9 mid-stage.
+    // Wait until synthesize/1 is committed and train/1 has written an epoch checkpoint,
+    // then kill -9 in the middle of train/1.
     let deadline = Instant::now() + Duration::from_secs(120);
     let partial = loop {
-        let found = std::fs::read_dir(killed.join("partial"))
+        let done: Vec<String> = std::fs::read_dir(killed.join("runs"))
             .ok()
-            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
-        if let Some(p) = found {
-            break p;
+            .and_then(|_| std::panic::catch_unwind(|| last_record(&killed)).ok())
+            .map(|r| r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        if done.iter().any(|s| s == "synthesize/1") {
+            let found = std::fs::read_dir(killed.join("partial"))
+                .ok()
+                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
+            if let Some(p) = found {
+                break p;
+            }
         }
-        assert!(child.try_wait().unwrap().is_none(), "pipe ended before its first epoch checkpoint");
+        assert!(child.try_wait().unwrap().is_none(), "pipe ended before train/1 wrote an epoch checkpoint");
         assert!(Instant::now() < deadline, "no epoch checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(partial.exists());
     let rec = last_record(&killed);
     assert_eq!(rec["status"], "running", "a killed run is left as running");
-    assert_eq!(rec["stages"].as_array().unwrap().len(), 1, "only load finished before the kill");
+    let finished: Vec<&str> = rec["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(finished, ["load", "train/0", "evaluate/0", "synthesize/1"]);
 
     let resumed = run(&file, &killed, &[]);
     let text = String::from_utf8_lossy(&resumed.stdout).to_string();
-    assert_eq!(stage_lines(&resumed)[0], ("cached".to_string(), "load".to_string()), "{text}");
-    let train0 = text.lines().find(|l| l.contains("train/0")).unwrap();
-    assert!(train0.starts_with("ran") && train0.contains("resumed from epoch"), "{text}");
+    let lines = stage_lines(&resumed);
+    for (i, stage) in finished.iter().enumerate() {
+        assert_eq!(lines[i], ("cached".to_string(), stage.to_string()), "{text}");
+    }
+    let train1 = text.lines().find(|l| l.contains("train/1")).unwrap();
+    assert!(train1.starts_with("ran") && train1.contains("resumed from epoch"), "{text}");
     assert!(!partial.exists(), "the partial checkpoint is removed on commit");
 
     let clean = dir.path().join("clean");

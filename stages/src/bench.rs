@@ -34,14 +34,14 @@ pub fn measure(w: &mut Workload, seconds: f64) -> Result<f64> {
 }
 
 /// The machine's single-precision GEMM rate (GFLOP/s) with the same kernels and threads:
-/// the best of a few 1536^3 products.
+/// the best of a dozen 1536^3 products.
 pub fn sgemm_gflops() -> f64 {
     let n = 1536;
     let a = Rng::new(1).uniform_vec(n * n, -1.0, 1.0);
     let b = Rng::new(2).uniform_vec(n * n, -1.0, 1.0);
     let mut c = vec![0f32; n * n];
     let mut best = f64::MAX;
-    for _ in 0..6 {
+    for _ in 0..12 {
         let t = Instant::now();
         // SAFETY: all three buffers hold n*n floats, row-major, and do not alias.
         unsafe {
