@@ -211,10 +211,10 @@ mod tests {
                 if Some(i) == split {
                     let saved: HashMap<String, Tensor> = opt.state().into_iter().collect();
                     opt = make();
-                    opt.load_state(&[p.clone()], &saved)?;
+                    opt.load_state(std::slice::from_ref(&p), &saved)?;
                 }
                 let loss = (p.as_tensor() - 3.0)?.sqr()?.sum_all()?;
-                opt.step(&[p.clone()], &loss.backward()?)?;
+                opt.step(std::slice::from_ref(&p), &loss.backward()?)?;
             }
             p.as_tensor().to_vec1::<f32>()
         };
@@ -242,7 +242,7 @@ mod tests {
         let mut opt = SgdMomentum::new(0.1, 0.9);
         for _ in 0..2 {
             let loss = (p.as_tensor() * 2.0)?.sum_all()?; // gradient 2
-            opt.step(&[p.clone()], &loss.backward()?)?;
+            opt.step(std::slice::from_ref(&p), &loss.backward()?)?;
         }
         // v1 = 2, p1 = 0.8; v2 = 0.9*2 + 2 = 3.8, p2 = 0.8 - 0.38 = 0.42
         let got = p.as_tensor().to_vec1::<f32>()?[0];

@@ -166,13 +166,11 @@ pub fn synthesize(
             for &j in &keep {
                 let s = &mut state[j];
                 let gj = &g[j * d..(j + 1) * d];
-                for p in 0..d {
-                    s.m[p] = b1 * s.m[p] + (1.0 - b1) * gj[p];
-                    s.v[p] = b2 * s.v[p] + (1.0 - b2) * gj[p] * gj[p];
-                    let mhat = s.m[p] as f64 / c1;
-                    let vhat = s.v[p] as f64 / c2;
-                    let up = (cfg.lr * mhat / (vhat.sqrt() + cfg.eps)) as f32;
-                    s.x[p] = (s.x[p] + up).clamp(-1.0, 1.0);
+                for (((x, m), v), &g) in s.x.iter_mut().zip(&mut s.m).zip(&mut s.v).zip(gj) {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let up = (cfg.lr * (*m as f64 / c1) / ((*v as f64 / c2).sqrt() + cfg.eps)) as f32;
+                    *x = (*x + up).clamp(-1.0, 1.0);
                 }
             }
             active = keep.iter().map(|&j| active[j]).collect();

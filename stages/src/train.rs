@@ -50,6 +50,7 @@ pub struct EpochStats {
 }
 
 /// One pass over `set` in an order drawn from `rng`; `on_batch` gets the samples done.
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     model: &dyn Classifier,
     opt: &mut dyn Optimizer,

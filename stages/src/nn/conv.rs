@@ -19,8 +19,9 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use super::act::{column_sums, leaky_grad};
-use super::uninit;
+use super::gemm_output;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 /// A square kernel's size, stride and zero padding.
@@ -57,19 +58,25 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// Row-major GEMM through the `gemm` crate: dst[m x n] (+)= a . b, where a and b are given
-/// by strides so transposed operands need no copy.
+/// Row-major GEMM through the `gemm` crate: a . b as a new m x n buffer, where a and b are
+/// given by strides so transposed operands need no copy.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) {
-    assert!(dst.len() >= m * n);
-    // SAFETY: the strides and sizes above describe ranges inside the given slices
-    // (checked by the callers' shapes), and dst does not alias a or b.
+fn gemm_rm(m: usize, n: usize, k: usize, a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) -> Vec<f32> {
+    gemm_output(m * n, |dst| gemm_into(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) {
+    assert!(a.len() >= m * k && b.len() >= k * n, "GEMM operands too short");
+    // SAFETY: dst points to m*n writable floats (see gemm_output), the strides describe
+    // ranges inside a and b (checked above for the dense layouts used here), and dst does
+    // not alias a or b. With read_dst = false, gemm writes dst without reading it.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             false,
@@ -89,38 +96,37 @@ fn gemm_rm(m: usize, n: usize, k: usize, dst: &mut [f32], a: &[f32], a_rs: isize
     }
 }
 
-/// Patches of x as rows: (N*Ho*Wo) x (k*k*C), column order (ki, kj, c).
+/// Patches of x as rows: (N*Ho*Wo) x (k*k*C), column order (ki, kj, c). Every element is
+/// written once (a copy or a padding zero), so the buffer is not zeroed first.
 fn im2col(x: &[f32], d: InDims, g: Geom) -> Vec<f32> {
     let (ho, wo) = (g.out(d.h), g.out(d.w));
     let kk = g.k * g.k * d.c;
-    let mut cols = uninit(d.n * ho * wo * kk);
+    let mut cols: Box<[MaybeUninit<f32>]> = Box::new_uninit_slice(d.n * ho * wo * kk);
     cols.par_chunks_mut(ho * wo * kk).enumerate().for_each(|(n, img_cols)| {
         let img = &x[n * d.h * d.w * d.c..(n + 1) * d.h * d.w * d.c];
-        for oh in 0..ho {
-            for ow in 0..wo {
-                let row = &mut img_cols[(oh * wo + ow) * kk..(oh * wo + ow + 1) * kk];
-                for ki in 0..g.k {
-                    let ih = (oh * g.stride + ki) as isize - g.pad as isize;
-                    let krow = &mut row[ki * g.k * d.c..(ki + 1) * g.k * d.c];
-                    if ih < 0 || ih >= d.h as isize {
-                        krow.fill(0.0); // zero padding
-                        continue;
-                    }
-                    for kj in 0..g.k {
-                        let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                        let dst = &mut krow[kj * d.c..(kj + 1) * d.c];
-                        if iw < 0 || iw >= d.w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            let src = ((ih as usize) * d.w + iw as usize) * d.c;
-                            dst.copy_from_slice(&img[src..src + d.c]);
+        for (r, row) in img_cols.chunks_mut(kk).enumerate() {
+            let (oh, ow) = (r / wo, r % wo);
+            for (ki, krow) in row.chunks_mut(g.k * d.c).enumerate() {
+                let ih = (oh * g.stride + ki) as isize - g.pad as isize;
+                for (kj, dst) in krow.chunks_mut(d.c).enumerate() {
+                    let iw = (ow * g.stride + kj) as isize - g.pad as isize;
+                    if ih < 0 || ih >= d.h as isize || iw < 0 || iw >= d.w as isize {
+                        dst.iter_mut().for_each(|v| {
+                            v.write(0.0); // zero padding
+                        });
+                    } else {
+                        let src = ((ih as usize) * d.w + iw as usize) * d.c;
+                        for (v, s) in dst.iter_mut().zip(&img[src..src + d.c]) {
+                            v.write(*s);
                         }
                     }
                 }
             }
         }
     });
-    cols
+    // SAFETY: the loops above write every element of every row (rows are split into
+    // exactly k x k chunks of C values, each either copied or zeroed).
+    unsafe { cols.assume_init() }.into_vec()
 }
 
 /// The adjoint of [`im2col`]: scatter-add rows of patches back into an N x H x W x C image.
@@ -171,8 +177,7 @@ fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom, keep: Optio
     let kk = g.k * g.k * d.c;
     let m = d.n * g.out(d.h) * g.out(d.w);
     let cols = im2col(x, d, g);
-    let mut out = uninit(m * o);
-    gemm_rm(m, o, kk, &mut out, &cols, kk as isize, 1, wt, o as isize, 1);
+    let out = gemm_rm(m, o, kk, &cols, kk as isize, 1, wt, o as isize, 1);
     if let Some(cache) = keep {
         *cache.lock().expect("cols lock") = Some(Arc::new(cols));
     }
@@ -238,9 +243,9 @@ impl candle_core::CustomOp2 for ConvT {
         let gr = f32_slice(s1, l1, "input-grad gradient")?;
         let wt = f32_slice(s2, l2, "input-grad weight")?;
         let m = n * ho * wo;
-        let mut dcols = uninit(m * kk);
+
         // dcols = g . w^T: w is kk x o row-major, so w^T has row stride 1, column stride o.
-        gemm_rm(m, kk, o, &mut dcols, gr, o as isize, 1, wt, 1, o as isize);
+        let dcols = gemm_rm(m, kk, o, gr, o as isize, 1, wt, 1, o as isize);
         let dx = col2im(&dcols, d, self.g);
         Ok((CpuStorage::F32(dx), Shape::from((d.n, d.h, d.w, d.c))))
     }
@@ -282,9 +287,9 @@ impl candle_core::CustomOp2 for WGrad {
             }
         };
         let gr = f32_slice(s2, l2, "weight-grad gradient")?;
-        let mut dw = uninit(kk * o);
+
         // dw = cols^T . g: cols is m x kk row-major, so cols^T has row stride 1, column stride kk.
-        gemm_rm(kk, o, m, &mut dw, cols, 1, kk as isize, gr, o as isize, 1);
+        let dw = gemm_rm(kk, o, m, cols, 1, kk as isize, gr, o as isize, 1);
         Ok((CpuStorage::F32(dw), Shape::from((kk, o))))
     }
 
