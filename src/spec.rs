@@ -191,9 +191,18 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
                 .map_err(|msg| UserError(format!("--set {o}: {msg}")))?;
             path_from_cli |= key.trim() == "data.path";
         }
-        spec = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| UserError(format!("{shown} with --set {}: {}", overrides.join(" --set "), e.message())))?;
+        spec = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            // Name the override at fault: the file alone parsed, so one of them broke it.
+            let culprit = overrides.iter().find(|o| {
+                let Ok(mut t) = toml::from_str::<toml::Table>(&text) else { return false };
+                let Some((k, v)) = o.split_once('=') else { return true };
+                set_key(&mut t, k.trim(), parse_value(v.trim())).is_err() || toml::Value::Table(t).try_into::<Spec>().is_err()
+            });
+            match culprit {
+                Some(o) => UserError(format!("{shown}: --set {o}: {}", e.message())),
+                None => UserError(format!("{shown} with --set {}: {}", overrides.join(" --set "), e.message())),
+            }
+        })?;
     }
     let locate = |key: &str| -> String {
         if overrides.iter().any(|o| o.split_once('=').map(|(k, _)| k.trim()) == Some(key)) {

@@ -239,7 +239,7 @@ fn malformed_pipeline_files_fail_before_any_work_with_exit_2() {
         let out = pipe().arg("run").arg(&file).arg("--store").arg(&store).args(["--set", set]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--set {set}: {err}");
-        assert!(err.contains("--set"), "{err}");
+        assert!(err.contains(&format!("--set {set}")), "the message names the override: {err}");
         assert!(!store.exists());
     }
 }
