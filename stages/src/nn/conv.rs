@@ -10,10 +10,11 @@
 //! wgrad(x, g)   = im2col(x)^T . g               (weight gradient of conv)
 //! ```
 //!
-//! with <conv(x, w), g> = <x, conv_t(g, w)> = <w, wgrad(x, g)>. A backward pass computes
-//! the gradient of an operand only when that operand is tracked, so synthesis and attacks
-//! (weights detached) pay for input gradients alone. NHWC keeps the GEMM output in the
-//! layout the next layer reads, so no transposes run between layers.
+//! with <conv(x, w), g> = <x, conv_t(g, w)> = <w, wgrad(x, g)>. Each runs chunk by chunk
+//! over the batch, so patch matrices never take more than one reusable buffer. A backward
+//! pass computes the gradient of an operand only when that operand is tracked, so
+//! synthesis and attacks (weights detached) pay for input gradients alone. NHWC keeps the
+//! GEMM output in the layout the next layer reads, so no transposes run between layers.
 //!
 //! Off the CPU, or for dtypes other than f32, [`conv2d`] falls back to candle's own ops.
 
@@ -22,7 +23,6 @@ use super::act::{column_sums, leaky_grad};
 use super::gemm_output;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
-use std::sync::{Arc, Mutex};
 
 /// A square kernel's size, stride and zero padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,17 +58,13 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
-/// Row-major GEMM through the `gemm` crate: a . b as a new m x n buffer, where a and b are
-/// given by strides so transposed operands need no copy.
+/// Row-major GEMM through the `gemm` crate into `dst` (m x n, row stride n): dst = a . b,
+/// or dst += a . b when `accumulate`. a and b are given by strides, so transposed operands
+/// need no copy.
 #[allow(clippy::too_many_arguments)]
-fn gemm_rm(m: usize, n: usize, k: usize, a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) -> Vec<f32> {
-    gemm_output(m * n, |dst| gemm_into(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) {
+fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, a: &[f32], a_rs: isize, a_cs: isize, b: &[f32], b_rs: isize, b_cs: isize) {
     assert!(a.len() >= m * k && b.len() >= k * n, "GEMM operands too short");
-    // SAFETY: dst points to m*n writable floats (see gemm_output), the strides describe
+    // SAFETY: dst points to m*n writable floats (callers size it), the strides describe
     // ranges inside a and b (checked above for the dense layouts used here), and dst does
     // not alias a or b. With read_dst = false, gemm writes dst without reading it.
     unsafe {
@@ -79,14 +75,14 @@ fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, a: &[f32], a_rs: isize
             dst,
             1,
             n as isize,
-            false,
+            accumulate,
             a.as_ptr(),
             a_cs,
             a_rs,
             b.as_ptr(),
             b_cs,
             b_rs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -96,45 +92,65 @@ fn gemm_into(m: usize, n: usize, k: usize, dst: *mut f32, a: &[f32], a_rs: isize
     }
 }
 
-/// Patches of x as rows: (N*Ho*Wo) x (k*k*C), column order (ki, kj, c). Every element is
-/// written once (a copy or a padding zero), so the buffer is not zeroed first.
-fn im2col(x: &[f32], d: InDims, g: Geom) -> Vec<f32> {
+/// Patch matrices are built for a few images at a time, up to this many floats (16 MB):
+/// one buffer is reused chunk after chunk, where a whole batch's patches (up to 600 MB per
+/// layer for ResNet-32's 16-channel 32x32 stage at batch 128) cost page faults and DRAM
+/// traffic. Smaller chunks (4 MB) made the GEMMs too small: CNN4 lost 10% (pipe bench).
+/// Tests use tiny chunks so that their small batches cross chunk boundaries.
+const CHUNK_FLOATS: usize = if cfg!(test) { 1 << 12 } else { 1 << 22 };
+
+/// Images per chunk for patch matrices of `per_image` floats.
+fn chunk_images(per_image: usize, n: usize) -> usize {
+    (CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1))
+}
+
+/// A reusable buffer for chunks of `len` floats, written in full before each read.
+fn scratch(len: usize) -> Box<[MaybeUninit<f32>]> {
+    Box::new_uninit_slice(len)
+}
+
+/// The first `len` floats of a scratch buffer, after they were all written.
+///
+/// # Safety
+/// Every one of the `len` elements must have been initialized.
+unsafe fn filled(buf: &[MaybeUninit<f32>], len: usize) -> &[f32] {
+    std::slice::from_raw_parts(buf.as_ptr() as *const f32, len)
+}
+
+/// Patches of x (images of `d`) as rows: (N*Ho*Wo) x (k*k*C), column order (ki, kj, c),
+/// into `cols`. Every element is written once (a copy or a padding zero).
+fn im2col_into(x: &[f32], d: InDims, g: Geom, cols: &mut [MaybeUninit<f32>]) {
     let (ho, wo) = (g.out(d.h), g.out(d.w));
     let kk = g.k * g.k * d.c;
-    let mut cols: Box<[MaybeUninit<f32>]> = Box::new_uninit_slice(d.n * ho * wo * kk);
-    cols.par_chunks_mut(ho * wo * kk).enumerate().for_each(|(n, img_cols)| {
-        let img = &x[n * d.h * d.w * d.c..(n + 1) * d.h * d.w * d.c];
-        for (r, row) in img_cols.chunks_mut(kk).enumerate() {
-            let (oh, ow) = (r / wo, r % wo);
-            for (ki, krow) in row.chunks_mut(g.k * d.c).enumerate() {
-                let ih = (oh * g.stride + ki) as isize - g.pad as isize;
-                for (kj, dst) in krow.chunks_mut(d.c).enumerate() {
-                    let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                    if ih < 0 || ih >= d.h as isize || iw < 0 || iw >= d.w as isize {
-                        dst.iter_mut().for_each(|v| {
-                            v.write(0.0); // zero padding
-                        });
-                    } else {
-                        let src = ((ih as usize) * d.w + iw as usize) * d.c;
-                        for (v, s) in dst.iter_mut().zip(&img[src..src + d.c]) {
-                            v.write(*s);
-                        }
+    let img_len = d.h * d.w * d.c;
+    cols[..d.n * ho * wo * kk].par_chunks_mut(kk).with_min_len(16).enumerate().for_each(|(r, row)| {
+        let (n, p) = (r / (ho * wo), r % (ho * wo));
+        let (oh, ow) = (p / wo, p % wo);
+        let img = &x[n * img_len..(n + 1) * img_len];
+        for (ki, krow) in row.chunks_mut(g.k * d.c).enumerate() {
+            let ih = (oh * g.stride + ki) as isize - g.pad as isize;
+            for (kj, dst) in krow.chunks_mut(d.c).enumerate() {
+                let iw = (ow * g.stride + kj) as isize - g.pad as isize;
+                if ih < 0 || ih >= d.h as isize || iw < 0 || iw >= d.w as isize {
+                    dst.iter_mut().for_each(|v| {
+                        v.write(0.0); // zero padding
+                    });
+                } else {
+                    let src = ((ih as usize) * d.w + iw as usize) * d.c;
+                    for (v, s) in dst.iter_mut().zip(&img[src..src + d.c]) {
+                        v.write(*s);
                     }
                 }
             }
         }
     });
-    // SAFETY: the loops above write every element of every row (rows are split into
-    // exactly k x k chunks of C values, each either copied or zeroed).
-    unsafe { cols.assume_init() }.into_vec()
 }
 
-/// The adjoint of [`im2col`]: scatter-add rows of patches back into an N x H x W x C image.
-fn col2im(cols: &[f32], d: InDims, g: Geom) -> Vec<f32> {
+/// The adjoint of [`im2col_into`]: scatter-add rows of patches into images `x` (of `d`).
+fn col2im_add(cols: &[f32], d: InDims, g: Geom, x: &mut [f32]) {
     let (ho, wo) = (g.out(d.h), g.out(d.w));
     let kk = g.k * g.k * d.c;
-    let mut x = vec![0f32; d.n * d.h * d.w * d.c];
-    x.par_chunks_mut(d.h * d.w * d.c).enumerate().for_each(|(n, img)| {
+    x[..d.n * d.h * d.w * d.c].par_chunks_mut(d.h * d.w * d.c).enumerate().for_each(|(n, img)| {
         let img_cols = &cols[n * ho * wo * kk..(n + 1) * ho * wo * kk];
         for oh in 0..ho {
             for ow in 0..wo {
@@ -159,7 +175,66 @@ fn col2im(cols: &[f32], d: InDims, g: Geom) -> Vec<f32> {
             }
         }
     });
-    x
+}
+
+/// Calls `f(first image, images, patch matrix)` for consecutive chunks of the batch, with
+/// the chunk's im2col already built.
+fn for_each_patch_chunk(x: &[f32], d: InDims, g: Geom, mut f: impl FnMut(usize, usize, &[f32])) {
+    let per_image = g.out(d.h) * g.out(d.w) * g.k * g.k * d.c;
+    let step = chunk_images(per_image, d.n);
+    let img_len = d.h * d.w * d.c;
+    let mut cols = scratch(step * per_image);
+    for n0 in (0..d.n).step_by(step) {
+        let nc = step.min(d.n - n0);
+        im2col_into(&x[n0 * img_len..(n0 + nc) * img_len], InDims { n: nc, ..d }, g, &mut cols);
+        // SAFETY: im2col_into wrote all nc * per_image elements.
+        f(n0, nc, unsafe { filled(&cols, nc * per_image) });
+    }
+}
+
+/// conv(x, w) = im2col(x) . w, chunk by chunk: N x Ho x Wo x O.
+fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let kk = g.k * g.k * d.c;
+    let rows = g.out(d.h) * g.out(d.w);
+    gemm_output(d.n * rows * o, |dst| {
+        for_each_patch_chunk(x, d, g, |n0, nc, cols| {
+            // SAFETY (pointer offset): rows n0*rows.. of the N*rows x o output.
+            let dst = unsafe { dst.add(n0 * rows * o) };
+            gemm_into(nc * rows, o, kk, dst, false, cols, kk as isize, 1, wt, o as isize, 1);
+        });
+    })
+}
+
+/// conv_t(g, w) = col2im(g . w^T), chunk by chunk: the input gradient, N x H x W x C.
+fn conv_input_grad(gr: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let kk = g.k * g.k * d.c;
+    let rows = g.out(d.h) * g.out(d.w);
+    let step = chunk_images(rows * kk, d.n);
+    let img_len = d.h * d.w * d.c;
+    let mut dx = vec![0f32; d.n * img_len];
+    let mut dcols = scratch(step * rows * kk);
+    for n0 in (0..d.n).step_by(step) {
+        let nc = step.min(d.n - n0);
+        // dcols = g . w^T: w is kk x o row-major, so w^T has row stride 1, column stride o.
+        gemm_into(nc * rows, kk, o, dcols.as_mut_ptr() as *mut f32, false, &gr[n0 * rows * o..(n0 + nc) * rows * o], o as isize, 1, wt, 1, o as isize);
+        // SAFETY: the GEMM above wrote all nc * rows * kk elements.
+        let cols = unsafe { filled(&dcols, nc * rows * kk) };
+        col2im_add(cols, InDims { n: nc, ..d }, g, &mut dx[n0 * img_len..(n0 + nc) * img_len]);
+    }
+    dx
+}
+
+/// wgrad(x, g) = im2col(x)^T . g, accumulated chunk by chunk: (k*k*C) x O.
+fn conv_weight_grad(x: &[f32], gr: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let kk = g.k * g.k * d.c;
+    let rows = g.out(d.h) * g.out(d.w);
+    gemm_output(kk * o, |dw| {
+        for_each_patch_chunk(x, d, g, |n0, nc, cols| {
+            // dw (+)= cols^T . g: cols is rows x kk row-major, so cols^T has row stride 1,
+            // column stride kk. The first chunk writes, the others accumulate.
+            gemm_into(kk, o, nc * rows, dw, n0 > 0, cols, 1, kk as isize, &gr[n0 * rows * o..(n0 + nc) * rows * o], o as isize, 1);
+        });
+    })
 }
 
 fn dims4(l: &Layout) -> Result<(usize, usize, usize, usize)> {
@@ -170,25 +245,9 @@ fn dims2(l: &Layout) -> Result<(usize, usize)> {
     l.shape().dims2()
 }
 
-type ColsCache = Arc<Mutex<Option<Arc<Vec<f32>>>>>;
-
-/// im2col(x) . w, the forward of a convolution; stores im2col(x) in `keep` when given.
-fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom, keep: Option<&ColsCache>) -> Vec<f32> {
-    let kk = g.k * g.k * d.c;
-    let m = d.n * g.out(d.h) * g.out(d.w);
-    let cols = im2col(x, d, g);
-    let out = gemm_rm(m, o, kk, &cols, kk as isize, 1, wt, o as isize, 1);
-    if let Some(cache) = keep {
-        *cache.lock().expect("cols lock") = Some(Arc::new(cols));
-    }
-    out
-}
-
-/// conv(x, w). Keeps im2col(x) for the weight gradient when asked (training).
+/// conv(x, w).
 struct Conv {
     g: Geom,
-    keep_cols: bool,
-    cols: ColsCache,
 }
 
 impl candle_core::CustomOp2 for Conv {
@@ -205,19 +264,14 @@ impl candle_core::CustomOp2 for Conv {
         let d = InDims { n, h, w, c };
         let x = f32_slice(s1, l1, "conv2d-nhwc input")?;
         let wt = f32_slice(s2, l2, "conv2d-nhwc weight")?;
-        let out = conv_forward(x, wt, d, o, self.g, self.keep_cols.then_some(&self.cols));
+        let out = conv_forward(x, wt, d, o, self.g);
         Ok((CpuStorage::F32(out), Shape::from((n, self.g.out(h), self.g.out(w), o))))
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() { Some(conv_t(&grad, w, self.g, x.dims())?) } else { None };
-        let dw = if w.track_op() {
-            let cached = self.cols.lock().expect("cols lock").take();
-            Some(wgrad_with(x, &grad, self.g, cached)?)
-        } else {
-            None
-        };
+        let dw = if w.track_op() { Some(wgrad(x, &grad, self.g)?) } else { None };
         Ok((dx, dw))
     }
 }
@@ -242,18 +296,14 @@ impl candle_core::CustomOp2 for ConvT {
         }
         let gr = f32_slice(s1, l1, "input-grad gradient")?;
         let wt = f32_slice(s2, l2, "input-grad weight")?;
-        let m = n * ho * wo;
-
-        // dcols = g . w^T: w is kk x o row-major, so w^T has row stride 1, column stride o.
-        let dcols = gemm_rm(m, kk, o, gr, o as isize, 1, wt, 1, o as isize);
-        let dx = col2im(&dcols, d, self.g);
+        let dx = conv_input_grad(gr, wt, d, o, self.g);
         Ok((CpuStorage::F32(dx), Shape::from((d.n, d.h, d.w, d.c))))
     }
 
     fn bwd(&self, g: &Tensor, w: &Tensor, _res: &Tensor, up: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let up = up.contiguous()?;
-        let dg = if g.track_op() { Some(conv2d_fast(&up, w, self.g, false)?) } else { None };
-        let dw = if w.track_op() { Some(wgrad_with(&up, g, self.g, None)?) } else { None };
+        let dg = if g.track_op() { Some(conv2d_fast(&up, w, self.g)?) } else { None };
+        let dw = if w.track_op() { Some(wgrad(&up, g, self.g)?) } else { None };
         Ok((dg, dw))
     }
 }
@@ -261,7 +311,6 @@ impl candle_core::CustomOp2 for ConvT {
 /// wgrad(x, g): the weight gradient of conv, (k*k*C) x O.
 struct WGrad {
     g: Geom,
-    cols: Option<Arc<Vec<f32>>>,
 }
 
 impl candle_core::CustomOp2 for WGrad {
@@ -275,28 +324,17 @@ impl candle_core::CustomOp2 for WGrad {
         if n != n2 || ho != self.g.out(h) || wo != self.g.out(w) {
             candle_core::bail!("conv2d-nhwc-weight-grad: input {:?} and gradient {:?} do not fit", l1.dims(), l2.dims());
         }
-        let d = InDims { n, h, w, c };
         let kk = self.g.k * self.g.k * c;
-        let m = n * ho * wo;
-        let computed;
-        let cols: &[f32] = match &self.cols {
-            Some(c) if c.len() == m * kk => c.as_slice(),
-            _ => {
-                computed = im2col(f32_slice(s1, l1, "weight-grad input")?, d, self.g);
-                &computed
-            }
-        };
+        let x = f32_slice(s1, l1, "weight-grad input")?;
         let gr = f32_slice(s2, l2, "weight-grad gradient")?;
-
-        // dw = cols^T . g: cols is m x kk row-major, so cols^T has row stride 1, column stride kk.
-        let dw = gemm_rm(kk, o, m, cols, 1, kk as isize, gr, o as isize, 1);
+        let dw = conv_weight_grad(x, gr, InDims { n, h, w, c }, o, self.g);
         Ok((CpuStorage::F32(dw), Shape::from((kk, o))))
     }
 
     fn bwd(&self, x: &Tensor, g: &Tensor, _res: &Tensor, up: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let up = up.contiguous()?;
         let dx = if x.track_op() { Some(conv_t(g, &up, self.g, x.dims())?) } else { None };
-        let dg = if g.track_op() { Some(conv2d_fast(x, &up, self.g, false)?) } else { None };
+        let dg = if g.track_op() { Some(conv2d_fast(x, &up, self.g)?) } else { None };
         Ok((dx, dg))
     }
 }
@@ -312,12 +350,12 @@ fn conv_t(g: &Tensor, w: &Tensor, geom: Geom, x_dims: &[usize]) -> Result<Tensor
     g.contiguous()?.apply_op2(&w.contiguous()?, ConvT { g: geom, d: in_dims(x_dims)? })
 }
 
-fn wgrad_with(x: &Tensor, g: &Tensor, geom: Geom, cols: Option<Arc<Vec<f32>>>) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&g.contiguous()?, WGrad { g: geom, cols })
+fn wgrad(x: &Tensor, g: &Tensor, geom: Geom) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&g.contiguous()?, WGrad { g: geom })
 }
 
-fn conv2d_fast(x: &Tensor, w: &Tensor, g: Geom, keep_cols: bool) -> Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv { g, keep_cols, cols: Arc::new(Mutex::new(None)) })
+fn conv2d_fast(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv { g })
 }
 
 /// leaky_relu(conv(x, w) + b) as one node of the graph: one pass for bias and activation
@@ -325,8 +363,6 @@ fn conv2d_fast(x: &Tensor, w: &Tensor, g: Geom, keep_cols: bool) -> Result<Tenso
 struct ConvBiasLeaky {
     g: Geom,
     slope: f32,
-    keep_cols: bool,
-    cols: ColsCache,
 }
 
 impl candle_core::CustomOp3 for ConvBiasLeaky {
@@ -343,7 +379,7 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
         let x = f32_slice(s1, l1, "conv input")?;
         let wt = f32_slice(s2, l2, "conv weight")?;
         let b = f32_slice(s3, l3, "conv bias")?;
-        let mut out = conv_forward(x, wt, InDims { n, h, w, c }, o, self.g, self.keep_cols.then_some(&self.cols));
+        let mut out = conv_forward(x, wt, InDims { n, h, w, c }, o, self.g);
         let slope = self.slope;
         out.par_chunks_mut(o * 64).for_each(|chunk| {
             for row in chunk.chunks_mut(o) {
@@ -359,12 +395,7 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gpre = leaky_grad(grad, y, self.slope)?;
         let dx = if x.track_op() { Some(conv_t(&gpre, w, self.g, x.dims())?) } else { None };
-        let dw = if w.track_op() {
-            let cached = self.cols.lock().expect("cols lock").take();
-            Some(wgrad_with(x, &gpre, self.g, cached)?)
-        } else {
-            None
-        };
+        let dw = if w.track_op() { Some(wgrad(x, &gpre, self.g)?) } else { None };
         let db = if b.track_op() { Some(column_sums(&gpre)?) } else { None };
         Ok((dx, dw, db))
     }
@@ -373,7 +404,7 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
 /// leaky_relu(conv(x, w) + b, slope): the layer of CNN4.
 pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64) -> Result<Tensor> {
     if x.device().is_cpu() && [x.dtype(), w.dtype(), b.dtype()].iter().all(|d| *d == DType::F32) {
-        let op = ConvBiasLeaky { g, slope: slope as f32, keep_cols: w.track_op(), cols: Arc::new(Mutex::new(None)) };
+        let op = ConvBiasLeaky { g, slope: slope as f32 };
         x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
     } else {
         candle_nn::ops::leaky_relu(&conv2d_reference(x, w, g)?.broadcast_add(b)?, slope)
@@ -383,8 +414,7 @@ pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64
 /// Convolution of x (N x H x W x C) with w ((k*k*C) x O, rows ordered (ki, kj, c)), no bias.
 pub fn conv2d(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        // im2col(x) is kept for the weight gradient only when one will be asked for.
-        conv2d_fast(x, w, g, w.track_op())
+        conv2d_fast(x, w, g)
     } else {
         conv2d_reference(x, w, g)
     }
@@ -419,7 +449,8 @@ mod tests {
         a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
     }
 
-    /// (n, h, w, c, o, geometry): stride 1 and 2, padding, batch 1, odd and non-square sizes.
+    /// (n, h, w, c, o, geometry): stride 1 and 2, padding, batch 1, odd and non-square
+    /// sizes, one chunk of several images and batches spread over several chunks.
     const CASES: &[(usize, usize, usize, usize, usize, Geom)] = &[
         (2, 28, 28, 1, 8, Geom { k: 5, stride: 2, pad: 2 }),
         (1, 7, 7, 3, 5, Geom { k: 5, stride: 2, pad: 2 }),
@@ -428,6 +459,8 @@ mod tests {
         (1, 5, 5, 2, 2, Geom { k: 3, stride: 1, pad: 0 }),
         (2, 7, 10, 3, 4, Geom { k: 5, stride: 2, pad: 2 }),
         (1, 6, 9, 2, 3, Geom { k: 3, stride: 1, pad: 1 }),
+        (5, 6, 6, 2, 3, Geom { k: 3, stride: 1, pad: 1 }),
+        (9, 12, 12, 3, 4, Geom { k: 3, stride: 2, pad: 1 }),
     ];
 
     #[test]
