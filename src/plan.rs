@@ -10,7 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{mnist_file, DataFormat, OptimizerKind, Pipeline, StopRule, MNIST_FILES};
+use crate::spec::{mnist_file, DataFormat, Method, OptimizerKind, Pipeline, StopRule, SynthesisStep, SynthesizeSection, MNIST_FILES};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -86,9 +86,16 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         "channels": g.channels, "height": g.height, "image_width": g.width, "num_classes": g.num_classes,
     });
     let t = &s.train;
-    let optimizer = match t.optimizer {
-        OptimizerKind::Sgd => json!({"kind": "sgd", "lr": t.lr, "momentum": t.momentum}),
-        OptimizerKind::Adam => json!({"kind": "adam", "lr": t.lr, "beta1": t.beta1, "beta2": t.beta2}),
+    // The learning rate of a round, after the drop if there is one.
+    let optimizer = |round: u32| {
+        let lr = match t.lr_drop_round {
+            Some(r) if round >= r => t.lr * t.lr_drop_factor,
+            _ => t.lr,
+        };
+        match t.optimizer {
+            OptimizerKind::Sgd => json!({"kind": "sgd", "lr": lr, "momentum": t.momentum}),
+            OptimizerKind::Adam => json!({"kind": "adam", "lr": lr, "beta1": t.beta1, "beta2": t.beta2}),
+        }
     };
     let mut stages = Vec::new();
     let mut push = |id: String, (kind, version): (&'static str, u32), mut params: Value, inputs: Vec<(String, InputRef)>| {
@@ -120,45 +127,73 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     push(
         "train/0".into(),
         TRAIN,
-        json!({"round": 0, "net": net, "optimizer": optimizer, "batch_size": t.batch_size, "epochs": t.epochs}),
+        json!({"round": 0, "net": net, "optimizer": optimizer(0), "batch_size": t.batch_size, "epochs": t.epochs}),
         vec![("train".into(), output("load", "train.safetensors"))],
     );
     let (id, kind, params, inputs) = evaluate(0);
     push(id, kind, params, inputs);
     let sy = &s.synthesize;
+    let method = s.pipeline.method;
     for round in 1..=s.pipeline.rounds {
         let previous = format!("train/{}", round - 1);
-        push(
-            format!("synthesize/{round}"),
-            SYNTHESIZE,
-            json!({
-                "round": round, "net": net, "per_class": sy.per_class, "lr": sy.lr, "beta1": sy.beta1,
-                "beta2": sy.beta2, "init_std": sy.init_std, "max_steps": sy.max_steps,
-                "stop": match sy.stop { StopRule::Classified => "classified", StopRule::Steps => "steps" },
-                "batch_size": sy.batch_size,
-            }),
-            vec![("checkpoint".into(), output(&previous, "checkpoint.safetensors"))],
-        );
+        match method {
+            Method::Icn => push(
+                format!("synthesize/{round}"),
+                SYNTHESIZE,
+                json!({
+                    "round": round, "net": net, "method": "synthesis", "per_class": sy.per_class,
+                    "init_std": sy.init_std, "batch_size": sy.batch_size, "lr": sy.lr,
+                    "max_steps": sy.max_steps, "step": synthesis_step(sy), "stop": stop_rule(sy),
+                }),
+                vec![("checkpoint".into(), output(&previous, "checkpoint.safetensors"))],
+            ),
+            // p0 samples do not depend on the classifier: no input, so every round's noise
+            // is made once and shared by every pipeline with the same seed and shape.
+            Method::IcnNoise => push(
+                format!("synthesize/{round}"),
+                SYNTHESIZE,
+                json!({"round": round, "net": net, "method": "noise", "per_class": sy.per_class, "init_std": sy.init_std}),
+                vec![],
+            ),
+            Method::Baseline => {}
+        }
         let mut inputs = vec![
             ("init".to_string(), output(&previous, "checkpoint.safetensors")),
             ("train".to_string(), output("load", "train.safetensors")),
         ];
-        for r in 1..=round {
-            inputs.push((pseudo_negative_input(r), output(&format!("synthesize/{r}"), "pseudo_negatives.safetensors")));
+        let mut params = json!({
+            "round": round, "net": net, "optimizer": optimizer(round), "batch_size": t.batch_size,
+            "epochs": t.epochs_per_round,
+        });
+        if method != Method::Baseline {
+            params["alpha"] = json!(t.alpha);
+            for r in 1..=round {
+                inputs.push((pseudo_negative_input(r), output(&format!("synthesize/{r}"), "pseudo_negatives.safetensors")));
+            }
         }
-        push(
-            format!("train/{round}"),
-            TRAIN,
-            json!({
-                "round": round, "net": net, "optimizer": optimizer, "batch_size": t.batch_size,
-                "epochs": t.epochs_per_round, "alpha": t.alpha,
-            }),
-            inputs,
-        );
+        push(format!("train/{round}"), TRAIN, params, inputs);
         let (id, kind, params, inputs) = evaluate(round);
         push(id, kind, params, inputs);
     }
     stages
+}
+
+/// How x moves during synthesis, as stage parameters.
+fn synthesis_step(sy: &SynthesizeSection) -> Value {
+    match sy.optimizer {
+        SynthesisStep::Adam => json!({"kind": "adam", "beta1": sy.beta1, "beta2": sy.beta2}),
+        SynthesisStep::Sgd => json!({"kind": "sgd"}),
+        SynthesisStep::Langevin => json!({"kind": "langevin", "decay": sy.langevin_decay}),
+    }
+}
+
+/// When synthesis of a sample stops, as stage parameters.
+fn stop_rule(sy: &SynthesizeSection) -> Value {
+    match sy.stop {
+        StopRule::Classified => json!({"kind": "classified"}),
+        StopRule::Probability => json!({"kind": "probability", "threshold": sy.stop_probability}),
+        StopRule::Steps => json!({"kind": "steps"}),
+    }
 }
 
 /// Input name of round r's pseudo-negatives; zero-padded so names sort in round order.

@@ -33,6 +33,19 @@ pub struct PipelineSection {
     pub seed: u64,
     /// Introspection rounds after the plain classifier of round 0.
     pub rounds: u32,
+    /// `icn` (pseudo-negatives by synthesis), `icn-noise` (pseudo-negatives are plain p0
+    /// noise) or `baseline` (no pseudo-negatives; the same training budget).
+    #[serde(default)]
+    pub method: Method,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    #[default]
+    Icn,
+    IcnNoise,
+    Baseline,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -106,6 +119,10 @@ pub struct TrainSection {
     pub epochs_per_round: u32,
     /// Weight of the pseudo-negative term in the softmax ICN loss (Eq. 9).
     pub alpha: f64,
+    /// From this round on the learning rate is multiplied by `lr_drop_factor` (the ICN
+    /// paper divides by 10 at round 25, ICL at round 20); none by default.
+    pub lr_drop_round: Option<u32>,
+    pub lr_drop_factor: f64,
 }
 impl Default for TrainSection {
     fn default() -> Self {
@@ -119,6 +136,8 @@ impl Default for TrainSection {
             epochs: 5,
             epochs_per_round: 5,
             alpha: 0.5,
+            lr_drop_round: None,
+            lr_drop_factor: 0.1,
         }
     }
 }
@@ -128,8 +147,21 @@ impl Default for TrainSection {
 pub enum StopRule {
     /// Stop option (1): once classified as the target class.
     Classified,
+    /// Stop option (2): once the target class's probability exceeds `stop_probability`.
+    Probability,
     /// Stop option (3): a fixed number of steps (`max_steps`).
     Steps,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SynthesisStep {
+    /// Adam on x (lr, beta1, beta2), fresh state per sample.
+    Adam,
+    /// Plain gradient ascent with step size lr.
+    Sgd,
+    /// Langevin dynamics: dx = (eps/2) grad f + N(0, eps), eps = lr * langevin_decay^step.
+    Langevin,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -137,6 +169,7 @@ pub enum StopRule {
 pub struct SynthesizeSection {
     /// Pseudo-negatives per class per round.
     pub per_class: usize,
+    pub optimizer: SynthesisStep,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -144,11 +177,27 @@ pub struct SynthesizeSection {
     pub init_std: f64,
     pub max_steps: u32,
     pub stop: StopRule,
+    /// Threshold of stop option (2).
+    pub stop_probability: f64,
+    /// Annealing of the Langevin step size per step.
+    pub langevin_decay: f64,
     pub batch_size: usize,
 }
 impl Default for SynthesizeSection {
     fn default() -> Self {
-        SynthesizeSection { per_class: 200, lr: 0.01, beta1: 0.5, beta2: 0.999, init_std: 0.3, max_steps: 500, stop: StopRule::Classified, batch_size: 200 }
+        SynthesizeSection {
+            per_class: 200,
+            optimizer: SynthesisStep::Adam,
+            lr: 0.01,
+            beta1: 0.5,
+            beta2: 0.999,
+            init_std: 0.3,
+            max_steps: 500,
+            stop: StopRule::Classified,
+            stop_probability: 0.9,
+            langevin_decay: 0.99,
+            batch_size: 200,
+        }
     }
 }
 
@@ -292,6 +341,10 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     need(t.batch_size >= 1, "train.batch_size", "at least 1");
     need(t.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
     need((0.0..=1.0).contains(&t.alpha), "train.alpha", "a weight in [0, 1]");
+    need(t.lr_drop_factor > 0.0 && t.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
+    need(t.lr_drop_round.is_none_or(|r| r >= 1), "train.lr_drop_round", "a round >= 1");
+    need(s.stop_probability > 0.0 && s.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");
+    need(s.langevin_decay > 0.0 && s.langevin_decay <= 1.0, "synthesize.langevin_decay", "a factor in (0, 1]");
     need(s.per_class >= 1, "synthesize.per_class", "at least 1 pseudo-negative per class");
     need(s.lr > 0.0 && s.lr.is_finite(), "synthesize.lr", "a positive step size");
     need((0.0..1.0).contains(&s.beta1), "synthesize.beta1", "a value in [0, 1)");

@@ -293,3 +293,35 @@ fn status_ls_and_show_describe_the_store() {
     let missing = pipe().args(["show", "zzzz"]).arg("--store").arg(&store).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn baseline_and_icn_noise_share_the_graph_and_the_lr_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    let base = run(&file, &store, &["pipeline.method=baseline", "train.lr_drop_round=2"]);
+    let stages: Vec<String> = stage_lines(&base).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(stages, ["load", "train/0", "evaluate/0", "train/1", "evaluate/1", "train/2", "evaluate/2"]);
+    let rec = last_record(&store);
+    let log = |stage: &str| {
+        let s = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap().clone();
+        let d = s["outputs"]["train_log.parquet"]["digest"].as_str().unwrap().to_string();
+        let batches = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+        let lr = batches[0].column_by_name("lr").unwrap().as_any().downcast_ref::<arrow_array::Float64Array>().unwrap().value(0);
+        (s["summary"]["pseudo_negatives"].as_u64().unwrap(), lr)
+    };
+    assert_eq!(log("train/1"), (0, 0.05));
+    assert_eq!(log("train/2"), (0, 0.05 * 0.1));
+
+    // ICN-noise: the same load and round 0 (cached), pseudo-negatives that are p0 noise.
+    let noise = run(&file, &store, &["pipeline.method=icn-noise"]);
+    let lines = stage_lines(&noise);
+    assert_eq!(lines[..3].iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["cached"; 3]);
+    let rec = last_record(&store);
+    let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
+    let d = syn["outputs"]["pseudo_negatives.parquet"]["digest"].as_str().unwrap().to_string();
+    let t = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+    let reasons = t[0].column_by_name("stop_reason").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+    assert_eq!(arrow_array::Array::len(&reasons), 30);
+    assert!(reasons.iter().all(|r| r == Some("noise")));
+}

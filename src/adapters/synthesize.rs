@@ -5,27 +5,49 @@
 use super::NetParams;
 use crate::executor::StageIo;
 use crate::table::{to_parquet, Column};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::grid::encode_grid_png;
-use stages::synthesize::{synthesize, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{p0_samples, synthesize, Step, StopRule, SynthesisConfig, Target};
 
 #[derive(Deserialize)]
 struct Params {
     round: u32,
     net: NetParams,
+    /// `synthesis` (ascent on f_k) or `noise` (the p0 samples themselves: ICN-noise).
+    method: String,
     per_class: usize,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
     init_std: f64,
-    max_steps: u32,
-    stop: String,
-    batch_size: usize,
     seed: u64,
+    #[serde(default)]
+    batch_size: usize,
+    #[serde(default)]
+    lr: f64,
+    #[serde(default)]
+    max_steps: u32,
+    #[serde(default)]
+    step: Option<StepParams>,
+    #[serde(default)]
+    stop: Option<StopParams>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum StepParams {
+    Adam { beta1: f64, beta2: f64 },
+    Sgd,
+    Langevin { decay: f64 },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum StopParams {
+    Classified,
+    Probability { threshold: f64 },
+    Steps,
 }
 
 /// Pictures per class in the grid.
@@ -39,23 +61,38 @@ fn sample_seed(stage_seed: u64, i: usize) -> u64 {
 
 pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     let p: Params = io.params()?;
-    let net = p.net.load(&io.read("checkpoint")?, device)?;
-    let cfg = SynthesisConfig {
-        lr: p.lr,
-        beta1: p.beta1,
-        beta2: p.beta2,
-        eps: 1e-8,
-        max_steps: p.max_steps,
-        init_std: p.init_std,
-        batch_size: p.batch_size,
-        stop: if p.stop == "steps" { StopRule::Steps } else { StopRule::Classified },
+    let noise = match p.method.as_str() {
+        "noise" => true,
+        "synthesis" => false,
+        other => anyhow::bail!("unknown pseudo-negative method `{other}`"),
     };
     let k = p.net.num_classes;
     let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: (i / p.per_class) as u32, seed: sample_seed(p.seed, i) }).collect();
-    let pb = io.progress(targets.len() as u64, "pseudo-negatives");
-    let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |n| pb.inc(n as u64))?;
-    pb.finish_and_clear();
-
+    let out = if noise {
+        p0_samples(&targets, p.net.shape(), p.init_std)
+    } else {
+        let net = p.net.load(&io.read("checkpoint")?, device)?;
+        let cfg = SynthesisConfig {
+            step: match p.step.context("synthesis parameters without a step")? {
+                StepParams::Adam { beta1, beta2 } => Step::Adam { beta1, beta2, eps: 1e-8 },
+                StepParams::Sgd => Step::Sgd,
+                StepParams::Langevin { decay } => Step::Langevin { decay },
+            },
+            lr: p.lr,
+            max_steps: p.max_steps,
+            init_std: p.init_std,
+            batch_size: p.batch_size.max(1),
+            stop: match p.stop.context("synthesis parameters without a stop rule")? {
+                StopParams::Classified => StopRule::Classified,
+                StopParams::Probability { threshold } => StopRule::Probability(threshold),
+                StopParams::Steps => StopRule::Steps,
+            },
+        };
+        let pb = io.progress(targets.len() as u64, "pseudo-negatives");
+        let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |n| pb.inc(n as u64))?;
+        pb.finish_and_clear();
+        out
+    };
     let shape = p.net.shape();
     let d = shape.0 * shape.1 * shape.2;
     let classes: Vec<u32> = out.records.iter().map(|r| r.class).collect();

@@ -6,7 +6,7 @@ use crate::attack::fgsm;
 use crate::nn::{Classifier, Cnn4, Cnn4Config, ResNet, ResNetConfig};
 use crate::optim::SgdMomentum;
 use crate::rng::Rng;
-use crate::synthesize::{synthesize, StopRule, SynthesisConfig, Target};
+use crate::synthesize::{synthesize, Step, StopRule, SynthesisConfig, Target};
 use crate::train::{train_epoch, TrainSet};
 use candle_core::{Device, Result};
 use std::time::Instant;
@@ -93,7 +93,7 @@ pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
         let net = cnn4()?;
         let steps = 10;
         let targets: Vec<Target> = (0..200).map(|i| Target { class: (i % 10) as u32, seed: i as u64 }).collect();
-        let cfg = SynthesisConfig { lr: 0.01, beta1: 0.5, beta2: 0.999, eps: 1e-8, max_steps: steps, init_std: 0.3, batch_size: 200, stop: StopRule::Steps };
+        let cfg = SynthesisConfig { step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: steps, init_std: 0.3, batch_size: 200, stop: StopRule::Steps };
         out.push(Workload {
             name: "cnn4_synthesis",
             unit: "image-step",

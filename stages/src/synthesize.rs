@@ -9,11 +9,13 @@ use crate::nn::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-/// When a sample is done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// When a sample is done (ICN Table 2); every rule also stops at `max_steps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum StopRule {
     /// Stop option (1): once the classifier assigns the sample to its target class.
     Classified,
+    /// Stop option (2): once the softmax probability of the target class exceeds this.
+    Probability(f64),
     /// Stop option (3): always run `max_steps` steps.
     Steps,
 }
@@ -21,25 +23,39 @@ pub enum StopRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     Classified,
+    Probability,
     MaxSteps,
+    /// Not synthesized: a p0 sample as it was drawn (ICN-noise).
+    Noise,
 }
 
 impl StopReason {
     pub fn as_str(self) -> &'static str {
         match self {
             StopReason::Classified => "classified",
+            StopReason::Probability => "probability",
             StopReason::MaxSteps => "max_steps",
+            StopReason::Noise => "noise",
         }
     }
 }
 
-/// Adam on x as the ICN reference code does it (lr 0.01, beta1 0.5, state fresh per sample).
+/// How x moves (ICN Table 2): gradient ascent on f_k(x) by Adam or SGD, or Langevin
+/// dynamics dx = (eps/2) grad f + N(0, eps) with eps annealed as eps0 * decay^step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    /// Adam with fresh state per sample (the ICN reference code: lr 0.01, beta1 0.5).
+    Adam { beta1: f64, beta2: f64, eps: f64 },
+    /// Plain gradient ascent with step size `lr`.
+    Sgd,
+    /// Langevin dynamics; `lr` is eps0.
+    Langevin { decay: f64 },
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynthesisConfig {
+    pub step: Step,
     pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
     pub max_steps: u32,
     pub init_std: f64,
     pub batch_size: usize,
@@ -79,15 +95,65 @@ pub type Shape3 = (usize, usize, usize);
 
 /// The starting point of a sample: p0 noise from its own seed, clipped to the data range.
 pub fn initial_sample(seed: u64, len: usize, std: f64) -> Vec<f32> {
-    let mut x = Rng::new(seed).normal_vec(len, 0.0, std);
-    x.iter_mut().for_each(|v| *v = v.clamp(-1.0, 1.0));
-    x
+    Running::new(seed, len, std).x
+}
+
+/// The pseudo-negatives of ICN-noise: the p0 starting samples themselves, no classifier
+/// involved (logit and probability are NaN: nothing scored them).
+pub fn p0_samples(targets: &[Target], shape: Shape3, std: f64) -> Synthesized {
+    let d = shape.0 * shape.1 * shape.2;
+    let images = targets.iter().flat_map(|t| initial_sample(t.seed, d, std)).collect();
+    let records = targets
+        .iter()
+        .map(|t| SampleRecord { class: t.class, seed: t.seed, steps: 0, stop_reason: StopReason::Noise, final_logit: f32::NAN, final_prob: f32::NAN, classified: false })
+        .collect();
+    Synthesized { images, records }
 }
 
 struct Running {
     x: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
+    /// Langevin noise: the sample's own stream, continuing after its starting noise.
+    rng: Rng,
+}
+
+impl Running {
+    fn new(seed: u64, d: usize, std: f64) -> Self {
+        let mut rng = Rng::new(seed);
+        let x = rng.normal_vec(d, 0.0, std).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        Running { x, m: vec![0.0; d], v: vec![0.0; d], rng }
+    }
+
+    /// One ascent step on f_k from its gradient `g`; `step` counts from 1.
+    fn update(&mut self, g: &[f32], cfg: &SynthesisConfig, step: u32) {
+        match cfg.step {
+            Step::Adam { beta1, beta2, eps } => {
+                let c1 = 1.0 - beta1.powi(step as i32);
+                let c2 = 1.0 - beta2.powi(step as i32);
+                let (b1, b2) = (beta1 as f32, beta2 as f32);
+                for (((x, m), v), &g) in self.x.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(g) {
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    let up = (cfg.lr * (*m as f64 / c1) / ((*v as f64 / c2).sqrt() + eps)) as f32;
+                    *x = (*x + up).clamp(-1.0, 1.0);
+                }
+            }
+            Step::Sgd => {
+                let lr = cfg.lr as f32;
+                for (x, &g) in self.x.iter_mut().zip(g) {
+                    *x = (*x + lr * g).clamp(-1.0, 1.0);
+                }
+            }
+            Step::Langevin { decay } => {
+                let e = cfg.lr * decay.powi(step as i32 - 1);
+                let (half, sd) = ((e / 2.0) as f32, e.sqrt());
+                for (x, &g) in self.x.iter_mut().zip(g) {
+                    *x = (*x + half * g + (sd * self.rng.normal()) as f32).clamp(-1.0, 1.0);
+                }
+            }
+        }
+    }
 }
 
 pub fn synthesize(
@@ -107,7 +173,7 @@ pub fn synthesize(
         let mut active: Vec<usize> = (chunk_start..chunk_end).collect();
         let mut state: Vec<Running> = active
             .iter()
-            .map(|&i| Running { x: initial_sample(targets[i].seed, d, cfg.init_std), m: vec![0.0; d], v: vec![0.0; d] })
+            .map(|&i| Running::new(targets[i].seed, d, cfg.init_std))
             .collect();
         let mut step: u32 = 0;
         while !active.is_empty() {
@@ -124,8 +190,10 @@ pub fn synthesize(
                 let k = targets[i].class as usize;
                 let row = &logit_rows[j];
                 let classified = argmax(row) == k;
+                let prob = softmax_at(row, k);
                 let reason = match cfg.stop {
                     StopRule::Classified if classified => Some(StopReason::Classified),
+                    StopRule::Probability(t) if prob as f64 > t => Some(StopReason::Probability),
                     _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
                     _ => None,
                 };
@@ -138,7 +206,7 @@ pub fn synthesize(
                             steps: step,
                             stop_reason: reason,
                             final_logit: row[k],
-                            final_prob: softmax_at(row, k),
+                            final_prob: prob,
                             classified,
                         });
                     }
@@ -160,18 +228,8 @@ pub fn synthesize(
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             step += 1;
-            let c1 = 1.0 - cfg.beta1.powi(step as i32);
-            let c2 = 1.0 - cfg.beta2.powi(step as i32);
-            let (b1, b2) = (cfg.beta1 as f32, cfg.beta2 as f32);
             for &j in &keep {
-                let s = &mut state[j];
-                let gj = &g[j * d..(j + 1) * d];
-                for (((x, m), v), &g) in s.x.iter_mut().zip(&mut s.m).zip(&mut s.v).zip(gj) {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    let up = (cfg.lr * (*m as f64 / c1) / ((*v as f64 / c2).sqrt() + cfg.eps)) as f32;
-                    *x = (*x + up).clamp(-1.0, 1.0);
-                }
+                state[j].update(&g[j * d..(j + 1) * d], cfg, step);
             }
             active = keep.iter().map(|&j| active[j]).collect();
             let mut old: Vec<Option<Running>> = state.into_iter().map(Some).collect();
@@ -204,7 +262,7 @@ mod tests {
     use crate::nn::{Cnn4, Cnn4Config};
 
     fn cfg(stop: StopRule, max_steps: u32) -> SynthesisConfig {
-        SynthesisConfig { lr: 0.05, beta1: 0.5, beta2: 0.999, eps: 1e-8, max_steps, init_std: 0.3, batch_size: 3, stop }
+        SynthesisConfig { step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.05, max_steps, init_std: 0.3, batch_size: 3, stop }
     }
 
     #[test]
@@ -237,6 +295,50 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn probability_rule_sgd_and_langevin() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
+        let targets: Vec<Target> = (0..6).map(|i| Target { class: (i * 7 % 10) as u32, seed: 300 + i as u64 }).collect();
+        let mut c = cfg(StopRule::Probability(0.3), 100);
+        let out = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
+        for r in &out.records {
+            match r.stop_reason {
+                StopReason::Probability => assert!(r.final_prob > 0.3, "{r:?}"),
+                StopReason::MaxSteps => assert!(r.steps == 100 && r.final_prob <= 0.3, "{r:?}"),
+                other => panic!("unexpected stop {other:?}"),
+            }
+        }
+        for step in [Step::Sgd, Step::Langevin { decay: 0.98 }] {
+            c = SynthesisConfig { step, lr: 0.05, ..cfg(StopRule::Steps, 12) };
+            let a = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
+            let b = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
+            assert_eq!(a.images, b.images, "{step:?} is deterministic per seed");
+            let start = p0_samples(&targets, (1, 28, 28), 0.3);
+            assert_ne!(a.images, start.images, "{step:?} moved the samples");
+            let mean = |s: &Synthesized| -> Result<f32> {
+                let x = Tensor::from_vec(s.images.clone(), (6, 1, 28, 28), &dev)?;
+                let rows = net.forward(&x)?.to_vec2::<f32>()?;
+                Ok(targets.iter().zip(&rows).map(|(t, r)| r[t.class as usize]).sum::<f32>() / 6.0)
+            };
+            if step == Step::Sgd {
+                // (Langevin's noise can outweigh 12 steps of drift: only its determinism
+                // and movement are checked.)
+                assert!(mean(&a)? > mean(&start)?, "{step:?} raised the target logits on average");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn p0_samples_are_the_starting_points() {
+        let t = [Target { class: 3, seed: 11 }, Target { class: 4, seed: 12 }];
+        let s = p0_samples(&t, (1, 4, 4), 0.3);
+        assert_eq!(s.images[..16], initial_sample(11, 16, 0.3)[..]);
+        assert_eq!(s.images[16..], initial_sample(12, 16, 0.3)[..]);
+        assert!(s.records.iter().all(|r| r.stop_reason == StopReason::Noise && r.steps == 0));
     }
 
     #[test]
