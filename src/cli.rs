@@ -6,7 +6,7 @@ use crate::plan::plan;
 use crate::spec;
 use crate::store::Store;
 use crate::table::format_parquet;
-use crate::{timefmt, UserError};
+use crate::{select, timefmt, UserError};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -104,9 +104,15 @@ fn run(a: &PipelineArgs) -> Result<()> {
         device: runner.device(),
         seconds: 0.0,
         stages: Vec::new(),
+        stopped_early: None,
+        selected: None,
     };
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
-    executor::run(&store, &stages, &runner, &mut record)?;
+    let patience = pipeline.spec.pipeline.patience;
+    let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, p));
+    executor::run(&store, &stages, &runner, &mut record, &stop)?;
+    record.selected = select::selection(&record.stages);
+    store.write_run(&record.id, &record)?;
     let ran = record.stages.iter().filter(|s| s.status == "ran").count();
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
     print_errors(&record);
@@ -129,6 +135,10 @@ fn print_errors(record: &RunRecord) {
         for r in rows {
             println!("{r}");
         }
+    }
+    if let Some(sel) = &record.selected {
+        let pct = |k: &str| sel.get(k).and_then(Value::as_f64).map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "?".into());
+        println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct("validation_error"), pct("test_error"));
     }
 }
 
@@ -211,6 +221,9 @@ fn show_run(store: &Store, id: &str) -> Result<()> {
     }
     if let Some(e) = &r.error {
         println!("error     {e}");
+    }
+    if let Some(why) = &r.stopped_early {
+        println!("stopped   {why}");
     }
     println!();
     for s in &r.stages {

@@ -161,13 +161,22 @@ pub struct RunRecord {
     pub device: String,
     pub seconds: f64,
     pub stages: Vec<RunStage>,
+    /// Why the run ended before the last planned stage (rounds stopped on validation).
+    #[serde(default)]
+    pub stopped_early: Option<String>,
+    /// The round reported for the run, chosen on validation.
+    #[serde(default)]
+    pub selected: Option<Value>,
 }
 
+/// Says, from the stages done so far, whether to stop the run early and why.
+pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
+
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
-pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord) -> Result<()> {
+pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
     let t_run = Instant::now();
     store.write_run(&record.id, record)?;
-    let result = run_stages(store, stages, runner, record);
+    let result = run_stages(store, stages, runner, record, stop);
     record.seconds = t_run.elapsed().as_secs_f64();
     record.finished_at = Some(timefmt::now_iso());
     match &result {
@@ -181,7 +190,7 @@ pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut
     result
 }
 
-fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord) -> Result<()> {
+fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
     let mut known = Known::default();
     for stage in stages {
         let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
@@ -207,6 +216,11 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
             summary: manifest.summary.clone(),
         });
         store.write_run(&record.id, record)?;
+        if let Some(reason) = stop(&record.stages) {
+            println!("stopping: {reason}");
+            record.stopped_early = Some(reason);
+            break;
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cli;
 pub mod executor;
 pub mod plan;
+pub mod select;
 pub mod spec;
 pub mod store;
 pub mod table;

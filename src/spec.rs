@@ -37,6 +37,10 @@ pub struct PipelineSection {
     /// noise) or `baseline` (no pseudo-negatives; the same training budget).
     #[serde(default)]
     pub method: Method,
+    /// Stop adding rounds once validation error has not improved for this many rounds
+    /// (none: run every round). The run reports the best round on validation either way.
+    #[serde(default)]
+    pub patience: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -332,6 +336,7 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     };
     let t = &spec.train;
     let s = &spec.synthesize;
+    need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
     need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
     need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
     need(t.lr > 0.0 && t.lr.is_finite(), "train.lr", "a positive learning rate");

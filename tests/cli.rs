@@ -325,3 +325,35 @@ fn baseline_and_icn_noise_share_the_graph_and_the_lr_drops() {
     assert_eq!(arrow_array::Array::len(&reasons), 30);
     assert!(reasons.iter().all(|r| r == Some("noise")));
 }
+
+#[test]
+fn rounds_stop_on_validation_and_the_reported_round_is_chosen_on_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    // A learning rate this small leaves validation error where round 0 put it: round 1 is
+    // no improvement, so patience 1 stops the run after evaluating round 1.
+    let out = run(&file, &store, &["pipeline.rounds=4", "pipeline.patience=1", "train.lr=1e-7"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let stages: Vec<String> = stage_lines(&out).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(stages.last().unwrap(), "evaluate/1", "{text}");
+    assert!(text.contains("stopping: validation error has not improved for 1 round(s) since round 0"), "{text}");
+    let rec = last_record(&store);
+    assert_eq!(rec["status"], "ok");
+    assert!(rec["stopped_early"].as_str().unwrap().contains("since round 0"));
+    assert_eq!(rec["selected"]["round"], 0);
+    let train0 = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "train/0").unwrap();
+    assert_eq!(rec["selected"]["checkpoint"], train0["outputs"]["checkpoint.safetensors"]["digest"]);
+
+    // Without patience every round runs, and the selection is the best validation round.
+    let all = run(&file, &store, &["pipeline.rounds=2"]);
+    assert_eq!(stage_lines(&all).len(), 9);
+    let rec = last_record(&store);
+    let vals: Vec<f64> = (0..=2)
+        .map(|r| rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == format!("evaluate/{r}")).unwrap()["summary"]["validation_error"].as_f64().unwrap())
+        .collect();
+    let best = vals.iter().cloned().fold(f64::MAX, f64::min);
+    let first_best = vals.iter().position(|v| *v == best).unwrap();
+    assert_eq!(rec["selected"]["round"], first_best as u64);
+    assert_eq!(rec["selected"]["validation_error"].as_f64().unwrap(), best);
+}
