@@ -10,7 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{mnist_file, DataFormat, Method, OptimizerKind, Pipeline, StopRule, SynthesisStep, SynthesizeSection, MNIST_FILES};
+use crate::spec::{mnist_file, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, MNIST_FILES};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -167,6 +167,10 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         });
         if method != Method::Baseline {
             params["alpha"] = json!(t.alpha);
+            params["sampling"] = match t.sampling {
+                Sampling::Union => json!({"kind": "union"}),
+                Sampling::Balanced => json!({"kind": "balanced", "decay": t.recency_decay}),
+            };
             for r in 1..=round {
                 inputs.push((pseudo_negative_input(r), output(&format!("synthesize/{r}"), "pseudo_negatives.safetensors")));
             }

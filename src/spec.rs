@@ -127,6 +127,19 @@ pub struct TrainSection {
     /// paper divides by 10 at round 25, ICL at round 20); none by default.
     pub lr_drop_round: Option<u32>,
     pub lr_drop_factor: f64,
+    /// How pseudo-negatives enter batches: `union` (the paper: everything shuffled
+    /// together) or `balanced` (half of each batch, recent rounds weighted more).
+    pub sampling: Sampling,
+    /// Balanced sampling: a pseudo-negative made `a` rounds ago has weight decay^a
+    /// (0.5 in the IGM reference code).
+    pub recency_decay: f64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    Union,
+    Balanced,
 }
 impl Default for TrainSection {
     fn default() -> Self {
@@ -142,6 +155,8 @@ impl Default for TrainSection {
             alpha: 0.5,
             lr_drop_round: None,
             lr_drop_factor: 0.1,
+            sampling: Sampling::Union,
+            recency_decay: 0.5,
         }
     }
 }
@@ -346,6 +361,7 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     need(t.batch_size >= 1, "train.batch_size", "at least 1");
     need(t.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
     need((0.0..=1.0).contains(&t.alpha), "train.alpha", "a weight in [0, 1]");
+    need(t.recency_decay > 0.0 && t.recency_decay <= 1.0, "train.recency_decay", "a factor in (0, 1]");
     need(t.lr_drop_factor > 0.0 && t.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
     need(t.lr_drop_round.is_none_or(|r| r >= 1), "train.lr_drop_round", "a round >= 1");
     need(s.stop_probability > 0.0 && s.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");

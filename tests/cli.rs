@@ -324,6 +324,11 @@ fn baseline_and_icn_noise_share_the_graph_and_the_lr_drops() {
     let reasons = t[0].column_by_name("stop_reason").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
     assert_eq!(arrow_array::Array::len(&reasons), 30);
     assert!(reasons.iter().all(|r| r == Some("noise")));
+
+    // Balanced batches with recency weighting change the reclassification stages only.
+    let balanced = run(&file, &store, &["pipeline.method=icn-noise", "train.sampling=balanced"]);
+    let ran: Vec<String> = ran(&balanced);
+    assert_eq!(ran, ["train/1", "evaluate/1", "train/2", "evaluate/2"]);
 }
 
 #[test]

@@ -38,7 +38,18 @@ struct Params {
     epochs: u32,
     #[serde(default)]
     alpha: f64,
+    /// How pseudo-negatives enter batches (absent: the union).
+    #[serde(default)]
+    sampling: Option<Sampling>,
     seed: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Sampling {
+    Union,
+    /// Half of each batch pseudo-negatives, a round-r one drawn with weight decay^(t - r).
+    Balanced { decay: f64 },
 }
 
 /// One epoch's line of the training log.
@@ -81,13 +92,27 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     }
 
     let (real_x, real_y) = read_set(io, "train")?;
-    let (mut neg_x, mut neg_y) = (Vec::new(), Vec::new());
+    let (mut neg_x, mut neg_y, mut neg_w) = (Vec::new(), Vec::new(), Vec::new());
+    let decay = match p.sampling {
+        Some(Sampling::Balanced { decay }) => Some(decay),
+        Some(Sampling::Union) | None => None,
+    };
     for name in io.input_names("pseudo_negatives.") {
         let pn = decode_pseudo_negatives(&io.read(&name)?).with_context(|| format!("input {name}"))?;
+        let made_in: u32 = name.trim_start_matches("pseudo_negatives.").parse().with_context(|| format!("round of input {name}"))?;
+        let weight = decay.map_or(1.0, |d| d.powi(p.round.saturating_sub(made_in) as i32));
+        neg_w.extend(std::iter::repeat_n(weight, pn.classes.len()));
         neg_x.extend(pn.images);
         neg_y.extend(pn.classes);
     }
-    let set = TrainSet { shape: p.net.shape(), real_x: &real_x, real_y: &real_y, neg_x: &neg_x, neg_y: &neg_y };
+    let set = TrainSet {
+        shape: p.net.shape(),
+        real_x: &real_x,
+        real_y: &real_y,
+        neg_x: &neg_x,
+        neg_y: &neg_y,
+        neg_weights: decay.map(|_| neg_w.as_slice()),
+    };
 
     let mut progress = Progress { epochs_done: 0, log: Vec::new() };
     if let Some(bytes) = io.read_partial(PARTIAL)? {

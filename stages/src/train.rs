@@ -1,5 +1,7 @@
-//! Reclassification: one epoch of mini-batch training on real samples plus pseudo-negatives
-//! (the paper's union of all rounds, shuffled together), with the softmax ICN loss.
+//! Reclassification: one epoch of mini-batch training on real samples plus pseudo-negatives,
+//! with the softmax ICN loss. Batches come either from the paper's union of everything,
+//! shuffled together, or balanced: half real samples, half pseudo-negatives drawn with
+//! weights (0.5^age per round in the IGM reference code, so recent rounds count more).
 
 use crate::loss::icn_softmax;
 use crate::nn::Classifier;
@@ -16,6 +18,8 @@ pub struct TrainSet<'a> {
     pub real_y: &'a [u32],
     pub neg_x: &'a [f32],
     pub neg_y: &'a [u32],
+    /// Balanced batches when given: one sampling weight per pseudo-negative.
+    pub neg_weights: Option<&'a [f64]>,
 }
 
 impl TrainSet<'_> {
@@ -35,6 +39,36 @@ impl TrainSet<'_> {
             let j = i - n;
             (&self.neg_x[j * d..(j + 1) * d], self.neg_y[j], true)
         }
+    }
+}
+
+/// The batches of one epoch as indices into the union (reals, then pseudo-negatives).
+/// Union: a permutation of everything. Balanced: a permutation of the reals, each batch
+/// half reals and half pseudo-negatives drawn with replacement by weight.
+fn batch_indices(set: &TrainSet, batch_size: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let n = set.real_y.len();
+    match set.neg_weights {
+        Some(w) if !set.neg_y.is_empty() => {
+            let cumulative: Vec<f64> = w.iter().scan(0.0, |acc, v| {
+                *acc += v;
+                Some(*acc)
+            }).collect();
+            let total = *cumulative.last().expect("non-empty");
+            let half = (batch_size / 2).max(1);
+            rng.permutation(n)
+                .chunks(half)
+                .map(|reals| {
+                    let mut b = reals.to_vec();
+                    for _ in 0..reals.len() {
+                        let u = rng.uniform() * total;
+                        let j = cumulative.partition_point(|c| *c <= u).min(cumulative.len() - 1);
+                        b.push(n + j);
+                    }
+                    b
+                })
+                .collect()
+        }
+        _ => rng.permutation(set.len()).chunks(batch_size).map(|c| c.to_vec()).collect(),
     }
 }
 
@@ -61,16 +95,16 @@ pub fn train_epoch(
     device: &Device,
     on_batch: &mut dyn FnMut(usize),
 ) -> Result<EpochStats> {
-    let order = rng.permutation(set.len());
+    let batches = batch_indices(set, batch_size.max(1), rng);
     let vars = model.vars();
     let (c, h, w) = set.shape;
     let mut stats = EpochStats::default();
     let (mut real_wrong, mut real_seen, mut neg_fool, mut neg_seen) = (0usize, 0usize, 0usize, 0usize);
-    for batch in order.chunks(batch_size.max(1)) {
+    for batch in &batches {
         let mut xs = Vec::with_capacity(batch.len() * set.dim());
         let mut ys = Vec::with_capacity(batch.len());
         let mut negs = Vec::with_capacity(batch.len());
-        for &i in batch {
+        for &i in batch.iter() {
             let (x, y, neg) = set.sample(i);
             xs.extend_from_slice(x);
             ys.push(y);
@@ -108,6 +142,41 @@ mod tests {
     use crate::nn::{Cnn4, Cnn4Config};
     use crate::optim::SgdMomentum;
 
+    #[test]
+    fn balanced_batches_are_half_pseudo_negatives_drawn_by_weight() {
+        let xs = vec![0f32; 40];
+        let ys = vec![0u32; 40];
+        let nx = vec![0f32; 4];
+        let ny = vec![1u32; 4];
+        // pseudo-negatives of rounds 1, 1, 2, 3 seen from round 3: weights 0.25, 0.25, 0.5, 1
+        let w = [0.25, 0.25, 0.5, 1.0];
+        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w) };
+        let mut rng = Rng::new(1);
+        let mut counts = [0usize; 4];
+        let mut reals = Vec::new();
+        for _ in 0..500 {
+            for b in batch_indices(&set, 8, &mut rng) {
+                assert_eq!(b.len(), 8);
+                assert!(b[..4].iter().all(|&i| i < 40) && b[4..].iter().all(|&i| i >= 40));
+                reals.extend_from_slice(&b[..4]);
+                b[4..].iter().for_each(|&i| counts[i - 40] += 1);
+            }
+        }
+        reals.sort_unstable();
+        reals.dedup();
+        assert_eq!(reals.len(), 40, "every real sample is seen each epoch");
+        let total: usize = counts.iter().sum();
+        for (c, w) in counts.iter().zip(w) {
+            let share = *c as f64 / total as f64;
+            assert!((share - w / 2.0).abs() < 0.02, "{counts:?}");
+        }
+        let union = TrainSet { neg_weights: None, ..set };
+        let b = batch_indices(&union, 8, &mut rng);
+        let mut all: Vec<usize> = b.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..44).collect::<Vec<_>>());
+    }
+
     /// Two separable synthetic classes (bright left half vs bright right half) are learned.
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() -> Result<()> {
@@ -129,7 +198,7 @@ mod tests {
         let run = || -> Result<(Vec<EpochStats>, Vec<f32>)> {
             let net = Cnn4::new(Cnn4Config::mnist(2, 0.125, 0.2), &mut Rng::new(1), &dev)?;
             let mut opt = SgdMomentum::new(0.05, 0.9);
-            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[] };
+            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None };
             let mut rng = Rng::new(2);
             let stats = (0..4)
                 .map(|_| train_epoch(&net, &mut opt, &set, 16, 0.0, &mut rng, &dev, &mut |_| {}))
