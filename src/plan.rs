@@ -10,7 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{mnist_file, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, MNIST_FILES};
+use crate::spec::{data_files, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -59,17 +59,16 @@ struct Geometry {
 fn geometry(format: DataFormat) -> Geometry {
     match format {
         DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
+        DataFormat::Cifar10 | DataFormat::Svhn => Geometry { channels: 3, height: 32, width: 32, num_classes: 10 },
     }
 }
 
-/// The MNIST files a `load` stage reads, by input name (their presence is checked when
-/// the pipeline file is loaded).
-fn mnist_inputs(p: &Pipeline) -> BTreeMap<String, InputRef> {
-    let names = ["train_images", "train_labels", "test_images", "test_labels"];
-    names
+/// The raw files a `load` stage reads, by input name (checked when the file was loaded).
+fn data_inputs(p: &Pipeline) -> Vec<(String, InputRef)> {
+    data_files(p.spec.data.format, &p.data_path, p.spec.data.svhn_extra)
+        .unwrap_or_default()
         .into_iter()
-        .zip(MNIST_FILES)
-        .map(|(name, base)| (name.to_string(), InputRef::File(mnist_file(&p.data_path, base).unwrap_or_else(|| p.data_path.join(base)))))
+        .map(|(name, path)| (name, InputRef::File(path)))
         .collect()
 }
 
@@ -110,7 +109,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
             "format": s.data.format, "train_size": s.data.train_size,
             "validation_size": s.data.validation_size, "test_size": s.data.test_size,
         }),
-        mnist_inputs(p).into_iter().collect(),
+        data_inputs(p),
     );
     let evaluate = |round: u32| {
         (

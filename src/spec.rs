@@ -57,6 +57,10 @@ pub enum Method {
 pub enum DataFormat {
     /// IDX files (`train-images-idx3-ubyte[.gz]`, ...) in one directory.
     Mnist,
+    /// CIFAR-10 binary batches (`data_batch_1.bin` .. `data_batch_5.bin`, `test_batch.bin`).
+    Cifar10,
+    /// SVHN cropped digits (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`).
+    Svhn,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -75,6 +79,12 @@ pub struct DataSection {
     /// Test examples to use (0 = all).
     #[serde(default)]
     pub test_size: usize,
+    /// SVHN: train on train + extra, as the papers do.
+    #[serde(default = "d_true")]
+    pub svhn_extra: bool,
+}
+fn d_true() -> bool {
+    true
 }
 fn d_validation_size() -> usize {
     1000
@@ -83,14 +93,18 @@ fn d_validation_size() -> usize {
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
+    /// The ICN paper's MNIST net.
     Cnn4,
+    /// The CIFAR ResNet-32 (3 stages x 5 basic blocks, 16/32/64 channels times `width`,
+    /// batch norm), as the papers use for CIFAR-10 and SVHN.
+    Resnet32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetSection {
     pub arch: Arch,
-    /// Channel multiplier: 1.0 is the paper's 64/128/256/512.
+    /// Channel multiplier: 1.0 is the paper's net (CNN4 64/128/256/512, ResNet 16/32/64).
     pub width: f64,
     pub leaky_slope: f64,
 }
@@ -290,21 +304,14 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
     };
     if !data_path.is_dir() {
         return Err(UserError(format!(
-            "{}: the dataset directory {} does not exist (expected a directory holding the MNIST IDX files)",
+            "{}: the dataset directory {} does not exist (expected a directory holding the data set's files)",
             locate("data.path"),
             data_path.display()
         ))
         .into());
     }
-    for base in MNIST_FILES {
-        if mnist_file(&data_path, base).is_none() {
-            return Err(UserError(format!(
-                "{}: {} holds no {base} (or {base}.gz); expected the four MNIST IDX files there",
-                locate("data.path"),
-                data_path.display()
-            ))
-            .into());
-        }
+    if let Err(missing) = data_files(spec.data.format, &data_path, spec.data.svhn_extra) {
+        return Err(UserError(format!("{}: {} holds no {missing}; expected the {:?} files there", locate("data.path"), data_path.display(), spec.data.format)).into());
     }
     let name = spec.pipeline.name.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
     Ok(Pipeline { file: file.to_path_buf(), spec, name, data_path, overrides: overrides.to_vec() })
@@ -382,9 +389,42 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
 }
 
 /// The four files of an MNIST directory.
-pub const MNIST_FILES: [&str; 4] = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+const MNIST_FILES: [(&str, &str); 4] = [
+    ("train_images", "train-images-idx3-ubyte"),
+    ("train_labels", "train-labels-idx1-ubyte"),
+    ("test_images", "t10k-images-idx3-ubyte"),
+    ("test_labels", "t10k-labels-idx1-ubyte"),
+];
 
-/// `dir/base`, or `dir/base.gz` when only that exists.
-pub fn mnist_file(dir: &Path, base: &str) -> Option<PathBuf> {
-    [dir.join(base), dir.join(format!("{base}.gz"))].into_iter().find(|p| p.is_file())
+/// The files a `load` stage reads, by input name, or the name of the first one missing.
+/// Multi-file formats name their inputs `train.N` / `test.N`, concatenated in order.
+pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::result::Result<Vec<(String, PathBuf)>, String> {
+    let need = |name: String, file: &str| {
+        let p = dir.join(file);
+        if p.is_file() { Ok((name, p)) } else { Err(file.to_string()) }
+    };
+    match format {
+        DataFormat::Mnist => MNIST_FILES
+            .iter()
+            .map(|(name, base)| {
+                [dir.join(base), dir.join(format!("{base}.gz"))]
+                    .into_iter()
+                    .find(|p| p.is_file())
+                    .map(|p| (name.to_string(), p))
+                    .ok_or_else(|| format!("{base} (or {base}.gz)"))
+            })
+            .collect(),
+        DataFormat::Cifar10 => (1..=5)
+            .map(|i| need(format!("train.{i}"), &format!("data_batch_{i}.bin")))
+            .chain([need("test.1".into(), "test_batch.bin")])
+            .collect(),
+        DataFormat::Svhn => {
+            let mut files = vec![need("train.1".into(), "train_32x32.mat")];
+            if svhn_extra {
+                files.push(need("train.2".into(), "extra_32x32.mat"));
+            }
+            files.push(need("test.1".into(), "test_32x32.mat"));
+            files.into_iter().collect()
+        }
+    }
 }

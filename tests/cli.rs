@@ -362,3 +362,60 @@ fn rounds_stop_on_validation_and_the_reported_round_is_chosen_on_validation() {
     assert_eq!(rec["selected"]["round"], first_best as u64);
     assert_eq!(rec["selected"]["validation_error"].as_f64().unwrap(), best);
 }
+
+/// `n` random 3 x 32 x 32 images with labels cycling over 0..10.
+fn rgb_set(n: usize, seed: u64) -> stages::data::ImageSet {
+    let mut r = stages::rng::Rng::new(seed);
+    stages::data::ImageSet {
+        pixels: (0..n * 3072).map(|_| r.below(256) as u8).collect(),
+        labels: (0..n as u32).map(|i| i % 10).collect(),
+        channels: 3,
+        height: 32,
+        width: 32,
+    }
+}
+
+fn rgb_pipeline(dir: &Path, format: &str, data: &Path, arch: &str, width: f64) -> PathBuf {
+    let text = format!(
+        "[pipeline]\nrounds = 1\n[data]\nformat = \"{format}\"\npath = \"{}\"\nvalidation_size = 20\n[net]\narch = \"{arch}\"\nwidth = {width}\n[train]\nbatch_size = 16\nepochs = 1\nepochs_per_round = 1\n[synthesize]\nper_class = 2\nmax_steps = 5\n",
+        data.display()
+    );
+    let file = dir.join(format!("{format}-{arch}.toml"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
+    let dir = tempfile::tempdir().unwrap();
+    let cifar = dir.path().join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for i in 1..=5 {
+        stages::data::cifar::write_batch(&cifar.join(format!("data_batch_{i}.bin")), &rgb_set(20, i)).unwrap();
+    }
+    stages::data::cifar::write_batch(&cifar.join("test_batch.bin"), &rgb_set(30, 9)).unwrap();
+    let svhn = dir.path().join("svhn");
+    std::fs::create_dir_all(&svhn).unwrap();
+    for (name, n, seed) in [("train_32x32.mat", 40, 1), ("extra_32x32.mat", 30, 2), ("test_32x32.mat", 25, 3)] {
+        stages::data::svhn::write_svhn_mat(&svhn.join(name), &rgb_set(n, seed), true, true).unwrap();
+    }
+    let store = dir.path().join("store");
+    for (format, data, train, test) in [("cifar10", &cifar, 80, 30), ("svhn", &svhn, 50, 25)] {
+        for (arch, width) in [("cnn4", 0.125), ("resnet32", 0.5)] {
+            let out = run(&rgb_pipeline(dir.path(), format, data, arch, width), &store, &[]);
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            assert_eq!(stage_lines(&out).len(), 6, "{text}");
+            let load = text.lines().find(|l| l.contains(" load ")).unwrap();
+            assert!(load.contains(&format!("train {train}  validation 20  test {test}")), "{format}: {load}");
+        }
+    }
+    // without extra, SVHN trains on train_32x32.mat alone
+    let out = run(&rgb_pipeline(dir.path(), "svhn", &svhn, "cnn4", 0.125), &store, &["data.svhn_extra=false"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("train 20  validation 20  test 25"), "{text}");
+    // a missing batch is a bad-input error naming it
+    std::fs::remove_file(cifar.join("data_batch_3.bin")).unwrap();
+    let bad = pipe().arg("run").arg(rgb_pipeline(dir.path(), "cifar10", &cifar, "cnn4", 0.125)).arg("--store").arg(&store).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("data_batch_3.bin"));
+}

@@ -2,25 +2,38 @@
 
 use crate::executor::StageIo;
 use crate::UserError;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 use stages::codec::encode_image_set;
 use stages::data::mnist::load_pair;
+use stages::data::{cifar, svhn, DataError, ImageSet};
+use std::path::Path;
 use stages::rng::Rng;
 
 #[derive(Deserialize)]
 struct Params {
+    format: String,
     train_size: usize,
     validation_size: usize,
     test_size: usize,
     seed: u64,
 }
 
+/// The inputs named `prefix`N, loaded and concatenated in order.
+fn concat(io: &StageIo, prefix: &str, load: fn(&Path) -> std::result::Result<ImageSet, DataError>) -> Result<ImageSet> {
+    let sets = io.input_names(prefix).iter().map(|name| Ok(load(&io.file(name)?)?)).collect::<Result<Vec<_>>>()?;
+    ImageSet::concat(&sets).context("data files of different image shapes")
+}
+
 pub fn run(io: &mut StageIo) -> Result<()> {
     let p: Params = io.params()?;
-    let full = load_pair(&io.file("train_images")?, &io.file("train_labels")?)?;
-    let test = load_pair(&io.file("test_images")?, &io.file("test_labels")?)?;
+    let (full, test) = match p.format.as_str() {
+        "mnist" => (load_pair(&io.file("train_images")?, &io.file("train_labels")?)?, load_pair(&io.file("test_images")?, &io.file("test_labels")?)?),
+        "cifar10" => (concat(io, "train.", cifar::read_batch)?, concat(io, "test.", cifar::read_batch)?),
+        "svhn" => (concat(io, "train.", svhn::load_svhn)?, concat(io, "test.", svhn::load_svhn)?),
+        other => anyhow::bail!("no loader for data format `{other}`"),
+    };
     let n = full.len();
     if p.validation_size >= n {
         return Err(UserError(format!("data.validation_size = {} leaves no training example: the training files hold {n}", p.validation_size)).into());

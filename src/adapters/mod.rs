@@ -11,7 +11,7 @@ use crate::plan::StageDef;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use stages::candle::Device;
-use stages::nn::{Classifier, Cnn4, Cnn4Config};
+use stages::nn::{Classifier, Cnn4, Cnn4Config, ResNet, ResNetConfig};
 use stages::rng::Rng;
 
 /// Runs stages on one candle device.
@@ -70,6 +70,14 @@ impl NetParams {
                 cfg.height = self.height;
                 cfg.width = self.image_width;
                 Ok(Box::new(Cnn4::new(cfg, rng, device)?))
+            }
+            "resnet32" => {
+                let mut cfg = ResNetConfig::resnet32(self.num_classes);
+                cfg.in_channels = self.channels;
+                cfg.height = self.height;
+                cfg.width = self.image_width;
+                cfg.channels = cfg.channels.map(|c| ((c as f64 * self.width).round() as usize).max(1));
+                Ok(Box::new(ResNet::new(cfg, rng, device)?))
             }
             other => bail!("unknown net `{other}`"),
         }

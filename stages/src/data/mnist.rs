@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use flate2::read::MultiGzDecoder;
 use flate2::{Compression, GzBuilder};
 
-use super::{DataError, ImageSet};
+use super::{io_error, DataError, ImageSet};
 
 /// IDX magic for unsigned-byte data with 3 dimensions (count, rows, cols).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -315,26 +315,10 @@ fn be_u32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
-/// Missing files become NotFound (the common case deserves a plain message); anything else
-/// stays an Io error with its cause.
-fn io_error(path: &Path, source: io::Error) -> DataError {
-    if source.kind() == io::ErrorKind::NotFound {
-        DataError::NotFound {
-            path: path.to_path_buf(),
-            what: "file".to_string(),
-        }
-    } else {
-        DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
     const SUBSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/data/mnist");
@@ -350,30 +334,7 @@ mod tests {
         }
     }
 
-    /// A fresh folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(test: &str) -> TempDir {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::SeqCst);
-            let dir = std::env::temp_dir()
-                .join(format!("stages-mnist-test-{}-{test}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::data::testutil::TempDir;
 
     /// `n` 3x2 images whose pixels encode their index, labels cycling through the digits.
     fn synthetic(n: usize) -> ImageSet {

@@ -9,9 +9,13 @@
 //! found, because the usual failure is a wrong or damaged file and the fix starts with
 //! knowing which one.
 
+pub mod augment;
+pub mod cifar;
+pub mod folder;
 pub mod mnist;
+pub mod svhn;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Images as bytes in N x C x H x W order (row-major), one label per image.
 #[derive(Clone, Debug, PartialEq)]
@@ -72,6 +76,20 @@ impl ImageSet {
     ///
     /// Labels `>= num_classes` are not counted (the loaders never produce them), so the
     /// sum can be less than `len()` only when the caller picked too few classes.
+    /// The sets one after the other; None when their image shapes differ.
+    pub fn concat(sets: &[ImageSet]) -> Option<ImageSet> {
+        let first = sets.first()?;
+        let mut out = ImageSet { pixels: Vec::new(), labels: Vec::new(), channels: first.channels, height: first.height, width: first.width };
+        for s in sets {
+            if (s.channels, s.height, s.width) != (out.channels, out.height, out.width) {
+                return None;
+            }
+            out.pixels.extend_from_slice(&s.pixels);
+            out.labels.extend_from_slice(&s.labels);
+        }
+        Some(out)
+    }
+
     pub fn class_counts(&self, num_classes: usize) -> Vec<usize> {
         let mut counts = vec![0usize; num_classes];
         for &l in &self.labels {
@@ -101,6 +119,11 @@ pub enum DataError {
         #[source]
         source: std::io::Error,
     },
+
+    /// A file of a known format whose contents break that format (SVHN .mat, CIFAR-10
+    /// binary, image folders): `what` says what was expected and what was found.
+    #[error("{path}: {what}")]
+    Format { path: PathBuf, what: String },
 
     /// A required file or directory does not exist.
     #[error("{what} not found: {path}")]
@@ -233,5 +256,48 @@ mod tests {
         };
         let msg = e.to_string();
         assert!(msg.contains("/x/train-images-idx3-ubyte") && msg.contains("16") && msg.contains('3'));
+    }
+}
+
+/// Missing files become NotFound (the common case deserves a plain message); anything else
+/// stays an Io error with its cause.
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> DataError {
+    if source.kind() == std::io::ErrorKind::NotFound {
+        DataError::NotFound { path: path.to_path_buf(), what: "file".to_string() }
+    } else {
+        DataError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(test: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::SeqCst);
+            let dir = std::env::temp_dir().join(format!("stages-data-test-{}-{test}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        /// `self/rel`, with its parent folders created.
+        pub(crate) fn path(&self, rel: &str) -> PathBuf {
+            let p = self.0.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
