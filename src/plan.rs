@@ -10,7 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{data_files, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection};
+use crate::spec::{data_files, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -76,14 +76,31 @@ fn output(stage: &str, output: &str) -> InputRef {
     InputRef::Output { stage: stage.to_string(), output: output.to_string() }
 }
 
+/// One chain of classifiers trained round after round: the softmax net, the binary net,
+/// or one of the K nets of one-vs-all (whose stage ids end in `/c{k}`).
+struct Chain {
+    suffix: String,
+    /// The positive class of a one-vs-all member.
+    member: Option<u32>,
+    /// Net parameters (one logit for binary nets).
+    net: Value,
+    /// The training objective of rounds >= 1 (round 0 has no pseudo-negatives).
+    objective: Value,
+    objective0: Value,
+    /// Which samples synthesis makes.
+    targets: Value,
+}
+
 pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     let s = &p.spec;
     let seed = s.pipeline.seed;
     let g = geometry(s.data.format);
-    let net = json!({
-        "arch": s.net.arch, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
-        "channels": g.channels, "height": g.height, "image_width": g.width, "num_classes": g.num_classes,
-    });
+    let net_with = |classes: usize| {
+        json!({
+            "arch": s.net.arch, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
+            "channels": g.channels, "height": g.height, "image_width": g.width, "num_classes": classes,
+        })
+    };
     let t = &s.train;
     // The learning rate of a round, after the drop if there is one.
     let optimizer = |round: u32| {
@@ -96,6 +113,32 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
             OptimizerKind::Adam => json!({"kind": "adam", "lr": lr, "beta1": t.beta1, "beta2": t.beta2}),
         }
     };
+    let binary_chain = |k: u32, member: Option<u32>| Chain {
+        suffix: member.map(|k| format!("/c{k}")).unwrap_or_default(),
+        member,
+        net: net_with(1),
+        objective: json!({"kind": "binary", "positive": k}),
+        objective0: json!({"kind": "binary", "positive": k}),
+        targets: json!({"kind": "binary", "class": k}),
+    };
+    let chains: Vec<Chain> = match s.pipeline.variant {
+        Variant::Softmax => vec![Chain {
+            suffix: String::new(),
+            member: None,
+            net: net_with(g.num_classes),
+            objective: json!({"kind": "softmax", "alpha": t.alpha}),
+            objective0: json!({"kind": "softmax", "alpha": 0.0}),
+            targets: json!({"kind": "per-class"}),
+        }],
+        Variant::Binary => vec![binary_chain(s.pipeline.positive_class, None)],
+        Variant::OneVsAll => (0..g.num_classes as u32).map(|k| binary_chain(k, Some(k))).collect(),
+    };
+    let evaluation = match s.pipeline.variant {
+        Variant::Softmax => json!({"kind": "softmax"}),
+        Variant::Binary => json!({"kind": "binary", "positive": s.pipeline.positive_class}),
+        Variant::OneVsAll => json!({"kind": "one-vs-all"}),
+    };
+
     let mut stages = Vec::new();
     let mut push = |id: String, (kind, version): (&'static str, u32), mut params: Value, inputs: Vec<(String, InputRef)>| {
         params["seed"] = json!(stage_seed(seed, &id));
@@ -111,70 +154,70 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         }),
         data_inputs(p),
     );
+    let data = |name: &str| output("load", &format!("{name}.safetensors"));
     let evaluate = |round: u32| {
-        (
-            format!("evaluate/{round}"),
-            EVALUATE,
-            json!({"round": round, "batch_size": s.evaluate.batch_size, "net": net}),
-            vec![
-                ("checkpoint".to_string(), output(&format!("train/{round}"), "checkpoint.safetensors")),
-                ("validation".to_string(), output("load", "validation.safetensors")),
-                ("test".to_string(), output("load", "test.safetensors")),
-            ],
-        )
+        let mut inputs = vec![("validation".to_string(), data("validation")), ("test".to_string(), data("test"))];
+        for c in &chains {
+            // zero-padded so that input order is class order
+            let name = c.member.map_or("checkpoint".to_string(), |k| format!("checkpoint.c{k:04}"));
+            inputs.push((name, output(&format!("train/{round}{}", c.suffix), "checkpoint.safetensors")));
+        }
+        let net = &chains[0].net;
+        (format!("evaluate/{round}"), EVALUATE, json!({"round": round, "batch_size": s.evaluate.batch_size, "net": net, "evaluation": evaluation}), inputs)
     };
-    push(
-        "train/0".into(),
-        TRAIN,
-        json!({"round": 0, "net": net, "optimizer": optimizer(0), "batch_size": t.batch_size, "epochs": t.epochs}),
-        vec![("train".into(), output("load", "train.safetensors"))],
-    );
+    for c in &chains {
+        push(
+            format!("train/0{}", c.suffix),
+            TRAIN,
+            json!({"round": 0, "net": c.net, "optimizer": optimizer(0), "batch_size": t.batch_size, "epochs": t.epochs, "objective": c.objective0}),
+            vec![("train".into(), data("train"))],
+        );
+    }
     let (id, kind, params, inputs) = evaluate(0);
     push(id, kind, params, inputs);
     let sy = &s.synthesize;
     let method = s.pipeline.method;
     for round in 1..=s.pipeline.rounds {
-        let previous = format!("train/{}", round - 1);
-        match method {
-            Method::Icn => push(
-                format!("synthesize/{round}"),
-                SYNTHESIZE,
-                json!({
-                    "round": round, "net": net, "method": "synthesis", "per_class": sy.per_class,
-                    "init_std": sy.init_std, "batch_size": sy.batch_size, "lr": sy.lr,
-                    "max_steps": sy.max_steps, "step": synthesis_step(sy), "stop": stop_rule(sy),
-                }),
-                vec![("checkpoint".into(), output(&previous, "checkpoint.safetensors"))],
-            ),
-            // p0 samples do not depend on the classifier: no input, so every round's noise
-            // is made once and shared by every pipeline with the same seed and shape.
-            Method::IcnNoise => push(
-                format!("synthesize/{round}"),
-                SYNTHESIZE,
-                json!({"round": round, "net": net, "method": "noise", "per_class": sy.per_class, "init_std": sy.init_std}),
-                vec![],
-            ),
-            Method::Baseline => {}
-        }
-        let mut inputs = vec![
-            ("init".to_string(), output(&previous, "checkpoint.safetensors")),
-            ("train".to_string(), output("load", "train.safetensors")),
-        ];
-        let mut params = json!({
-            "round": round, "net": net, "optimizer": optimizer(round), "batch_size": t.batch_size,
-            "epochs": t.epochs_per_round,
-        });
-        if method != Method::Baseline {
-            params["alpha"] = json!(t.alpha);
-            params["sampling"] = match t.sampling {
-                Sampling::Union => json!({"kind": "union"}),
-                Sampling::Balanced => json!({"kind": "balanced", "decay": t.recency_decay}),
-            };
-            for r in 1..=round {
-                inputs.push((pseudo_negative_input(r), output(&format!("synthesize/{r}"), "pseudo_negatives.safetensors")));
+        for c in &chains {
+            let previous = format!("train/{}{}", round - 1, c.suffix);
+            let synth_id = |r: u32| format!("synthesize/{r}{}", c.suffix);
+            match method {
+                Method::Icn => push(
+                    synth_id(round),
+                    SYNTHESIZE,
+                    json!({
+                        "round": round, "net": c.net, "method": "synthesis", "targets": c.targets,
+                        "per_class": sy.per_class, "init_std": sy.init_std, "batch_size": sy.batch_size,
+                        "lr": sy.lr, "max_steps": sy.max_steps, "step": synthesis_step(sy), "stop": stop_rule(sy),
+                    }),
+                    vec![("checkpoint".into(), output(&previous, "checkpoint.safetensors"))],
+                ),
+                // p0 samples do not depend on the classifier: no input, so every round's
+                // noise is made once and shared by every pipeline with the same seed.
+                Method::IcnNoise => push(
+                    synth_id(round),
+                    SYNTHESIZE,
+                    json!({"round": round, "net": c.net, "method": "noise", "targets": c.targets, "per_class": sy.per_class, "init_std": sy.init_std}),
+                    vec![],
+                ),
+                Method::Baseline => {}
             }
+            let mut inputs = vec![("init".to_string(), output(&previous, "checkpoint.safetensors")), ("train".to_string(), data("train"))];
+            let mut params = json!({
+                "round": round, "net": c.net, "optimizer": optimizer(round), "batch_size": t.batch_size,
+                "epochs": t.epochs_per_round, "objective": c.objective,
+            });
+            if method != Method::Baseline {
+                params["sampling"] = match t.sampling {
+                    Sampling::Union => json!({"kind": "union"}),
+                    Sampling::Balanced => json!({"kind": "balanced", "decay": t.recency_decay}),
+                };
+                for r in 1..=round {
+                    inputs.push((pseudo_negative_input(r), output(&synth_id(r), "pseudo_negatives.safetensors")));
+                }
+            }
+            push(format!("train/{round}{}", c.suffix), TRAIN, params, inputs);
         }
-        push(format!("train/{round}"), TRAIN, params, inputs);
         let (id, kind, params, inputs) = evaluate(round);
         push(id, kind, params, inputs);
     }

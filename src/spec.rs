@@ -37,10 +37,27 @@ pub struct PipelineSection {
     /// noise) or `baseline` (no pseudo-negatives; the same training budget).
     #[serde(default)]
     pub method: Method,
+    /// `softmax` (one net, K logits, Eq. 9), `binary` (Algorithm 1: one net, class
+    /// `positive_class` against everything else) or `one-vs-all` (K binary nets, each with
+    /// its own pseudo-negatives; prediction argmax_k f_k(x)).
+    #[serde(default)]
+    pub variant: Variant,
+    /// The positive class of `variant = "binary"`.
+    #[serde(default)]
+    pub positive_class: u32,
     /// Stop adding rounds once validation error has not improved for this many rounds
     /// (none: run every round). The run reports the best round on validation either way.
     #[serde(default)]
     pub patience: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    #[default]
+    Softmax,
+    Binary,
+    OneVsAll,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -358,6 +375,7 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     };
     let t = &spec.train;
     let s = &spec.synthesize;
+    need(spec.pipeline.positive_class < 10, "pipeline.positive_class", "a class of the data set (0..=9)");
     need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
     need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
     need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");

@@ -419,3 +419,36 @@ fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("data_batch_3.bin"));
 }
+
+#[test]
+fn binary_and_one_vs_all_icn() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    let out = run(&file, &store, &["pipeline.variant=binary", "pipeline.positive_class=3", "pipeline.rounds=1"]);
+    let stages: Vec<String> = stage_lines(&out).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(stages, ["load", "train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1"]);
+    let rec = last_record(&store);
+    let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
+    let d = syn["outputs"]["pseudo_negatives.parquet"]["digest"].as_str().unwrap().to_string();
+    let t = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+    let classes = t[0].column_by_name("class").unwrap().as_any().downcast_ref::<arrow_array::UInt32Array>().unwrap().clone();
+    assert_eq!(arrow_array::Array::len(&classes), 3, "per_class samples of the positive class only");
+    assert!(classes.iter().all(|c| c == Some(3)));
+    let errors = |rec: &serde_json::Value| rec["stages"].as_array().unwrap().iter().filter(|s| s["kind"] == "evaluate").map(|s| s["summary"]["test_error"].as_f64().unwrap()).collect::<Vec<_>>();
+    // one class against nine: a binary net is right far more often than 10-way chance
+    assert!(errors(&rec).iter().all(|e| *e < 0.5), "{:?}", errors(&rec));
+
+    let ova = run(&file, &store, &["pipeline.variant=one-vs-all", "pipeline.rounds=1"]);
+    let stages: Vec<String> = stage_lines(&ova).into_iter().map(|(_, s)| s).collect();
+    assert_eq!(stages.len(), 1 + 10 + 1 + 20 + 1, "{stages:?}");
+    assert!(stages.contains(&"train/0/c9".to_string()) && stages.contains(&"synthesize/1/c0".to_string()));
+    assert_eq!(stages.last().unwrap(), "evaluate/1");
+    let rec = last_record(&store);
+    let eval = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "evaluate/1").unwrap().clone();
+    let key = eval["key"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("stages").join(format!("{key}.json"))).unwrap()).unwrap();
+    let inputs = manifest["inputs"].as_object().unwrap();
+    assert_eq!(inputs.keys().filter(|k| k.starts_with("checkpoint.c")).count(), 10);
+    assert!(errors(&rec).iter().all(|e| *e < 0.9), "one-vs-all beats chance: {:?}", errors(&rec));
+}

@@ -1,5 +1,7 @@
 //! `evaluate`: error of a round's classifier on validation and test, overall and per class,
 //! as a tidy table (round, split, class, metric, value, count); class -1 is all classes.
+//! A softmax net predicts its top logit; a binary net "positive" when f(x) > 0 (classes 0
+//! = rest, 1 = positive); one-vs-all predicts argmax_k f_k(x) over its K binary nets.
 
 use super::{read_set, NetParams};
 use crate::executor::StageIo;
@@ -8,26 +10,49 @@ use anyhow::Result;
 use serde::Deserialize;
 use serde_json::json;
 use stages::candle::Device;
-use stages::evaluate::{predict, ClassErrors};
+use stages::evaluate::{logits, one_vs_all, predict, ClassErrors};
 
 #[derive(Deserialize)]
 struct Params {
     round: u32,
     batch_size: usize,
     net: NetParams,
+    evaluation: Evaluation,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Evaluation {
+    Softmax,
+    Binary { positive: u32 },
+    OneVsAll,
 }
 
 pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     let p: Params = io.params()?;
-    let net = p.net.load(&io.read("checkpoint")?, device)?;
+    let nets = io
+        .input_names("checkpoint")
+        .iter()
+        .map(|name| p.net.load(&io.read(name)?, device))
+        .collect::<Result<Vec<_>>>()?;
     let mut rows: (Vec<String>, Vec<i32>, Vec<f64>, Vec<u64>) = Default::default();
     let mut line = Vec::new();
     for split in ["validation", "test"] {
         let (x, y) = read_set(io, split)?;
         let pb = io.progress(1, &format!("{split} error"));
-        let predicted = predict(net.as_ref(), &x, p.net.shape(), p.batch_size, device)?;
+        let (predicted, truth, classes) = match p.evaluation {
+            Evaluation::Softmax => (predict(nets[0].as_ref(), &x, p.net.shape(), p.batch_size, device)?, y, p.net.num_classes),
+            Evaluation::Binary { positive } => {
+                let f = logits(nets[0].as_ref(), &x, p.net.shape(), p.batch_size, device)?;
+                (f.iter().map(|r| (r[0] > 0.0) as u32).collect(), y.iter().map(|&c| (c == positive) as u32).collect(), 2)
+            }
+            Evaluation::OneVsAll => {
+                let per_class = nets.iter().map(|n| logits(n.as_ref(), &x, p.net.shape(), p.batch_size, device)).collect::<std::result::Result<Vec<_>, _>>()?;
+                (one_vs_all(&per_class), y, nets.len())
+            }
+        };
         pb.finish_and_clear();
-        let e = ClassErrors::new(&predicted, &y, p.net.num_classes);
+        let e = ClassErrors::new(&predicted, &truth, classes);
         let mut push = |class: i32, value: f64, count: usize| {
             rows.0.push(split.to_string());
             rows.1.push(class);
@@ -35,7 +60,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
             rows.3.push(count as u64);
         };
         push(-1, e.error(), e.count.iter().sum());
-        for k in 0..p.net.num_classes {
+        for k in 0..classes {
             push(k as i32, e.class_error(k), e.count[k]);
         }
         io.summary(&format!("{split}_error"), json!(e.error()));

@@ -19,6 +19,9 @@ struct Params {
     net: NetParams,
     /// `synthesis` (ascent on f_k) or `noise` (the p0 samples themselves: ICN-noise).
     method: String,
+    /// Which samples to make: `per-class` (per_class for each class of a softmax net) or
+    /// `binary` (per_class for the positive class of a one-logit net).
+    targets: TargetParams,
     per_class: usize,
     init_std: f64,
     seed: u64,
@@ -40,6 +43,13 @@ enum StepParams {
     Adam { beta1: f64, beta2: f64 },
     Sgd,
     Langevin { decay: f64 },
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum TargetParams {
+    PerClass,
+    Binary { class: u32 },
 }
 
 #[derive(Deserialize)]
@@ -66,13 +76,18 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         "synthesis" => false,
         other => anyhow::bail!("unknown pseudo-negative method `{other}`"),
     };
-    let k = p.net.num_classes;
-    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: (i / p.per_class) as u32, seed: sample_seed(p.seed, i) }).collect();
+    let (classes, binary): (Vec<u32>, bool) = match p.targets {
+        TargetParams::PerClass => ((0..p.net.num_classes as u32).collect(), false),
+        TargetParams::Binary { class } => (vec![class], true),
+    };
+    let k = classes.len();
+    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
     let out = if noise {
         p0_samples(&targets, p.net.shape(), p.init_std)
     } else {
         let net = p.net.load(&io.read("checkpoint")?, device)?;
         let cfg = SynthesisConfig {
+            binary,
             step: match p.step.context("synthesis parameters without a step")? {
                 StepParams::Adam { beta1, beta2 } => Step::Adam { beta1, beta2, eps: 1e-8 },
                 StepParams::Sgd => Step::Sgd,
@@ -114,9 +129,9 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
 
     let columns = p.per_class.min(GRID_COLUMNS);
     let mut tiles = Vec::with_capacity(k * columns * d);
-    for class in 0..k {
+    for row in 0..k {
         for j in 0..columns {
-            let i = class * p.per_class + j;
+            let i = row * p.per_class + j;
             tiles.extend_from_slice(&out.images[i * d..(i + 1) * d]);
         }
     }

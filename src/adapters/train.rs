@@ -13,6 +13,7 @@ use serde_json::json;
 use stages::candle::Device;
 use stages::checkpoint;
 use stages::codec::decode_pseudo_negatives;
+use stages::loss::Objective;
 use stages::optim::{Adam, Optimizer, SgdMomentum};
 use stages::rng::Rng;
 use stages::train::{train_epoch, TrainSet};
@@ -36,12 +37,18 @@ struct Params {
     optimizer: OptParams,
     batch_size: usize,
     epochs: u32,
-    #[serde(default)]
-    alpha: f64,
+    objective: ObjectiveParams,
     /// How pseudo-negatives enter batches (absent: the union).
     #[serde(default)]
     sampling: Option<Sampling>,
     seed: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum ObjectiveParams {
+    Softmax { alpha: f64 },
+    Binary { positive: u32 },
 }
 
 #[derive(Deserialize)]
@@ -124,10 +131,14 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         io.note_resumed(json!(format!("epoch {}", progress.epochs_done)));
     }
 
+    let objective = match p.objective {
+        ObjectiveParams::Softmax { alpha } => Objective::Softmax { alpha },
+        ObjectiveParams::Binary { positive } => Objective::Binary { positive },
+    };
     let samples = real_y.len() + neg_y.len();
     for epoch in progress.epochs_done..p.epochs {
         let pb = io.progress(samples as u64, &format!("epoch {}/{}", epoch + 1, p.epochs));
-        let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, p.alpha, &mut rng, device, &mut |n| pb.inc(n as u64))?;
+        let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, objective, &mut rng, device, &mut |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
         progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate() });
         progress.epochs_done = epoch + 1;

@@ -3,6 +3,7 @@
 //! ([`crate::synthesize::synthesize`]) and FGSM ([`crate::attack::fgsm`]).
 
 use crate::attack::fgsm;
+use crate::loss::Objective;
 use crate::nn::{Classifier, Cnn4, Cnn4Config, ResNet, ResNetConfig};
 use crate::optim::SgdMomentum;
 use crate::rng::Rng;
@@ -76,7 +77,7 @@ fn train_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, u
         flops_per_item: 3.0 * fwd_flops,
         run: Box::new(move || {
             let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &[], neg_y: &[], neg_weights: None };
-            train_epoch(net.as_ref(), &mut opt, &set, batch, 0.0, &mut rng, &Device::Cpu, &mut |_| {})?;
+            train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.0 }, &mut rng, &Device::Cpu, &mut |_| {})?;
             Ok(x.len() / d)
         }),
     }
@@ -93,7 +94,7 @@ pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
         let net = cnn4()?;
         let steps = 10;
         let targets: Vec<Target> = (0..200).map(|i| Target { class: (i % 10) as u32, seed: i as u64 }).collect();
-        let cfg = SynthesisConfig { step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: steps, init_std: 0.3, batch_size: 200, stop: StopRule::Steps };
+        let cfg = SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: steps, init_std: 0.3, batch_size: 200, stop: StopRule::Steps };
         out.push(Workload {
             name: "cnn4_synthesis",
             unit: "image-step",

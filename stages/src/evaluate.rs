@@ -4,16 +4,27 @@ use crate::nn::{Classifier, Mode};
 use crate::synthesize::{argmax, Shape3};
 use candle_core::{Device, Result, Tensor};
 
-/// Predicted class of every image (N x C x H x W in [-1, 1]), in batches.
-pub fn predict(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usize, device: &Device) -> Result<Vec<u32>> {
+/// Logits of every image (N x C x H x W in [-1, 1]), in batches: one row per image.
+pub fn logits(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
     let (c, h, w) = shape;
     let d = c * h * w;
     let mut out = Vec::with_capacity(x.len() / d.max(1));
     for chunk in x.chunks(batch_size.max(1) * d) {
         let t = Tensor::from_vec(chunk.to_vec(), (chunk.len() / d, c, h, w), device)?;
-        out.extend(model.forward_mode(&t, Mode::Frozen)?.to_vec2::<f32>()?.iter().map(|r| argmax(r) as u32));
+        out.extend(model.forward_mode(&t, Mode::Frozen)?.to_vec2::<f32>()?);
     }
     Ok(out)
+}
+
+/// Predicted class of every image: the top logit.
+pub fn predict(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usize, device: &Device) -> Result<Vec<u32>> {
+    Ok(logits(model, x, shape, batch_size, device)?.iter().map(|r| argmax(r) as u32).collect())
+}
+
+/// One-vs-all prediction: argmax over k of f_k(x), from each binary net's logits.
+pub fn one_vs_all(per_class: &[Vec<Vec<f32>>]) -> Vec<u32> {
+    let n = per_class.first().map_or(0, |c| c.len());
+    (0..n).map(|i| argmax(&per_class.iter().map(|c| c[i][0]).collect::<Vec<_>>()) as u32).collect()
 }
 
 /// Counts of examples and mistakes per true class.

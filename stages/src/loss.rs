@@ -7,6 +7,53 @@ pub fn softplus(z: &Tensor) -> Result<Tensor> {
     z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
+/// What a net's logits mean and how they are trained.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// K logits; the softmax ICN loss (Eq. 9) with weight alpha on pseudo-negatives.
+    Softmax { alpha: f64 },
+    /// One logit f(x) for "is of class `positive`"; binary cross-entropy (ICN Eq. 5), with
+    /// pseudo-negatives and every other class as negatives.
+    Binary { positive: u32 },
+}
+
+impl Objective {
+    /// The loss of a mixed batch: `labels` are data classes (or the class a pseudo-negative
+    /// was made for), `negative` is 1.0 for pseudo-negatives.
+    pub fn loss(&self, logits: &Tensor, labels: &[u32], negative: &[f32]) -> Result<Tensor> {
+        let dev = logits.device();
+        match *self {
+            Objective::Softmax { alpha } => icn_softmax(logits, &Tensor::new(labels, dev)?, &Tensor::new(negative, dev)?, alpha),
+            Objective::Binary { positive } => {
+                let t: Vec<f32> = labels.iter().zip(negative).map(|(&y, &n)| (n == 0.0 && y == positive) as u8 as f32).collect();
+                binary_cross_entropy(&logits.flatten_all()?, &Tensor::new(t.as_slice(), dev)?)
+            }
+        }
+    }
+
+    /// Whether logits `row` claim `class`: the top class (softmax), or f(x) > 0 (binary).
+    pub fn claims(&self, row: &[f32], class: u32) -> bool {
+        match *self {
+            Objective::Softmax { .. } => crate::synthesize::argmax(row) == class as usize,
+            Objective::Binary { .. } => row[0] > 0.0,
+        }
+    }
+
+    /// Whether a real sample of class `label` is classified correctly.
+    pub fn correct(&self, row: &[f32], label: u32) -> bool {
+        match *self {
+            Objective::Softmax { .. } => self.claims(row, label),
+            Objective::Binary { positive } => (row[0] > 0.0) == (label == positive),
+        }
+    }
+}
+
+/// Mean of ln(1 + exp(f)) - t f: binary cross-entropy of logits f against targets t in
+/// {0, 1}, written through softplus so it cannot overflow.
+pub fn binary_cross_entropy(f: &Tensor, t: &Tensor) -> Result<Tensor> {
+    (softplus(f)? - (f * t)?)?.mean_all()
+}
+
 /// The softmax ICN loss (ICN paper, Eq. 9) on a mixed mini-batch.
 ///
 /// `labels[i]` is the class of sample i; `negative[i]` is 1.0 for a pseudo-negative of class
@@ -56,6 +103,21 @@ mod tests {
             let fd = (value(&a) - value(&b)) / 2e-6;
             assert!((fd - g[i]).abs() < 1e-8, "d/dz{i}: analytic {} vs fd {fd}", g[i]);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn binary_objective_is_cross_entropy_with_pseudo_negatives_as_negatives() -> Result<()> {
+        let dev = Device::Cpu;
+        let f = Tensor::new(&[[0.5f32], [-1.0], [2.0]], &dev)?;
+        // a positive (class 3), another class, and a pseudo-negative made for class 3
+        let loss = Objective::Binary { positive: 3 }.loss(&f, &[3, 7, 3], &[0.0, 0.0, 1.0])?.to_scalar::<f32>()?;
+        let sp = |z: f32| (1.0 + z.exp()).ln();
+        let want = ((sp(0.5) - 0.5) + sp(-1.0) + sp(2.0)) / 3.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        let o = Objective::Binary { positive: 3 };
+        assert!(o.correct(&[0.5], 3) && o.correct(&[-1.0], 7) && !o.correct(&[-1.0], 3));
+        assert!(o.claims(&[0.1], 3) && !o.claims(&[-0.1], 3));
         Ok(())
     }
 

@@ -54,6 +54,9 @@ pub enum Step {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SynthesisConfig {
+    /// A one-logit (binary) net: raise f(x); "classified" means f(x) > 0 and the
+    /// probability is sigmoid(f). Otherwise raise logit k of a softmax net.
+    pub binary: bool,
     pub step: Step,
     pub lr: f64,
     pub max_steps: u32,
@@ -180,17 +183,20 @@ pub fn synthesize(
             let flat: Vec<f32> = state.iter().flat_map(|s| s.x.iter().copied()).collect();
             let x = Var::from_vec(flat, (active.len(), c, h, w), device)?;
             let logits = model.forward_mode(x.as_tensor(), Mode::Frozen)?;
-            let classes: Vec<u32> = active.iter().map(|&i| targets[i].class).collect();
+            let classes: Vec<u32> = active.iter().map(|&i| if cfg.binary { 0 } else { targets[i].class }).collect();
             let idx = Tensor::new(classes.as_slice(), device)?.unsqueeze(1)?;
             let picked = logits.gather(&idx, 1)?.squeeze(1)?;
             let logit_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
             // Decide who stops before stepping: the returned sample is the one just scored.
             let mut keep = Vec::with_capacity(active.len());
             for (j, &i) in active.iter().enumerate() {
-                let k = targets[i].class as usize;
                 let row = &logit_rows[j];
-                let classified = argmax(row) == k;
-                let prob = softmax_at(row, k);
+                let (k, classified, prob) = if cfg.binary {
+                    (0, row[0] > 0.0, 1.0 / (1.0 + (-row[0]).exp()))
+                } else {
+                    let k = targets[i].class as usize;
+                    (k, argmax(row) == k, softmax_at(row, k))
+                };
                 let reason = match cfg.stop {
                     StopRule::Classified if classified => Some(StopReason::Classified),
                     StopRule::Probability(t) if prob as f64 > t => Some(StopReason::Probability),
@@ -262,7 +268,7 @@ mod tests {
     use crate::nn::{Cnn4, Cnn4Config};
 
     fn cfg(stop: StopRule, max_steps: u32) -> SynthesisConfig {
-        SynthesisConfig { step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.05, max_steps, init_std: 0.3, batch_size: 3, stop }
+        SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.05, max_steps, init_std: 0.3, batch_size: 3, stop }
     }
 
     #[test]

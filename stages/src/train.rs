@@ -3,11 +3,11 @@
 //! shuffled together, or balanced: half real samples, half pseudo-negatives drawn with
 //! weights (0.5^age per round in the IGM reference code, so recent rounds count more).
 
-use crate::loss::icn_softmax;
+use crate::loss::Objective;
 use crate::nn::Classifier;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use crate::synthesize::{argmax, Shape3};
+use crate::synthesize::Shape3;
 use candle_core::{Device, Result, Tensor};
 
 /// Training samples: real ones with their labels, then pseudo-negatives with the class
@@ -90,7 +90,7 @@ pub fn train_epoch(
     opt: &mut dyn Optimizer,
     set: &TrainSet,
     batch_size: usize,
-    alpha: f64,
+    objective: Objective,
     rng: &mut Rng,
     device: &Device,
     on_batch: &mut dyn FnMut(usize),
@@ -111,21 +111,18 @@ pub fn train_epoch(
             negs.push(if neg { 1f32 } else { 0.0 });
         }
         let x = Tensor::from_vec(xs, (batch.len(), c, h, w), device)?;
-        let y = Tensor::new(ys.as_slice(), device)?;
-        let neg = Tensor::new(negs.as_slice(), device)?;
         let logits = model.forward(&x)?;
-        let loss = icn_softmax(&logits, &y, &neg, alpha)?;
+        let loss = objective.loss(&logits, &ys, &negs)?;
         opt.step(&vars, &loss.backward()?)?;
         stats.loss += loss.to_scalar::<f32>()? as f64;
         stats.batches += 1;
         for ((row, &y), &n) in logits.to_vec2::<f32>()?.iter().zip(&ys).zip(&negs) {
-            let hit = argmax(row) == y as usize;
             if n > 0.0 {
                 neg_seen += 1;
-                neg_fool += hit as usize;
+                neg_fool += objective.claims(row, y) as usize;
             } else {
                 real_seen += 1;
-                real_wrong += (!hit) as usize;
+                real_wrong += (!objective.correct(row, y)) as usize;
             }
         }
         on_batch(batch.len());
@@ -201,7 +198,7 @@ mod tests {
             let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None };
             let mut rng = Rng::new(2);
             let stats = (0..4)
-                .map(|_| train_epoch(&net, &mut opt, &set, 16, 0.0, &mut rng, &dev, &mut |_| {}))
+                .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut |_| {}))
                 .collect::<Result<Vec<_>>>()?;
             Ok((stats, net.named_tensors()[0].1.flatten_all()?.to_vec1::<f32>()?))
         };
