@@ -87,9 +87,9 @@ pub fn main() -> Result<()> {
 fn run(a: &PipelineArgs) -> Result<()> {
     let pipeline = spec::load(&a.file, &a.set)?;
     let stages = plan(&pipeline);
+    let runner = Adapters::for_device(&pipeline.spec.pipeline.device)?;
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
-    let runner = Adapters::cpu();
     let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);
     let mut record = RunRecord {
         id: id.clone(),

@@ -42,6 +42,10 @@ pub struct PipelineSection {
     /// its own pseudo-negatives; prediction argmax_k f_k(x)).
     #[serde(default)]
     pub variant: Variant,
+    /// Where stages run: `cpu` or `cuda:N` (a build with the `cuda` feature). Recorded in
+    /// manifests, never part of a key: a CPU and a CUDA run of one file share keys.
+    #[serde(default = "d_cpu")]
+    pub device: String,
     /// The positive class of `variant = "binary"`.
     #[serde(default)]
     pub positive_class: u32,
@@ -99,6 +103,9 @@ pub struct DataSection {
     /// SVHN: train on train + extra, as the papers do.
     #[serde(default = "d_true")]
     pub svhn_extra: bool,
+}
+fn d_cpu() -> String {
+    "cpu".into()
 }
 fn d_true() -> bool {
     true
@@ -375,6 +382,8 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     };
     let t = &spec.train;
     let s = &spec.synthesize;
+    let d = &spec.pipeline.device;
+    need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
     need(spec.pipeline.positive_class < 10, "pipeline.positive_class", "a class of the data set (0..=9)");
     need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
     need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");

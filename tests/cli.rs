@@ -234,7 +234,7 @@ fn malformed_pipeline_files_fail_before_any_work_with_exit_2() {
     // the same from the command line
     let file = dir.path().join("good.toml");
     std::fs::write(&file, &good).unwrap();
-    for set in ["train.lrr=1", "train.lr=fast", "nosuchkey"] {
+    for set in ["train.lrr=1", "train.lr=fast", "nosuchkey", "pipeline.device=tpu"] {
         let store = dir.path().join("never-made");
         let out = pipe().arg("run").arg(&file).arg("--store").arg(&store).args(["--set", set]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -23,6 +23,23 @@ impl Adapters {
     pub fn cpu() -> Self {
         Adapters { device: Device::Cpu }
     }
+
+    /// The adapters for a `device` setting: `cpu`, or `cuda` / `cuda:N` in a build with the
+    /// `cuda` feature. A device this build cannot use is a user error.
+    pub fn for_device(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(Adapters::cpu()),
+            _ if name == "cuda" || name.starts_with("cuda:") => {
+                let ordinal: usize = name.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| crate::UserError(format!("device `{name}`: expected cuda:N with N a GPU number")))?;
+                if cfg!(feature = "cuda") {
+                    Ok(Adapters { device: Device::new_cuda(ordinal).map_err(|e| crate::UserError(format!("device `{name}`: {e}")))? })
+                } else {
+                    Err(crate::UserError(format!("device `{name}`: this pipe was built without CUDA; rebuild with `cargo build --release --features cuda`")).into())
+                }
+            }
+            other => Err(crate::UserError(format!("device `{other}`: expected `cpu` or `cuda:N`")).into()),
+        }
+    }
 }
 
 impl Runner for Adapters {
@@ -37,8 +54,9 @@ impl Runner for Adapters {
     }
 
     fn device(&self) -> String {
-        match &self.device {
-            Device::Cpu => "cpu".into(),
+        match self.device.location() {
+            stages::candle::DeviceLocation::Cpu => "cpu".into(),
+            stages::candle::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             other => format!("{other:?}"),
         }
     }
