@@ -311,8 +311,9 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
         })?;
     }
     let locate = |key: &str| -> String {
-        if overrides.iter().any(|o| o.split_once('=').map(|(k, _)| k.trim()) == Some(key)) {
-            format!("{shown}: --set {key}")
+        // the last override of a key is the one in force
+        if let Some(o) = overrides.iter().rev().find(|o| o.split_once('=').map(|(k, _)| k.trim()) == Some(key)) {
+            format!("{shown}: --set {o}")
         } else {
             match line_of(&text, key) {
                 Some(line) => format!("{shown}:{line}: {key}"),
