@@ -139,6 +139,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         Variant::OneVsAll => json!({"kind": "one-vs-all"}),
     };
 
+    let augment_pad = if t.augment { 4 } else { 0 };
     let mut stages = Vec::new();
     let mut push = |id: String, (kind, version): (&'static str, u32), mut params: Value, inputs: Vec<(String, InputRef)>| {
         params["seed"] = json!(stage_seed(seed, &id));
@@ -169,7 +170,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         push(
             format!("train/0{}", c.suffix),
             TRAIN,
-            json!({"round": 0, "net": c.net, "optimizer": optimizer(0), "batch_size": t.batch_size, "epochs": t.epochs, "objective": c.objective0}),
+            json!({"round": 0, "net": c.net, "optimizer": optimizer(0), "batch_size": t.batch_size, "epochs": t.epochs, "objective": c.objective0, "augment_pad": augment_pad}),
             vec![("train".into(), data("train"))],
         );
     }
@@ -205,7 +206,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
             let mut inputs = vec![("init".to_string(), output(&previous, "checkpoint.safetensors")), ("train".to_string(), data("train"))];
             let mut params = json!({
                 "round": round, "net": c.net, "optimizer": optimizer(round), "batch_size": t.batch_size,
-                "epochs": t.epochs_per_round, "objective": c.objective,
+                "epochs": t.epochs_per_round, "objective": c.objective, "augment_pad": augment_pad,
             });
             if method != Method::Baseline {
                 params["sampling"] = match t.sampling {

@@ -171,6 +171,9 @@ pub struct TrainSection {
     /// Balanced sampling: a pseudo-negative made `a` rounds ago has weight decay^a
     /// (0.5 in the IGM reference code).
     pub recency_decay: f64,
+    /// CIFAR-10 augmentation of the real training images: pad 4, random crop, random
+    /// horizontal flip.
+    pub augment: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -195,6 +198,7 @@ impl Default for TrainSection {
             lr_drop_factor: 0.1,
             sampling: Sampling::Union,
             recency_decay: 0.5,
+            augment: false,
         }
     }
 }

@@ -409,6 +409,9 @@ fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
             assert!(load.contains(&format!("train {train}  validation 20  test {test}")), "{format}: {load}");
         }
     }
+    // augmentation changes training and what follows, not the data
+    let aug = run(&rgb_pipeline(dir.path(), "cifar10", &cifar, "cnn4", 0.125), &store, &["train.augment=true"]);
+    assert_eq!(ran(&aug), ["train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1"]);
     // without extra, SVHN trains on train_32x32.mat alone
     let out = run(&rgb_pipeline(dir.path(), "svhn", &svhn, "cnn4", 0.125), &store, &["data.svhn_extra=false"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();

@@ -38,6 +38,9 @@ struct Params {
     batch_size: usize,
     epochs: u32,
     objective: ObjectiveParams,
+    /// Pad-crop-flip augmentation of real samples (0: none).
+    #[serde(default)]
+    augment_pad: usize,
     /// How pseudo-negatives enter batches (absent: the union).
     #[serde(default)]
     sampling: Option<Sampling>,
@@ -119,6 +122,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         neg_x: &neg_x,
         neg_y: &neg_y,
         neg_weights: decay.map(|_| neg_w.as_slice()),
+        augment_pad: p.augment_pad,
     };
 
     let mut progress = Progress { epochs_done: 0, log: Vec::new() };

@@ -76,7 +76,7 @@ fn train_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, u
         // forward, input gradient and weight gradient: about three forwards
         flops_per_item: 3.0 * fwd_flops,
         run: Box::new(move || {
-            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &[], neg_y: &[], neg_weights: None };
+            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0 };
             train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.0 }, &mut rng, &Device::Cpu, &mut |_| {})?;
             Ok(x.len() / d)
         }),

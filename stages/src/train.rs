@@ -3,6 +3,7 @@
 //! shuffled together, or balanced: half real samples, half pseudo-negatives drawn with
 //! weights (0.5^age per round in the IGM reference code, so recent rounds count more).
 
+use crate::data::augment::pad_crop_flip;
 use crate::loss::Objective;
 use crate::nn::Classifier;
 use crate::optim::Optimizer;
@@ -20,6 +21,9 @@ pub struct TrainSet<'a> {
     pub neg_y: &'a [u32],
     /// Balanced batches when given: one sampling weight per pseudo-negative.
     pub neg_weights: Option<&'a [f64]>,
+    /// CIFAR augmentation of real samples (pad by this much, random crop, random flip);
+    /// 0 for none. Pseudo-negatives are used as synthesized.
+    pub augment_pad: usize,
 }
 
 impl TrainSet<'_> {
@@ -106,7 +110,11 @@ pub fn train_epoch(
         let mut negs = Vec::with_capacity(batch.len());
         for &i in batch.iter() {
             let (x, y, neg) = set.sample(i);
-            xs.extend_from_slice(x);
+            if set.augment_pad > 0 && !neg {
+                xs.extend(pad_crop_flip(x, 1, set.shape, set.augment_pad, rng));
+            } else {
+                xs.extend_from_slice(x);
+            }
             ys.push(y);
             negs.push(if neg { 1f32 } else { 0.0 });
         }
@@ -147,7 +155,7 @@ mod tests {
         let ny = vec![1u32; 4];
         // pseudo-negatives of rounds 1, 1, 2, 3 seen from round 3: weights 0.25, 0.25, 0.5, 1
         let w = [0.25, 0.25, 0.5, 1.0];
-        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w) };
+        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w), augment_pad: 0 };
         let mut rng = Rng::new(1);
         let mut counts = [0usize; 4];
         let mut reals = Vec::new();
@@ -195,7 +203,7 @@ mod tests {
         let run = || -> Result<(Vec<EpochStats>, Vec<f32>)> {
             let net = Cnn4::new(Cnn4Config::mnist(2, 0.125, 0.2), &mut Rng::new(1), &dev)?;
             let mut opt = SgdMomentum::new(0.05, 0.9);
-            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None };
+            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0 };
             let mut rng = Rng::new(2);
             let stats = (0..4)
                 .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut |_| {}))
