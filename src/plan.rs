@@ -10,8 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{data_files, DataFormat, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
-use serde::Serialize;
+use crate::spec::{data_files, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,22 +46,6 @@ pub fn stage_seed(run_seed: u64, stage_id: &str) -> u64 {
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Image geometry and class count of a data format.
-#[derive(Clone, Copy, Debug, Serialize)]
-struct Geometry {
-    channels: usize,
-    height: usize,
-    width: usize,
-    num_classes: usize,
-}
-
-fn geometry(format: DataFormat) -> Geometry {
-    match format {
-        DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
-        DataFormat::Cifar10 | DataFormat::Svhn => Geometry { channels: 3, height: 32, width: 32, num_classes: 10 },
-    }
-}
-
 /// The raw files a `load` stage reads, by input name (checked when the file was loaded).
 fn data_inputs(p: &Pipeline) -> Vec<(String, InputRef)> {
     data_files(p.spec.data.format, &p.data_path, p.spec.data.svhn_extra)
@@ -94,7 +77,7 @@ struct Chain {
 pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     let s = &p.spec;
     let seed = s.pipeline.seed;
-    let g = geometry(s.data.format);
+    let g = p.geometry;
     let net_with = |classes: usize| {
         json!({
             "arch": s.net.arch, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
@@ -151,7 +134,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         LOAD,
         json!({
             "format": s.data.format, "train_size": s.data.train_size,
-            "validation_size": s.data.validation_size, "test_size": s.data.test_size,
+            "validation_size": s.data.validation_size, "test_size": s.data.test_size, "channels": s.data.channels,
         }),
         data_inputs(p),
     );

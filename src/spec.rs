@@ -82,6 +82,9 @@ pub enum DataFormat {
     Cifar10,
     /// SVHN cropped digits (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`).
     Svhn,
+    /// An image folder: one sub-folder per class (PNG or JPEG), e.g. `face/` and `nonface/`.
+    /// The test set is split off like the validation set (`test_size`).
+    Folder,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -103,6 +106,12 @@ pub struct DataSection {
     /// SVHN: train on train + extra, as the papers do.
     #[serde(default = "d_true")]
     pub svhn_extra: bool,
+    /// Image folders: 1 (grey) or 3 (RGB) channels, converting as needed.
+    #[serde(default = "d_one")]
+    pub channels: usize,
+}
+fn d_one() -> usize {
+    1
 }
 fn d_cpu() -> String {
     "cpu".into()
@@ -274,10 +283,20 @@ impl Default for EvaluateSection {
 }
 
 /// A pipeline file, parsed, overridden and validated.
+/// Image shape and class count of a pipeline's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub num_classes: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Pipeline {
     pub file: PathBuf,
     pub spec: Spec,
+    pub geometry: Geometry,
     pub name: String,
     /// `data.path` resolved against the file (or the working directory for `--set`).
     pub data_path: PathBuf,
@@ -342,8 +361,16 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
     if let Err(missing) = data_files(spec.data.format, &data_path, spec.data.svhn_extra) {
         return Err(UserError(format!("{}: {} holds no {missing}; expected the {:?} files there", locate("data.path"), data_path.display(), spec.data.format)).into());
     }
+    let geometry = match spec.data.format {
+        DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
+        DataFormat::Cifar10 | DataFormat::Svhn => Geometry { channels: 3, height: 32, width: 32, num_classes: 10 },
+        DataFormat::Folder => folder_geometry(&data_path, spec.data.channels).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?,
+    };
+    if spec.pipeline.positive_class as usize >= geometry.num_classes {
+        return Err(UserError(format!("{}: expected a class below {}", locate("pipeline.positive_class"), geometry.num_classes)).into());
+    }
     let name = spec.pipeline.name.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
-    Ok(Pipeline { file: file.to_path_buf(), spec, name, data_path, overrides: overrides.to_vec() })
+    Ok(Pipeline { file: file.to_path_buf(), spec, geometry, name, data_path, overrides: overrides.to_vec() })
 }
 
 /// A `--set` value: TOML if it parses as a value (numbers, booleans, quoted strings,
@@ -389,7 +416,7 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     let s = &spec.synthesize;
     let d = &spec.pipeline.device;
     need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
-    need(spec.pipeline.positive_class < 10, "pipeline.positive_class", "a class of the data set (0..=9)");
+    need(spec.data.channels == 1 || spec.data.channels == 3, "data.channels", "1 or 3");
     need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
     need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
     need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
@@ -450,6 +477,7 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
             .map(|i| need(format!("train.{i}"), &format!("data_batch_{i}.bin")))
             .chain([need("test.1".into(), "test_batch.bin")])
             .collect(),
+        DataFormat::Folder => Ok(vec![("folder".to_string(), dir.to_path_buf())]),
         DataFormat::Svhn => {
             let mut files = vec![need("train.1".into(), "train_32x32.mat")];
             if svhn_extra {
@@ -459,4 +487,24 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
             files.into_iter().collect()
         }
     }
+}
+
+/// Classes and image size of an image folder, from its sub-folders and one image.
+fn folder_geometry(dir: &Path, channels: usize) -> std::result::Result<Geometry, String> {
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    classes.sort();
+    let first = classes
+        .first()
+        .and_then(|c| {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(c).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).collect();
+            files.sort();
+            files.into_iter().next()
+        })
+        .ok_or_else(|| format!("{} has no class sub-folder holding an image (expected e.g. face/ and nonface/)", dir.display()))?;
+    let (_, height, width) = stages::data::folder::load_image(&first, channels).map_err(|e| e.to_string())?;
+    Ok(Geometry { channels, height, width, num_classes: classes.len() })
 }

@@ -27,11 +27,42 @@ pub fn digest_bytes(bytes: &[u8]) -> Digest {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// The digest of a file's bytes, or of a directory tree: blake3 over the sorted list of
+/// (relative path, file digest), so renaming, adding or changing any file changes it.
 pub fn digest_file(path: &Path) -> Result<Digest> {
+    if path.is_dir() {
+        let mut entries = Vec::new();
+        collect_files(path, path, &mut entries)?;
+        entries.sort();
+        let mut h = blake3::Hasher::new();
+        for (rel, d) in entries {
+            h.update(rel.as_bytes());
+            h.update(b"\0");
+            h.update(d.as_bytes());
+            h.update(b"\n");
+        }
+        return Ok(h.finalize().to_hex().to_string());
+    }
     let mut h = blake3::Hasher::new();
     let f = File::open(path).with_context(|| format!("reading {}", path.display()))?;
     h.update_reader(f).with_context(|| format!("reading {}", path.display()))?;
     Ok(h.finalize().to_hex().to_string())
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<(String, Digest)>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue; // hidden files are not data (the folder loader skips them too)
+        }
+        if path.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().to_string();
+            out.push((rel, digest_file(&path)?));
+        }
+    }
+    Ok(())
 }
 
 pub struct Store {

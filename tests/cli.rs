@@ -455,3 +455,38 @@ fn binary_and_one_vs_all_icn() {
     assert_eq!(inputs.keys().filter(|k| k.starts_with("checkpoint.c")).count(), 10);
     assert!(errors(&rec).iter().all(|e| *e < 0.9), "one-vs-all beats chance: {:?}", errors(&rec));
 }
+
+#[test]
+fn binary_icn_on_an_image_folder_of_faces() {
+    let faces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces-lfw-subset");
+    if !faces.is_dir() {
+        eprintln!("skipped: {} not found", faces.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("faces.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[pipeline]\nrounds = 2\nvariant = \"binary\"\npositive_class = 0\n[data]\nformat = \"folder\"\npath = \"{}\"\nvalidation_size = 30\ntest_size = 40\n[net]\nwidth = 0.25\n[train]\nbatch_size = 16\nepochs = 8\nepochs_per_round = 2\n[synthesize]\nper_class = 20\nmax_steps = 50\n",
+            faces.display()
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = run(&file, &store, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("train 130  validation 30  test 40"), "{text}");
+    let rec = last_record(&store);
+    let load = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "load").unwrap().clone();
+    assert_eq!(load["summary"]["classes"], serde_json::json!(["face", "nonface"]));
+    let test_err = rec["selected"]["test_error"].as_f64().unwrap();
+    assert!(test_err < 0.3, "faces against non-faces are separable: {text}");
+    // a folder without class sub-folders is refused before any work
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let bad = pipe().arg("run").arg(&file).arg("--store").arg(dir.path().join("never")).args(["--set", &format!("data.path={}", empty.display())]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no class sub-folder"));
+    assert!(!dir.path().join("never").exists());
+}

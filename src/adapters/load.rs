@@ -7,13 +7,15 @@ use serde::Deserialize;
 use serde_json::json;
 use stages::codec::encode_image_set;
 use stages::data::mnist::load_pair;
-use stages::data::{cifar, svhn, DataError, ImageSet};
+use stages::data::{cifar, folder, svhn, DataError, ImageSet};
 use std::path::Path;
 use stages::rng::Rng;
 
 #[derive(Deserialize)]
 struct Params {
     format: String,
+    #[serde(default)]
+    channels: usize,
     train_size: usize,
     validation_size: usize,
     test_size: usize,
@@ -32,6 +34,21 @@ pub fn run(io: &mut StageIo) -> Result<()> {
         "mnist" => (load_pair(&io.file("train_images")?, &io.file("train_labels")?)?, load_pair(&io.file("test_images")?, &io.file("test_labels")?)?),
         "cifar10" => (concat(io, "train.", cifar::read_batch)?, concat(io, "test.", cifar::read_batch)?),
         "svhn" => (concat(io, "train.", svhn::load_svhn)?, concat(io, "test.", svhn::load_svhn)?),
+        "folder" => {
+            // One folder, no official test split: test examples are drawn like validation.
+            let f = folder::load_folder(&io.file("folder")?, p.channels)?;
+            io.summary("classes", json!(f.classes));
+            let n = f.set.len();
+            if p.test_size == 0 || p.test_size >= n {
+                return Err(UserError(format!("data.test_size = {}: an image folder needs a test split between 1 and {} images", p.test_size, n - 1)).into());
+            }
+            let mut perm = Rng::new(p.seed ^ 0x7e57).permutation(n);
+            let rest = perm.split_off(p.test_size);
+            perm.sort_unstable();
+            let mut rest = rest;
+            rest.sort_unstable();
+            (f.set.select(&rest), f.set.select(&perm))
+        }
         other => anyhow::bail!("no loader for data format `{other}`"),
     };
     let n = full.len();
@@ -60,7 +77,8 @@ pub fn run(io: &mut StageIo) -> Result<()> {
     let test = if p.test_size == 0 { test } else { test.select(&(0..p.test_size).collect::<Vec<_>>()) };
     for (name, set) in [("train", &train), ("validation", &validation), ("test", &test)] {
         io.write(&format!("{name}.safetensors"), &encode_image_set(set)?)?;
-        io.summary(name, json!({"count": set.len(), "class_counts": set.class_counts(10)}));
+        let classes = full.labels.iter().max().map_or(0, |m| *m as usize + 1);
+        io.summary(name, json!({"count": set.len(), "class_counts": set.class_counts(classes)}));
     }
     io.summary("line", json!(format!("train {}  validation {}  test {}", train.len(), validation.len(), test.len())));
     Ok(())
