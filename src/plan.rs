@@ -134,7 +134,7 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         LOAD,
         json!({
             "format": s.data.format, "train_size": s.data.train_size,
-            "validation_size": s.data.validation_size, "test_size": s.data.test_size, "channels": s.data.channels,
+            "validation_size": s.data.validation_size, "test_size": s.data.test_size, "channels": s.data.channels, "balanced": s.data.balanced,
         }),
         data_inputs(p),
     );

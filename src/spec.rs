@@ -106,6 +106,9 @@ pub struct DataSection {
     /// SVHN: train on train + extra, as the papers do.
     #[serde(default = "d_true")]
     pub svhn_extra: bool,
+    /// Draw the `train_size` training examples in equal numbers per class.
+    #[serde(default)]
+    pub balanced: bool,
     /// Image folders: 1 (grey) or 3 (RGB) channels, converting as needed.
     #[serde(default = "d_one")]
     pub channels: usize,

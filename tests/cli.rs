@@ -428,10 +428,12 @@ fn binary_and_one_vs_all_icn() {
     let dir = tempfile::tempdir().unwrap();
     let file = tiny(dir.path(), 1, 300);
     let store = dir.path().join("store");
-    let out = run(&file, &store, &["pipeline.variant=binary", "pipeline.positive_class=3", "pipeline.rounds=1"]);
+    let out = run(&file, &store, &["pipeline.variant=binary", "pipeline.positive_class=3", "pipeline.rounds=1", "data.balanced=true"]);
     let stages: Vec<String> = stage_lines(&out).into_iter().map(|(_, s)| s).collect();
     assert_eq!(stages, ["load", "train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1"]);
     let rec = last_record(&store);
+    let load = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "load").unwrap().clone();
+    assert_eq!(load["summary"]["train"]["class_counts"], serde_json::json!(vec![30; 10]), "balanced: 300 = 30 per class");
     let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
     let d = syn["outputs"]["pseudo_negatives.parquet"]["digest"].as_str().unwrap().to_string();
     let t = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();

@@ -19,6 +19,8 @@ struct Params {
     train_size: usize,
     validation_size: usize,
     test_size: usize,
+    #[serde(default)]
+    balanced: bool,
     seed: u64,
 }
 
@@ -73,7 +75,28 @@ pub fn run(io: &mut StageIo) -> Result<()> {
         full.select(&idx)
     };
     let validation = pick(0..p.validation_size);
-    let train = pick(p.validation_size..p.validation_size + train_n);
+    let train = if p.balanced && p.train_size > 0 {
+        // the first train_size / K of each class in the permutation (after validation)
+        let classes = full.labels.iter().max().map_or(0, |m| *m as usize + 1);
+        let per_class = train_n / classes.max(1);
+        let mut taken = vec![0usize; classes];
+        let mut idx: Vec<usize> = perm[p.validation_size..]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let c = full.labels[i] as usize;
+                taken[c] += 1;
+                taken[c] <= per_class
+            })
+            .collect();
+        if let Some(c) = taken.iter().position(|&t| t < per_class) {
+            return Err(UserError(format!("data.balanced: class {c} has {} training examples, fewer than the {per_class} that train_size = {} asks per class", taken[c], p.train_size)).into());
+        }
+        idx.sort_unstable();
+        full.select(&idx)
+    } else {
+        pick(p.validation_size..p.validation_size + train_n)
+    };
     let test = if p.test_size == 0 { test } else { test.select(&(0..p.test_size).collect::<Vec<_>>()) };
     for (name, set) in [("train", &train), ("validation", &validation), ("test", &test)] {
         io.write(&format!("{name}.safetensors"), &encode_image_set(set)?)?;
