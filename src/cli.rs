@@ -5,8 +5,8 @@ use crate::executor::{self, Manifest, RunRecord, Runner};
 use crate::plan::plan;
 use crate::spec;
 use crate::store::Store;
-use crate::table::format_parquet;
-use crate::{select, timefmt, UserError};
+use crate::table::{format_parquet, to_parquet, Column};
+use crate::{select, sweep, timefmt, UserError};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -85,11 +85,25 @@ pub fn main() -> Result<()> {
 }
 
 fn run(a: &PipelineArgs) -> Result<()> {
-    let pipeline = spec::load(&a.file, &a.set)?;
-    let stages = plan(&pipeline);
-    let runner = Adapters::for_device(&pipeline.spec.pipeline.device)?;
+    let members = sweep::expand(&a.file, &a.set)?;
+    let runners = members.iter().map(|m| Adapters::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
+    let mut records = Vec::new();
+    for (i, (m, runner)) in members.iter().zip(&runners).enumerate() {
+        if members.len() > 1 {
+            println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
+        }
+        records.push(run_pipeline(&store, runner, &m.pipeline)?);
+    }
+    if members.len() > 1 {
+        sweep_results(&store, &members, &records)?;
+    }
+    Ok(())
+}
+
+fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> Result<RunRecord> {
+    let stages = plan(pipeline);
     let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);
     let mut record = RunRecord {
         id: id.clone(),
@@ -110,12 +124,75 @@ fn run(a: &PipelineArgs) -> Result<()> {
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, p));
-    executor::run(&store, &stages, &runner, &mut record, &stop)?;
+    executor::run(store, &stages, runner, &mut record, &stop)?;
     record.selected = select::selection(&record.stages);
     store.write_run(&record.id, &record)?;
     let ran = record.stages.iter().filter(|s| s.status == "ran").count();
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
     print_errors(&record);
+    Ok(record)
+}
+
+/// The tidy table of a sweep (a row per member and evaluated round) in
+/// `<store>/sweeps/<name>.parquet`, and the selected test error per setting, mean and
+/// standard deviation over seeds.
+fn sweep_results(store: &Store, members: &[sweep::Member], records: &[RunRecord]) -> Result<()> {
+    struct Row {
+        member: usize,
+        run: String,
+        round: u32,
+        validation_error: f64,
+        test_error: f64,
+        selected: bool,
+    }
+    let mut rows = Vec::new();
+    for (member, r) in records.iter().enumerate() {
+        let selected = r.selected.as_ref().and_then(|s| s["round"].as_u64());
+        for s in r.stages.iter().filter(|s| s.kind == "evaluate") {
+            let round: u32 = s.stage.trim_start_matches("evaluate/").parse().unwrap_or(0);
+            let get = |k: &str| s.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            let (validation_error, test_error) = (get("validation_error"), get("test_error"));
+            rows.push(Row { member, run: r.id.clone(), round, validation_error, test_error, selected: selected == Some(round as u64) });
+        }
+    }
+    let keys: Vec<String> = members[0].values.iter().map(|(k, _)| k.clone()).collect();
+    let value_of = |r: &Row, k: &str| members[r.member].values.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut columns = vec![
+        ("member", Column::U32(rows.iter().map(|r| r.member as u32).collect())),
+        ("case", Column::Str(rows.iter().map(|r| members[r.member].case.clone().unwrap_or_default()).collect())),
+        ("seed", Column::U64(rows.iter().map(|r| members[r.member].pipeline.spec.pipeline.seed).collect())),
+    ];
+    for k in &keys {
+        columns.push((k.as_str(), Column::Str(rows.iter().map(|r| value_of(r, k)).collect())));
+    }
+    columns.extend([
+        ("run", Column::Str(rows.iter().map(|r| r.run.clone()).collect())),
+        ("round", Column::U32(rows.iter().map(|r| r.round).collect())),
+        ("validation_error", Column::F64(rows.iter().map(|r| r.validation_error).collect())),
+        ("test_error", Column::F64(rows.iter().map(|r| r.test_error).collect())),
+        ("selected", Column::Bool(rows.iter().map(|r| r.selected).collect())),
+    ]);
+    let path = store.root().join("sweeps").join(format!("{}.parquet", members[0].pipeline.name));
+    store.write_atomic(&path, &to_parquet(columns)?)?;
+
+    // selected test error per setting, over the seeds
+    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+    for (m, r) in members.iter().zip(records) {
+        let mut label: Vec<String> = m.case.iter().cloned().collect();
+        label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed").map(|(k, v)| format!("{k}={v}")));
+        let label = label.join(" ");
+        let err = r.selected.as_ref().and_then(|s| s["test_error"].as_f64()).unwrap_or(f64::NAN);
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, v)) => v.push(err),
+            None => groups.push((label, vec![err])),
+        }
+    }
+    println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len());
+    for (label, errs) in &groups {
+        let (m, sd) = sweep::mean_sd(errs);
+        println!("  {label:<40} {:>6.2}% +- {:.2}%  (n = {})", 100.0 * m, 100.0 * sd, errs.len());
+    }
+    println!("table: {}", path.display());
     Ok(())
 }
 
@@ -143,21 +220,33 @@ fn print_errors(record: &RunRecord) {
 }
 
 fn status(a: &PipelineArgs) -> Result<()> {
-    let pipeline = spec::load(&a.file, &a.set)?;
-    let stages = plan(&pipeline);
+    let members = sweep::expand(&a.file, &a.set)?;
     let store = Store::at(&a.store.store);
-    let rows = executor::status(&store, &stages)?;
-    println!("{} ({}), store {}", pipeline.name, pipeline.file.display(), store.root().display());
-    for r in &rows {
-        let key = match (&r.key, &r.waits_for) {
-            (Some(k), _) => k[..12].to_string(),
-            (None, Some(up)) => format!("(key after {up})"),
-            _ => String::new(),
-        };
-        println!("  {:<7} {:<14} {key}", r.state, r.stage);
+    let (mut cached_all, mut total_all) = (0, 0);
+    for m in &members {
+        let rows = executor::status(&store, &plan(&m.pipeline))?;
+        let cached = rows.iter().filter(|r| r.state == "cached").count();
+        cached_all += cached;
+        total_all += rows.len();
+        if members.len() > 1 {
+            println!("  {:<48} {cached} cached, {} to run", m.label(), rows.len() - cached);
+            continue;
+        }
+        println!("{} ({}), store {}", m.pipeline.name, m.pipeline.file.display(), store.root().display());
+        for r in &rows {
+            let key = match (&r.key, &r.waits_for) {
+                (Some(k), _) => k[..12].to_string(),
+                (None, Some(up)) => format!("(key after {up})"),
+                _ => String::new(),
+            };
+            println!("  {:<7} {:<14} {key}", r.state, r.stage);
+        }
     }
-    let cached = rows.iter().filter(|r| r.state == "cached").count();
-    println!("{cached} cached, {} to run", rows.len() - cached);
+    if members.len() > 1 {
+        println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached (shared stages count once per member)", members.len());
+    } else {
+        println!("{cached_all} cached, {} to run", total_all - cached_all);
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod select;
 pub mod spec;
 pub mod store;
+pub mod sweep;
 pub mod table;
 pub mod timefmt;
 

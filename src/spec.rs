@@ -20,6 +20,9 @@ pub struct Spec {
     pub synthesize: SynthesizeSection,
     #[serde(default)]
     pub evaluate: EvaluateSection,
+    /// A matrix of settings to run (see [`crate::sweep`]); absent for a single pipeline.
+    #[serde(default)]
+    pub sweep: Option<toml::Table>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -492,3 +492,38 @@ fn binary_icn_on_an_image_folder_of_faces() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no class sub-folder"));
     assert!(!dir.path().join("never").exists());
 }
+
+#[test]
+fn a_sweep_runs_its_matrix_shares_common_stages_and_writes_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(tiny(dir.path(), 1, 300)).unwrap();
+    let file = dir.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        base.replace("name = \"tiny\"", "name = \"tinysweep\"")
+            + "\n[sweep]\n\"pipeline.seed\" = [7, 8]\ncases = [\n  { name = \"baseline\", \"pipeline.method\" = \"baseline\" },\n  { name = \"noise\", \"pipeline.method\" = \"icn-noise\" },\n]\n",
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(text.contains("sweep of 4 pipelines: 0 of 32 stages cached"), "{text}");
+
+    let out = run(&file, &store, &[]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(text.matches("== sweep member").count(), 4, "{text}");
+    // the noise member of seed 7 reuses load, train/0 and evaluate/0 of the baseline member
+    let member3 = text.split("== sweep member 3/4: noise pipeline.seed=7").nth(1).unwrap();
+    let first3: Vec<&str> = member3.lines().skip(2).take(3).map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(first3, ["cached", "cached", "cached"], "{member3}");
+    assert!(text.contains("test error of the round selected on validation"), "{text}");
+    let table = store.join("sweeps/tinysweep.parquet");
+    let batches = pipe::table::read_parquet(std::fs::read(&table).unwrap()).unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 4 * 3, "a row per member and evaluated round");
+    for col in ["member", "case", "seed", "pipeline.seed", "run", "round", "validation_error", "test_error", "selected"] {
+        assert!(batches[0].column_by_name(col).is_some(), "no column {col}");
+    }
+    let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
+    assert!(String::from_utf8_lossy(&st.stdout).contains("32 of 32 stages cached"));
+}
