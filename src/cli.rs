@@ -38,6 +38,18 @@ struct PipelineArgs {
 }
 
 #[derive(Subcommand)]
+enum DataCommand {
+    /// Format, splits, counts, image shape and class histogram of a file or directory
+    /// (MNIST IDX, CIFAR-10 batches, SVHN .mat, an image folder or one image).
+    Inspect {
+        path: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a pipeline: reuse every stage already in the store, run the rest.
     Run(PipelineArgs),
@@ -51,6 +63,9 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// Data sets: what a path holds.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Throughput of training, synthesis and FGSM, next to PyTorch on the same cores.
     Bench {
         /// Seconds measured per workload (after a warm-up step).
@@ -78,6 +93,15 @@ pub fn main() -> Result<()> {
         Command::Status(a) => status(&a),
         Command::Ls(s) => ls(&s.store),
         Command::Show { what, store } => show(&store.store, &what),
+        Command::Data(DataCommand::Inspect { path, json }) => {
+            let i = crate::inspect::inspect(&path)?;
+            if json {
+                println!("{}", serde_json::to_string(&i)?);
+            } else {
+                crate::inspect::print(&i);
+            }
+            Ok(())
+        }
         Command::Bench { seconds, only, no_torch, json, out } => {
             crate::bench::run(&crate::bench::Options { seconds, only, torch: !no_torch, json, out: &out }).map(|_| ())
         }

@@ -527,3 +527,30 @@ fn a_sweep_runs_its_matrix_shares_common_stages_and_writes_one_table() {
     let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
     assert!(String::from_utf8_lossy(&st.stdout).contains("32 of 32 stages cached"));
 }
+
+#[test]
+fn data_inspect_describes_real_formats_and_refuses_others() {
+    let out = pipe().args(["data", "inspect", "--json"]).arg(data_dir()).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["format"], "mnist (IDX)");
+    assert_eq!(v["splits"][0]["count"], 5000);
+    assert_eq!(v["splits"][1]["count"], 1000);
+    assert_eq!(v["splits"][0]["shape"], serde_json::json!([1, 28, 28]));
+    let counts: u64 = v["splits"][1]["class_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(counts, 1000);
+
+    let dir = tempfile::tempdir().unwrap();
+    for i in 1..=5 {
+        stages::data::cifar::write_batch(&dir.path().join(format!("data_batch_{i}.bin")), &rgb_set(3, i)).unwrap();
+    }
+    stages::data::cifar::write_batch(&dir.path().join("test_batch.bin"), &rgb_set(4, 6)).unwrap();
+    let out = pipe().args(["data", "inspect"]).arg(dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("cifar10") && text.contains("15 images  3x32x32") && text.contains("4 images"), "{text}");
+
+    std::fs::write(dir.path().join("junk.png"), b"not a png").unwrap();
+    let bad = pipe().args(["data", "inspect"]).arg(dir.path().join("junk.png")).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("junk.png"));
+}
