@@ -10,7 +10,7 @@
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{data_files, Method, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
+use crate::spec::{data_files, Arch, Method, NormChoice, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -78,9 +78,14 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     let s = &p.spec;
     let seed = s.pipeline.seed;
     let g = p.geometry;
+    let norm = match (s.net.norm, s.net.arch) {
+        (Some(NormChoice::Batch), _) | (None, Arch::Resnet32) => "batch",
+        (Some(NormChoice::Layer), _) => "layer",
+        (Some(NormChoice::None), _) | (None, Arch::Cnn4) => "none",
+    };
     let net_with = |classes: usize| {
         json!({
-            "arch": s.net.arch, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
+            "arch": s.net.arch, "norm": norm, "width": s.net.width, "leaky_slope": s.net.leaky_slope,
             "channels": g.channels, "height": g.height, "image_width": g.width, "num_classes": classes,
         })
     };

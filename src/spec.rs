@@ -143,14 +143,25 @@ pub enum Arch {
 #[serde(deny_unknown_fields, default)]
 pub struct NetSection {
     pub arch: Arch,
+    /// Normalization after each convolution: `none`, `batch` or `layer`; by default none
+    /// for CNN4 (the ICN paper) and batch for ResNet-32.
+    pub norm: Option<NormChoice>,
     /// Channel multiplier: 1.0 is the paper's net (CNN4 64/128/256/512, ResNet 16/32/64).
     pub width: f64,
     pub leaky_slope: f64,
 }
 impl Default for NetSection {
     fn default() -> Self {
-        NetSection { arch: Arch::Cnn4, width: 1.0, leaky_slope: 0.2 }
+        NetSection { arch: Arch::Cnn4, norm: None, width: 1.0, leaky_slope: 0.2 }
     }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormChoice {
+    None,
+    Batch,
+    Layer,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -424,6 +435,7 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
     need(spec.data.channels == 1 || spec.data.channels == 3, "data.channels", "1 or 3");
     need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
+    need(!(spec.net.arch == Arch::Resnet32 && spec.net.norm == Some(NormChoice::None)), "net.norm", "`batch` or `layer` for resnet32");
     need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
     need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
     need(t.lr > 0.0 && t.lr.is_finite(), "train.lr", "a positive learning rate");

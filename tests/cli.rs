@@ -409,6 +409,11 @@ fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
             assert!(load.contains(&format!("train {train}  validation 20  test {test}")), "{format}: {load}");
         }
     }
+    // normalization options: CNN4 with batch norm (IGM), ResNet-32 with layer norm (WINN)
+    for (arch, norm) in [("cnn4", "batch"), ("resnet32", "layer")] {
+        let out = run(&rgb_pipeline(dir.path(), "cifar10", &cifar, arch, 0.25), &store, &[&format!("net.norm={norm}")]);
+        assert_eq!(ran(&out)[0], "train/0", "{arch} with {norm} norm is another net");
+    }
     // augmentation changes training and what follows, not the data
     let aug = run(&rgb_pipeline(dir.path(), "cifar10", &cifar, "cnn4", 0.125), &store, &["train.augment=true"]);
     assert_eq!(ran(&aug), ["train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1"]);

@@ -11,7 +11,7 @@ use crate::plan::StageDef;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 use stages::candle::Device;
-use stages::nn::{Classifier, Cnn4, Cnn4Config, ResNet, ResNetConfig};
+use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig};
 use stages::rng::Rng;
 
 /// Runs stages on one candle device.
@@ -66,6 +66,8 @@ impl Runner for Adapters {
 #[derive(Clone, Debug, Deserialize)]
 pub struct NetParams {
     pub arch: String,
+    #[serde(default)]
+    pub norm: Option<String>,
     pub width: f64,
     pub leaky_slope: f64,
     pub channels: usize,
@@ -79,11 +81,21 @@ impl NetParams {
         (self.channels, self.height, self.image_width)
     }
 
+    fn norm(&self) -> Result<Option<NormKind>> {
+        Ok(match self.norm.as_deref() {
+            None | Some("none") => None,
+            Some("batch") => Some(NormKind::Batch),
+            Some("layer") => Some(NormKind::Layer),
+            Some(other) => bail!("unknown norm `{other}`"),
+        })
+    }
+
     /// A freshly initialized net; weights drawn from `rng`.
     pub fn build(&self, rng: &mut Rng, device: &Device) -> Result<Box<dyn Classifier>> {
         match self.arch.as_str() {
             "cnn4" => {
                 let mut cfg = Cnn4Config::mnist(self.num_classes, self.width, self.leaky_slope);
+                cfg.norm = self.norm()?;
                 cfg.in_channels = self.channels;
                 cfg.height = self.height;
                 cfg.width = self.image_width;
@@ -95,6 +107,7 @@ impl NetParams {
                 cfg.height = self.height;
                 cfg.width = self.image_width;
                 cfg.channels = cfg.channels.map(|c| ((c as f64 * self.width).round() as usize).max(1));
+                cfg.norm = self.norm()?.unwrap_or(NormKind::Batch);
                 Ok(Box::new(ResNet::new(cfg, rng, device)?))
             }
             other => bail!("unknown net `{other}`"),

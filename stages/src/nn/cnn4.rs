@@ -1,7 +1,9 @@
 //! The ICN paper's MNIST net: four 5x5 stride-2 convolutions (64/128/256/512 channels),
 //! LeakyReLU, no pooling, no batch norm, then one linear layer to K logits.
 
-use super::conv::{conv2d_bias_leaky, Geom};
+use super::act::bias_leaky_relu;
+use super::conv::{conv2d, conv2d_bias_leaky, Geom};
+use super::norm::{Norm, NormKind};
 use super::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -15,6 +17,9 @@ pub struct Cnn4Config {
     /// Output channels of the four convolutions; the paper's are 64/128/256/512.
     pub channels: [usize; 4],
     pub leaky_slope: f64,
+    /// Normalization after each convolution (IGM's CNN4 uses batch norm); none in the ICN
+    /// paper's net, whose convolutions then have biases.
+    pub norm: Option<NormKind>,
 }
 
 impl Cnn4Config {
@@ -28,6 +33,7 @@ impl Cnn4Config {
             num_classes,
             channels: [scale(64.0), scale(128.0), scale(256.0), scale(512.0)],
             leaky_slope,
+            norm: None,
         }
     }
 }
@@ -35,9 +41,16 @@ impl Cnn4Config {
 const KERNEL: usize = 5;
 const GEOM: Geom = Geom { k: KERNEL, stride: 2, pad: 2 };
 
+/// A convolution followed by a bias (no norm) or by a norm whose beta is the bias.
+struct Layer {
+    w: Var,
+    bias: Option<Var>,
+    norm: Option<Norm>,
+}
+
 pub struct Cnn4 {
     pub config: Cnn4Config,
-    convs: Vec<(Var, Var)>,
+    convs: Vec<Layer>,
     head: (Var, Var),
 }
 
@@ -52,8 +65,11 @@ impl Cnn4 {
             let w = rng.normal_vec(c_out * fan_in, 0.0, (gain2 / fan_in as f64).sqrt());
             // NHWC layout: rows (ki, kj, c_in), one column per output channel.
             let w = Var::from_vec(w, (fan_in, c_out), device)?;
-            let b = Var::zeros(c_out, DType::F32, device)?;
-            convs.push((w, b));
+            let layer = match config.norm {
+                None => Layer { w, bias: Some(Var::zeros(c_out, DType::F32, device)?), norm: None },
+                Some(kind) => Layer { w, bias: None, norm: Some(Norm::new(kind, c_out, device)?) },
+            };
+            convs.push(layer);
             c_in = c_out;
         }
         let (h, w) = config.feature_size();
@@ -100,8 +116,13 @@ impl Classifier for Cnn4 {
         let (n, c, hh, ww) = x.dims4()?;
         // NCHW in, NHWC inside: one channel needs no copy.
         let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
-        for (w, b) in &self.convs {
-            h = conv2d_bias_leaky(&h, &p(w), &p(b), GEOM, self.config.leaky_slope)?;
+        let slope = self.config.leaky_slope;
+        for l in &self.convs {
+            h = match (&l.bias, &l.norm) {
+                (Some(b), _) => conv2d_bias_leaky(&h, &p(&l.w), &p(b), GEOM, slope)?,
+                (None, Some(norm)) => bias_leaky_relu(&norm.scale(&conv2d(&h, &p(&l.w), GEOM)?, mode)?, &p(&norm.beta), slope)?,
+                (None, None) => unreachable!("a layer has a bias or a norm"),
+            };
         }
         let h = h.flatten_from(1)?;
         h.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))
@@ -109,12 +130,27 @@ impl Classifier for Cnn4 {
 
     fn named_vars(&self) -> Vec<(String, Var)> {
         let mut out = Vec::with_capacity(10);
-        for (i, (w, b)) in self.convs.iter().enumerate() {
-            out.push((format!("conv{}.weight", i + 1), w.clone()));
-            out.push((format!("conv{}.bias", i + 1), b.clone()));
+        for (i, l) in self.convs.iter().enumerate() {
+            out.push((format!("conv{}.weight", i + 1), l.w.clone()));
+            if let Some(b) = &l.bias {
+                out.push((format!("conv{}.bias", i + 1), b.clone()));
+            }
+            if let Some(n) = &l.norm {
+                n.named(&format!("conv{}.norm", i + 1), true, &mut out);
+            }
         }
         out.push(("head.weight".into(), self.head.0.clone()));
         out.push(("head.bias".into(), self.head.1.clone()));
+        out
+    }
+
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        for (i, l) in self.convs.iter().enumerate() {
+            if let Some(n) = &l.norm {
+                n.named(&format!("conv{}.norm", i + 1), false, &mut out);
+            }
+        }
         out
     }
 }

@@ -4,6 +4,7 @@
 pub mod act;
 pub mod cnn4;
 pub mod conv;
+pub mod norm;
 pub mod resnet;
 
 use candle_core::{Result, Tensor, Var};
@@ -20,6 +21,7 @@ pub(crate) fn gemm_output(n: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
 
 pub use cnn4::{Cnn4, Cnn4Config};
 pub use conv::Geom;
+pub use norm::NormKind;
 pub use resnet::{ResNet, ResNetConfig};
 
 /// How a forward pass treats the parameters.

@@ -5,6 +5,7 @@
 
 use super::act::bias_leaky_relu;
 use super::conv::{conv2d, Geom};
+use super::norm::{Norm, NormKind};
 use super::{Classifier, Mode};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -17,12 +18,14 @@ pub struct ResNetConfig {
     pub num_classes: usize,
     pub blocks_per_stage: usize,
     pub channels: [usize; 3],
+    /// Batch norm (the CIFAR ResNet) or layer norm (WINN's ResNet-32).
+    pub norm: NormKind,
 }
 
 impl ResNetConfig {
     /// ResNet-32 on 32x32 RGB images.
     pub fn resnet32(num_classes: usize) -> Self {
-        ResNetConfig { in_channels: 3, height: 32, width: 32, num_classes, blocks_per_stage: 5, channels: [16, 32, 64] }
+        ResNetConfig { in_channels: 3, height: 32, width: 32, num_classes, blocks_per_stage: 5, channels: [16, 32, 64], norm: NormKind::Batch }
     }
 
     /// (c_in, c_out, stride) of every convolution, stem first, two per block.
@@ -53,66 +56,11 @@ impl ResNetConfig {
     }
 }
 
-/// Batch norm over N, H, W of an NHWC tensor. Running statistics are `Var`s so they ride
-/// in checkpoints, but the optimizer never sees them.
-struct BatchNorm {
-    gamma: Var,
-    beta: Var,
-    running_mean: Var,
-    running_var: Var,
-}
-
-const BN_EPS: f64 = 1e-5;
-const BN_MOMENTUM: f64 = 0.1;
-
-impl BatchNorm {
-    fn new(c: usize, device: &Device) -> Result<Self> {
-        Ok(BatchNorm {
-            gamma: Var::ones(c, DType::F32, device)?,
-            beta: Var::zeros(c, DType::F32, device)?,
-            running_mean: Var::zeros(c, DType::F32, device)?,
-            running_var: Var::ones(c, DType::F32, device)?,
-        })
-    }
-
-    /// gamma * x_hat, without beta: the caller adds beta fused with what follows.
-    fn scale(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let c = *dims.last().expect("NHWC");
-        let x2 = x.reshape(((), c))?;
-        let m = x2.dim(0)?;
-        match mode {
-            Mode::Train => {
-                // Channel sums as a GEMM with a row of ones: fast, and differentiable.
-                let ones = Tensor::ones((1, m), DType::F32, x.device())?;
-                let mean = (ones.matmul(&x2)? / m as f64)?;
-                let xc = x2.broadcast_sub(&mean)?;
-                let var = (ones.matmul(&xc.sqr()?)? / m as f64)?;
-                let inv = (var.clone() + BN_EPS)?.sqrt()?.recip()?;
-                let y = xc.broadcast_mul(&(inv.broadcast_mul(&self.gamma.as_tensor().unsqueeze(0)?))?)?;
-                let unbiased = (var.detach() * (m as f64 / (m as f64 - 1.0).max(1.0)))?;
-                let blend = |run: &Var, batch: &Tensor| -> Result<()> {
-                    run.set(&((run.as_tensor() * (1.0 - BN_MOMENTUM))? + (batch.squeeze(0)? * BN_MOMENTUM)?)?)
-                };
-                blend(&self.running_mean, &mean.detach())?;
-                blend(&self.running_var, &unbiased)?;
-                y.reshape(dims)
-            }
-            Mode::Frozen => {
-                let inv = (self.running_var.as_detached_tensor() + BN_EPS)?.sqrt()?.recip()?;
-                let scale = (inv * self.gamma.as_detached_tensor())?;
-                let shift = (self.running_mean.as_detached_tensor() * &scale)?.neg()?;
-                x2.broadcast_mul(&scale.unsqueeze(0)?)?.broadcast_add(&shift.unsqueeze(0)?)?.reshape(dims)
-            }
-        }
-    }
-}
-
 struct Block {
     w1: Var,
-    bn1: BatchNorm,
+    bn1: Norm,
     w2: Var,
-    bn2: BatchNorm,
+    bn2: Norm,
     stride: usize,
     c_in: usize,
     c_out: usize,
@@ -120,7 +68,7 @@ struct Block {
 
 pub struct ResNet {
     pub config: ResNetConfig,
-    stem: (Var, BatchNorm),
+    stem: (Var, Norm),
     blocks: Vec<Block>,
     head: (Var, Var),
 }
@@ -148,15 +96,15 @@ impl ResNet {
     pub fn new(config: ResNetConfig, rng: &mut Rng, device: &Device) -> Result<Self> {
         let convs = config.convs();
         let (ci, co, _) = convs[0];
-        let stem = (he(rng, ci, co, device)?, BatchNorm::new(co, device)?);
+        let stem = (he(rng, ci, co, device)?, Norm::new(config.norm, co, device)?);
         let mut blocks = Vec::new();
         for pair in convs[1..].chunks(2) {
             let ((c_in, c_out, stride), (_, _, _)) = (pair[0], pair[1]);
             blocks.push(Block {
                 w1: he(rng, c_in, c_out, device)?,
-                bn1: BatchNorm::new(c_out, device)?,
+                bn1: Norm::new(config.norm, c_out, device)?,
                 w2: he(rng, c_out, c_out, device)?,
-                bn2: BatchNorm::new(c_out, device)?,
+                bn2: Norm::new(config.norm, c_out, device)?,
                 stride,
                 c_in,
                 c_out,
@@ -172,15 +120,7 @@ impl ResNet {
 
     fn named(&self, trainable: bool) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        let bn = |name: &str, b: &BatchNorm, out: &mut Vec<(String, Var)>| {
-            if trainable {
-                out.push((format!("{name}.gamma"), b.gamma.clone()));
-                out.push((format!("{name}.beta"), b.beta.clone()));
-            } else {
-                out.push((format!("{name}.running_mean"), b.running_mean.clone()));
-                out.push((format!("{name}.running_var"), b.running_var.clone()));
-            }
-        };
+        let bn = |name: &str, b: &Norm, out: &mut Vec<(String, Var)>| b.named(name, trainable, out);
         if trainable {
             out.push(("stem.weight".into(), self.stem.0.clone()));
         }

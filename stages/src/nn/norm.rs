@@ -1,0 +1,145 @@
+//! Normalization layers on NHWC tensors, built from differentiable candle ops (candle's
+//! own layer norm records no gradient: DESIGN.md section 4).
+//!
+//! Both return gamma * x_hat without beta: callers add beta fused with the activation
+//! that follows.
+
+use super::Mode;
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// Over N, H, W per channel, with running statistics for frozen use (ResNet, IGM).
+    Batch,
+    /// Over H, W, C per sample, per-channel gamma and beta (WINN).
+    Layer,
+}
+
+/// A normalization layer. Running statistics are `Var`s so they ride in checkpoints, but
+/// the optimizer never sees them.
+pub struct Norm {
+    pub kind: NormKind,
+    pub gamma: Var,
+    pub beta: Var,
+    running_mean: Var,
+    running_var: Var,
+}
+
+const EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl Norm {
+    pub fn new(kind: NormKind, c: usize, device: &Device) -> Result<Self> {
+        Ok(Norm {
+            kind,
+            gamma: Var::ones(c, DType::F32, device)?,
+            beta: Var::zeros(c, DType::F32, device)?,
+            running_mean: Var::zeros(c, DType::F32, device)?,
+            running_var: Var::ones(c, DType::F32, device)?,
+        })
+    }
+
+    /// Trainable parameters (`trainable`) or buffers, named under `prefix`.
+    pub fn named(&self, prefix: &str, trainable: bool, out: &mut Vec<(String, Var)>) {
+        match (trainable, self.kind) {
+            (true, _) => {
+                out.push((format!("{prefix}.gamma"), self.gamma.clone()));
+                out.push((format!("{prefix}.beta"), self.beta.clone()));
+            }
+            (false, NormKind::Batch) => {
+                out.push((format!("{prefix}.running_mean"), self.running_mean.clone()));
+                out.push((format!("{prefix}.running_var"), self.running_var.clone()));
+            }
+            (false, NormKind::Layer) => {}
+        }
+    }
+
+    /// gamma * x_hat.
+    pub fn scale(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match self.kind {
+            NormKind::Batch => self.batch(x, mode),
+            NormKind::Layer => {
+                let dims = x.dims().to_vec();
+                let x2 = x.reshape((dims[0], ()))?;
+                let mean = x2.mean_keepdim(1)?;
+                let xc = x2.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(1)?;
+                let xhat = xc.broadcast_div(&(var + EPS)?.sqrt()?)?.reshape(dims)?;
+                xhat.broadcast_mul(&mode.param(&self.gamma))
+            }
+        }
+    }
+
+    fn batch(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let c = *dims.last().expect("NHWC");
+        let x2 = x.reshape(((), c))?;
+        let m = x2.dim(0)?;
+        match mode {
+            Mode::Train => {
+                // Channel sums as a GEMM with a row of ones: fast, and differentiable.
+                let ones = Tensor::ones((1, m), DType::F32, x.device())?;
+                let mean = (ones.matmul(&x2)? / m as f64)?;
+                let xc = x2.broadcast_sub(&mean)?;
+                let var = (ones.matmul(&xc.sqr()?)? / m as f64)?;
+                let inv = (var.clone() + EPS)?.sqrt()?.recip()?;
+                let y = xc.broadcast_mul(&(inv.broadcast_mul(&self.gamma.as_tensor().unsqueeze(0)?))?)?;
+                let unbiased = (var.detach() * (m as f64 / (m as f64 - 1.0).max(1.0)))?;
+                let blend = |run: &Var, batch: &Tensor| -> Result<()> {
+                    run.set(&((run.as_tensor() * (1.0 - BN_MOMENTUM))? + (batch.squeeze(0)? * BN_MOMENTUM)?)?)
+                };
+                blend(&self.running_mean, &mean.detach())?;
+                blend(&self.running_var, &unbiased)?;
+                y.reshape(dims)
+            }
+            Mode::Frozen => {
+                let inv = (self.running_var.as_detached_tensor() + EPS)?.sqrt()?.recip()?;
+                let scale = (inv * self.gamma.as_detached_tensor())?;
+                let shift = (self.running_mean.as_detached_tensor() * &scale)?.neg()?;
+                x2.broadcast_mul(&scale.unsqueeze(0)?)?.broadcast_add(&shift.unsqueeze(0)?)?.reshape(dims)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn input() -> Result<Var> {
+        Var::from_vec(Rng::new(1).uniform_vec(4 * 3 * 5 * 6, -2.0, 3.0), (4, 3, 5, 6), &Device::Cpu)
+    }
+
+    #[test]
+    fn layer_norm_normalizes_each_sample_and_has_gradients() -> Result<()> {
+        let x = input()?;
+        let ln = Norm::new(NormKind::Layer, 6, &Device::Cpu)?;
+        let y = ln.scale(x.as_tensor(), Mode::Train)?;
+        for row in y.reshape((4, ()))?.to_vec2::<f32>()? {
+            let n = row.len() as f32;
+            let mean = row.iter().sum::<f32>() / n;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+        }
+        let w = Tensor::from_vec(Rng::new(2).uniform_vec(360, -1.0, 1.0), (4, 3, 5, 6), &Device::Cpu)?;
+        let g = (y * w)?.sum_all()?.backward()?;
+        assert!(g.get(&ln.gamma).is_some() && g.get(&x).is_some(), "layer norm must pass gradients (candle's own does not)");
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_uses_batch_statistics_in_training_and_running_ones_frozen() -> Result<()> {
+        let x = input()?;
+        let bn = Norm::new(NormKind::Batch, 6, &Device::Cpu)?;
+        let y = bn.scale(x.as_tensor(), Mode::Train)?.reshape(((), 6))?.to_vec2::<f32>()?;
+        let mean0 = y.iter().map(|r| r[0]).sum::<f32>() / y.len() as f32;
+        assert!(mean0.abs() < 1e-5);
+        // one step of momentum 0.1 moved the running mean toward the batch mean (0.5)
+        let rm = bn.running_mean.as_tensor().to_vec1::<f32>()?;
+        assert!(rm.iter().all(|m| (0.0..0.1).contains(m)), "{rm:?}");
+        let frozen = bn.scale(x.as_tensor(), Mode::Frozen)?;
+        assert_eq!(frozen.dims(), x.dims());
+        Ok(())
+    }
+}
