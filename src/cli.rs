@@ -39,6 +39,13 @@ struct PipelineArgs {
 
 #[derive(Subcommand)]
 enum DataCommand {
+    /// Download a data set's official files into DIR and verify their sha256 (needs curl
+    /// and the network).
+    Fetch {
+        /// mnist, svhn or cifar10
+        dataset: String,
+        dir: PathBuf,
+    },
     /// Format, splits, counts, image shape and class histogram of a file or directory
     /// (MNIST IDX, CIFAR-10 batches, SVHN .mat, an image folder or one image).
     Inspect {
@@ -93,6 +100,7 @@ pub fn main() -> Result<()> {
         Command::Status(a) => status(&a),
         Command::Ls(s) => ls(&s.store),
         Command::Show { what, store } => show(&store.store, &what),
+        Command::Data(DataCommand::Fetch { dataset, dir }) => crate::fetch::run(&dataset, &dir),
         Command::Data(DataCommand::Inspect { path, json }) => {
             let i = crate::inspect::inspect(&path)?;
             if json {

@@ -6,6 +6,7 @@ pub mod adapters;
 pub mod bench;
 pub mod cli;
 pub mod executor;
+pub mod fetch;
 pub mod inspect;
 pub mod plan;
 pub mod select;
