@@ -1,11 +1,12 @@
-//! `pipe data inspect PATH`: what a path holds (format, splits, counts, image shape, class
+//! `pipe data inspect PATH`: what a path holds (MNIST, CIFAR-10, SVHN, Parquet shards, an
+//! image folder or one image) (format, splits, counts, image shape, class
 //! histogram), read with the same loaders the pipelines use, so a file that inspects
 //! cleanly also loads.
 
 use crate::UserError;
 use anyhow::Result;
 use serde::Serialize;
-use stages::data::{cifar, folder, mnist, svhn, ImageSet};
+use stages::data::{cifar, folder, mnist, parquet, svhn, ImageSet};
 use std::path::Path;
 
 #[derive(Debug, Serialize)]
@@ -89,6 +90,13 @@ fn detect(path: &Path) -> Result<Inspection> {
         for f in ["train_32x32.mat", "extra_32x32.mat", "test_32x32.mat"] {
             if path.join(f).is_file() {
                 out.splits.push(split(f.trim_end_matches("_32x32.mat"), &svhn::load_svhn(&path.join(f))?));
+            }
+        }
+    } else if parquet::split_files(path, "train").is_ok() || parquet::split_files(path, "test").is_ok() {
+        out.format = "parquet (image + label columns)".into();
+        for name in ["train", "test"] {
+            if parquet::split_files(path, name).is_ok() {
+                out.splits.push(split(name, &parquet::load_split(path, name, 3)?));
             }
         }
     } else {

@@ -88,6 +88,9 @@ pub enum DataFormat {
     /// An image folder: one sub-folder per class (PNG or JPEG), e.g. `face/` and `nonface/`.
     /// The test set is split off like the validation set (`test_size`).
     Folder,
+    /// Hugging Face style Parquet shards (`train*.parquet`, `test*.parquet`, in the folder
+    /// or its `data/`): an `image` column of PNG/JPEG bytes and a `label` column.
+    Parquet,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -112,7 +115,7 @@ pub struct DataSection {
     /// Draw the `train_size` training examples in equal numbers per class.
     #[serde(default)]
     pub balanced: bool,
-    /// Image folders: 1 (grey) or 3 (RGB) channels, converting as needed.
+    /// Image folders and Parquet images: 1 (grey) or 3 (RGB) channels, converting as needed.
     #[serde(default = "d_one")]
     pub channels: usize,
 }
@@ -382,6 +385,10 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
         DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
         DataFormat::Cifar10 | DataFormat::Svhn => Geometry { channels: 3, height: 32, width: 32, num_classes: 10 },
         DataFormat::Folder => folder_geometry(&data_path, spec.data.channels).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?,
+        DataFormat::Parquet => {
+            let (height, width, num_classes) = stages::data::parquet::describe(&data_path, "train", spec.data.channels).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?;
+            Geometry { channels: spec.data.channels, height, width, num_classes }
+        }
     };
     if spec.pipeline.positive_class as usize >= geometry.num_classes {
         return Err(UserError(format!("{}: expected a class below {}", locate("pipeline.positive_class"), geometry.num_classes)).into());
@@ -496,6 +503,12 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
             .chain([need("test.1".into(), "test_batch.bin")])
             .collect(),
         DataFormat::Folder => Ok(vec![("folder".to_string(), dir.to_path_buf())]),
+        DataFormat::Parquet => {
+            for split in ["train", "test"] {
+                stages::data::parquet::split_files(dir, split).map_err(|_| format!("{split}*.parquet shards"))?;
+            }
+            Ok(vec![("parquet".to_string(), dir.to_path_buf())])
+        }
         DataFormat::Svhn => {
             let mut files = vec![need("train.1".into(), "train_32x32.mat")];
             if svhn_extra {

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use stages::codec::encode_image_set;
 use stages::data::mnist::load_pair;
-use stages::data::{cifar, folder, svhn, DataError, ImageSet};
+use stages::data::{cifar, folder, parquet, svhn, DataError, ImageSet};
 use std::path::Path;
 use stages::rng::Rng;
 
@@ -36,6 +36,10 @@ pub fn run(io: &mut StageIo) -> Result<()> {
         "mnist" => (load_pair(&io.file("train_images")?, &io.file("train_labels")?)?, load_pair(&io.file("test_images")?, &io.file("test_labels")?)?),
         "cifar10" => (concat(io, "train.", cifar::read_batch)?, concat(io, "test.", cifar::read_batch)?),
         "svhn" => (concat(io, "train.", svhn::load_svhn)?, concat(io, "test.", svhn::load_svhn)?),
+        "parquet" => {
+            let dir = io.file("parquet")?;
+            (parquet::load_split(&dir, "train", p.channels)?, parquet::load_split(&dir, "test", p.channels)?)
+        }
         "folder" => {
             // One folder, no official test split: test examples are drawn like validation.
             let f = folder::load_folder(&io.file("folder")?, p.channels)?;

@@ -75,9 +75,15 @@ pub fn load_folder(dir: &Path, channels: usize) -> Result<FolderSet, DataError> 
 /// grey to RGB copies the grey into all three planes; RGB to grey is the Rec. 601 luma
 /// `0.299 R + 0.587 G + 0.114 B`, rounded to the nearest byte.
 pub fn load_image(path: &Path, channels: usize) -> Result<(Vec<u8>, usize, usize), DataError> {
-    check_channels(path, channels)?;
     let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-    let img = decode(path, bytes)?;
+    decode_image(path, bytes, channels)
+}
+
+/// [`load_image`] on encoded bytes already in memory (e.g. a Parquet image column);
+/// `source` names where they came from in errors.
+pub fn decode_image(source: &Path, bytes: Vec<u8>, channels: usize) -> Result<(Vec<u8>, usize, usize), DataError> {
+    check_channels(source, channels)?;
+    let img = decode(source, bytes)?;
     let pixels = to_planes(&img, channels);
     Ok((pixels, img.height, img.width))
 }

@@ -13,6 +13,7 @@ pub mod augment;
 pub mod cifar;
 pub mod folder;
 pub mod mnist;
+pub mod parquet;
 pub mod svhn;
 
 use std::path::{Path, PathBuf};
