@@ -36,17 +36,26 @@ pub fn stop_reason(stages: &[RunStage], patience: u32) -> Option<String> {
 }
 
 /// The reported result of a run: the best round on validation, its test error and the
-/// digest of its checkpoint.
+/// digest of its checkpoint (`checkpoints`: one per net of a one-vs-all round).
 pub fn selection(stages: &[RunStage]) -> Option<Value> {
     let (round, validation_error) = best_round(stages)?;
     let eval = stages.iter().find(|s| s.stage == format!("evaluate/{round}"))?;
-    let train = stages.iter().find(|s| s.stage == format!("train/{round}"))?;
-    Some(json!({
+    let (id, member) = (format!("train/{round}"), format!("train/{round}/"));
+    let checkpoints: Vec<String> = stages
+        .iter()
+        .filter(|s| s.stage == id || s.stage.starts_with(&member))
+        .filter_map(|s| s.outputs.get("checkpoint.safetensors").map(|o| o.digest.clone()))
+        .collect();
+    let mut v = json!({
         "round": round,
         "validation_error": validation_error,
         "test_error": eval.summary.get("test_error"),
-        "checkpoint": train.outputs.get("checkpoint.safetensors").map(|o| o.digest.clone()),
-    }))
+        "checkpoints": checkpoints,
+    });
+    if let [one] = checkpoints.as_slice() {
+        v["checkpoint"] = json!(one);
+    }
+    Some(v)
 }
 
 #[cfg(test)]

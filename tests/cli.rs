@@ -461,6 +461,9 @@ fn binary_and_one_vs_all_icn() {
     let inputs = manifest["inputs"].as_object().unwrap();
     assert_eq!(inputs.keys().filter(|k| k.starts_with("checkpoint.c")).count(), 10);
     assert!(errors(&rec).iter().all(|e| *e < 0.9), "one-vs-all beats chance: {:?}", errors(&rec));
+    let selected = rec["selected"]["round"].as_u64().unwrap();
+    assert_eq!(rec["selected"]["checkpoints"].as_array().unwrap().len(), 10, "one checkpoint per class net");
+    assert!(rec["selected"]["test_error"].as_f64().unwrap() == errors(&rec)[selected as usize]);
 }
 
 #[test]
