@@ -214,7 +214,7 @@ fn check_writable(path: &Path, set: &ImageSet) -> Result<(), DataError> {
 mod tests {
     use super::*;
 
-    use crate::data::testutil::TempDir;
+    use crate::data::testutil::{check_error_names, TempDir};
 
     /// `n` images whose pixels depend on `seed`, the image index and the position (so
     /// images of different files and records differ), labels cycling through the classes.
@@ -230,13 +230,6 @@ mod tests {
         }
     }
 
-    fn check_error_names(err: &DataError, path: &Path, parts: &[&str]) {
-        let msg = err.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
-        for p in parts {
-            assert!(msg.contains(p), "{msg} lacks {p}");
-        }
-    }
 
     #[test]
     fn write_read_round_trip() {

@@ -404,7 +404,7 @@ mod tests {
         }
     }
 
-    use crate::data::testutil::TempDir;
+    use crate::data::testutil::{check_error_names, TempDir};
 
     /// Write an 8-bit PNG of interleaved `samples`.
     fn write_png(path: &Path, color: png::ColorType, width: u32, height: u32, samples: &[u8]) {
@@ -440,13 +440,6 @@ mod tests {
         );
     }
 
-    fn check_error_names(err: &DataError, path: &Path, parts: &[&str]) {
-        let msg = err.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
-        for p in parts {
-            assert!(msg.contains(p), "{msg} lacks {p}");
-        }
-    }
 
     /// A minimal baseline JPEG (no new dependency): 8x8 blocks, no subsampling, each block
     /// flat, so only DC coefficients are coded (all quantisers 1; every AC is an EOB).

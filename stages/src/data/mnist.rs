@@ -334,7 +334,7 @@ mod tests {
         }
     }
 
-    use crate::data::testutil::TempDir;
+    use crate::data::testutil::{check_error_names, TempDir};
 
     /// `n` 3x2 images whose pixels encode their index, labels cycling through the digits.
     fn synthetic(n: usize) -> ImageSet {
@@ -355,13 +355,6 @@ mod tests {
             .unwrap();
     }
 
-    fn check_error_names(err: &DataError, path: &Path, parts: &[&str]) {
-        let msg = err.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
-        for p in parts {
-            assert!(msg.contains(p), "{msg} lacks {p}");
-        }
-    }
 
     #[test]
     fn real_train_split_counts_labels_classes_range() {

@@ -296,6 +296,15 @@ pub(crate) mod testutil {
         }
     }
 
+    /// Asserts that a loader error names the file and says each of `parts`.
+    pub(crate) fn check_error_names(err: &super::DataError, path: &std::path::Path, parts: &[&str]) {
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        for p in parts {
+            assert!(msg.contains(p), "{msg} lacks {p}");
+        }
+    }
+
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);

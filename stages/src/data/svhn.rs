@@ -1316,7 +1316,7 @@ mod tests {
 
     const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/svhn");
 
-    use crate::data::testutil::TempDir;
+    use crate::data::testutil::{check_error_names, TempDir};
 
     /// The value of element (row i, column j, channel k, image n) in the test images.
     fn pattern(i: usize, j: usize, k: usize, n: usize) -> u8 {
@@ -1416,13 +1416,6 @@ mod tests {
         }
     }
 
-    fn check_error_names(err: &DataError, path: &Path, parts: &[&str]) {
-        let msg = err.to_string();
-        assert!(msg.contains(&path.display().to_string()), "{msg}");
-        for p in parts {
-            assert!(msg.contains(p), "{msg} lacks {p}");
-        }
-    }
 
     fn le_u32(bytes: &[u8], at: usize) -> u64 {
         Order::Little.uint(&bytes[at..at + 4])
