@@ -42,8 +42,12 @@ pub const EVALUATE: (&str, u32) = ("evaluate", 3);
 
 /// The seed of one stage: a function of the run seed and the stage's position only.
 pub fn stage_seed(run_seed: u64, stage_id: &str) -> u64 {
-    let h = blake3::hash(format!("pipe-seed/{run_seed}/{stage_id}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    derive_seed(&format!("pipe-seed/{run_seed}/{stage_id}"))
+}
+
+/// A seed from a label: the first 8 bytes of its blake3 hash.
+pub fn derive_seed(label: &str) -> u64 {
+    u64::from_le_bytes(blake3::hash(label.as_bytes()).as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// The raw files a `load` stage reads, by input name (checked when the file was loaded).

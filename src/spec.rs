@@ -522,20 +522,8 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
 
 /// Classes and image size of an image folder, from its sub-folders and one image.
 fn folder_geometry(dir: &Path, channels: usize) -> std::result::Result<Geometry, String> {
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
-        .collect();
-    classes.sort();
-    let first = classes
-        .first()
-        .and_then(|c| {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(c).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))).collect();
-            files.sort();
-            files.into_iter().next()
-        })
-        .ok_or_else(|| format!("{} has no class sub-folder holding an image (expected e.g. face/ and nonface/)", dir.display()))?;
-    let (_, height, width) = stages::data::folder::load_image(&first, channels).map_err(|e| e.to_string())?;
-    Ok(Geometry { channels, height, width, num_classes: classes.len() })
+    use stages::data::folder;
+    let (first, num_classes) = folder::first_image(dir).map_err(|e| format!("{} has no class sub-folder holding an image (expected e.g. face/ and nonface/): {e}", dir.display()))?;
+    let (_, height, width) = folder::load_image(&first, channels).map_err(|e| e.to_string())?;
+    Ok(Geometry { channels, height, width, num_classes })
 }

@@ -48,12 +48,11 @@ pub fn run(io: &mut StageIo) -> Result<()> {
             if p.test_size == 0 || p.test_size >= n {
                 return Err(UserError(format!("data.test_size = {}: an image folder needs a test split between 1 and {} images", p.test_size, n - 1)).into());
             }
-            let mut perm = Rng::new(p.seed ^ 0x7e57).permutation(n);
-            let rest = perm.split_off(p.test_size);
-            perm.sort_unstable();
-            let mut rest = rest;
+            let mut test_idx = Rng::new(p.seed ^ 0x7e57).permutation(n);
+            let mut rest = test_idx.split_off(p.test_size);
+            test_idx.sort_unstable();
             rest.sort_unstable();
-            (f.set.select(&rest), f.set.select(&perm))
+            (f.set.select(&rest), f.set.select(&test_idx))
         }
         other => anyhow::bail!("no loader for data format `{other}`"),
     };

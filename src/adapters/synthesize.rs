@@ -65,8 +65,7 @@ const GRID_COLUMNS: usize = 10;
 
 /// The seed of sample i of a stage: recorded per sample, so any one can be remade alone.
 fn sample_seed(stage_seed: u64, i: usize) -> u64 {
-    let h = blake3::hash(format!("pipe-sample/{stage_seed}/{i}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    crate::plan::derive_seed(&format!("pipe-sample/{stage_seed}/{i}"))
 }
 
 pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {

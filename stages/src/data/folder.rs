@@ -141,6 +141,14 @@ fn class_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     Ok(classes)
 }
 
+/// The first image of the first class (in the order [`load_folder`] reads them) and the
+/// number of classes: enough to size a net without decoding the whole folder.
+pub fn first_image(dir: &Path) -> Result<(PathBuf, usize), DataError> {
+    let classes = class_dirs(dir)?;
+    let first = image_files(&classes[0].1)?.remove(0);
+    Ok((first, classes.len()))
+}
+
 /// The files of one class folder, sorted by name; none, or a sub-folder, is an error.
 fn image_files(class_dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let files = visible_entries(class_dir)?;
