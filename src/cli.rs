@@ -5,7 +5,7 @@ use crate::executor::{self, Manifest, RunRecord, Runner};
 use crate::plan::plan;
 use crate::spec;
 use crate::store::Store;
-use crate::table::{format_parquet, to_parquet, Column};
+use crate::table::format_parquet;
 use crate::{select, sweep, timefmt, UserError};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -60,15 +60,78 @@ enum DataCommand {
 enum Command {
     /// Run a pipeline: reuse every stage already in the store, run the rest.
     Run(PipelineArgs),
+    /// Everything that went into a checkpoint: the chain of warm starts, the data sets and
+    /// every pseudo-negative (how it was made, how often it was drawn into a batch, how
+    /// each later round's classifier scores it).
+    Lineage {
+        /// A checkpoint digest (or unique prefix), or RUN:train/N.
+        checkpoint: String,
+        /// `table` (readable), `parquet` (one row per pseudo-negative, to --out) or `json`.
+        #[arg(long, default_value = "table", value_parser = ["table", "parquet", "json"])]
+        format: String,
+        /// Same as --format json.
+        #[arg(long)]
+        json: bool,
+        /// Where --format parquet writes (default: lineage-<checkpoint>.parquet here).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Pseudo-negative rows shown by the table format.
+        #[arg(long, default_value_t = 20)]
+        rows: usize,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Show each stage as cached or to run, with its key, without running anything.
-    Status(PipelineArgs),
+    Status {
+        #[command(flatten)]
+        args: PipelineArgs,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// List runs in the store, oldest first.
-    Ls(StoreArg),
+    Ls {
+        #[command(flatten)]
+        store: StoreArg,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a run (id or prefix), a stage (key or prefix) or RUN:STAGE.
     Show {
         what: String,
         #[command(flatten)]
         store: StoreArg,
+        /// One JSON document instead of text (keys and digests in full).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two runs (ids, prefixes or paths of run records): settings that differ,
+    /// each stage's key and outputs, and the metric deltas.
+    Diff {
+        run_a: String,
+        run_b: String,
+        #[command(flatten)]
+        store: StoreArg,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Before running: which stages will rerun, and what changed in each one's key since
+    /// the last run of the same file.
+    Why {
+        /// A pipeline file (TOML).
+        file: PathBuf,
+        /// Only this stage, e.g. train/1.
+        stage: Option<String>,
+        /// Override a setting, e.g. --set synthesize.lr=0.02 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[command(flatten)]
+        store: StoreArg,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Data sets: what a path holds.
     #[command(subcommand)]
@@ -91,15 +154,64 @@ enum Command {
         #[arg(long, default_value = "artifacts/bench.parquet")]
         out: PathBuf,
     },
+    /// Delete what no run record needs: stages and objects of deleted runs, tmp/ debris.
+    Gc {
+        /// Keep only the N newest run records; older ones are deleted with what only they needed.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Report what would be freed; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete partial/ checkpoints (an interrupted run could no longer resume).
+        #[arg(long)]
+        partials: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Rehash every object and check every manifest and run record; exit 1 on damage.
+    Verify {
+        /// Uncommit the stages whose outputs are damaged (the next `pipe run` remakes them)
+        /// and delete the corrupt objects.
+        #[arg(long)]
+        repair: bool,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Every run's metrics as one tidy Parquet table (a row per run, stage and metric).
+    Export {
+        /// Where the table goes [default: <store>/export/metrics.parquet].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Error per round and of the selected round (mean and sd over seeds), and time per
+    /// stage kind, for each pipeline in the store.
+    Report {
+        /// Only this pipeline.
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => run(&a),
-        Command::Status(a) => status(&a),
-        Command::Ls(s) => ls(&s.store),
-        Command::Show { what, store } => show(&store.store, &what),
+        Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
+        Command::Status { args, json } => status(&args, json),
+        Command::Ls { store, json } => ls(&store.store, json),
+        Command::Show { what, store, json } => show(&store.store, &what, json),
+        Command::Diff { run_a, run_b, store, json } => crate::diff::run(&store.store, &run_a, &run_b, json),
+        Command::Why { file, stage, set, store, json } => crate::why::run(&file, &set, &store.store, stage.as_deref(), json),
         Command::Data(DataCommand::Fetch { dataset, dir }) => crate::fetch::run(&dataset, &dir),
         Command::Data(DataCommand::Inspect { path, json }) => {
             let i = crate::inspect::inspect(&path)?;
@@ -113,11 +225,16 @@ pub fn main() -> Result<()> {
         Command::Bench { seconds, only, no_torch, json, out } => {
             crate::bench::run(&crate::bench::Options { seconds, only, torch: !no_torch, json, out: &out }).map(|_| ())
         }
+        Command::Gc { keep_last, dry_run, partials, json, store } => crate::care::gc(&store.store, &crate::care::GcOptions { keep_last, dry_run, partials, json }),
+        Command::Verify { repair, json, store } => crate::care::verify(&store.store, repair, json),
+        Command::Export { out, store } => crate::report::export(&store.store, out.as_deref()),
+        Command::Report { pipeline, store } => crate::report::report(&store.store, pipeline.as_deref()),
     }
 }
 
 fn run(a: &PipelineArgs) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
+    crate::study::check(&members)?;
     let runners = members.iter().map(|m| Adapters::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
@@ -129,20 +246,20 @@ fn run(a: &PipelineArgs) -> Result<()> {
         records.push(run_pipeline(&store, runner, &m.pipeline)?);
     }
     if members.len() > 1 {
-        sweep_results(&store, &members, &records)?;
+        crate::study::report(&store, &members, &records)?;
     }
     Ok(())
 }
 
-fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> Result<RunRecord> {
-    let stages = plan(pipeline);
+/// A fresh record for a run of `pipeline` (under `name`), with a new unique id.
+pub(crate) fn new_record(name: &str, pipeline: &spec::Pipeline, runner: &Adapters) -> RunRecord {
     let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);
-    let mut record = RunRecord {
-        id: id.clone(),
-        pipeline: pipeline.name.clone(),
+    RunRecord {
+        id,
+        pipeline: name.to_string(),
         file: pipeline.file.display().to_string(),
         overrides: pipeline.overrides.clone(),
-        spec: serde_json::to_value(&pipeline.spec)?,
+        spec: serde_json::to_value(&pipeline.spec).unwrap_or_default(),
         started_at: timefmt::now_iso(),
         finished_at: None,
         status: "running".into(),
@@ -152,7 +269,14 @@ fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> 
         stages: Vec::new(),
         stopped_early: None,
         selected: None,
-    };
+        pipe_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+    }
+}
+
+fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> Result<RunRecord> {
+    let stages = plan(pipeline);
+    let mut record = new_record(&pipeline.name, pipeline, runner);
+    let id = record.id.clone();
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, p));
@@ -163,69 +287,6 @@ fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> 
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
     print_errors(&record);
     Ok(record)
-}
-
-/// The tidy table of a sweep (a row per member and evaluated round) in
-/// `<store>/sweeps/<name>.parquet`, and the selected test error per setting, mean and
-/// standard deviation over seeds.
-fn sweep_results(store: &Store, members: &[sweep::Member], records: &[RunRecord]) -> Result<()> {
-    struct Row {
-        member: usize,
-        run: String,
-        round: u32,
-        validation_error: f64,
-        test_error: f64,
-        selected: bool,
-    }
-    let mut rows = Vec::new();
-    for (member, r) in records.iter().enumerate() {
-        let selected = r.selected.as_ref().and_then(|s| s["round"].as_u64());
-        for s in r.stages.iter().filter(|s| s.kind == "evaluate") {
-            let round: u32 = s.stage.trim_start_matches("evaluate/").parse().unwrap_or(0);
-            let get = |k: &str| s.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-            let (validation_error, test_error) = (get("validation_error"), get("test_error"));
-            rows.push(Row { member, run: r.id.clone(), round, validation_error, test_error, selected: selected == Some(round as u64) });
-        }
-    }
-    let keys: Vec<String> = members[0].values.iter().map(|(k, _)| k.clone()).collect();
-    let value_of = |r: &Row, k: &str| members[r.member].values.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap_or_default();
-    let mut columns = vec![
-        ("member", Column::U32(rows.iter().map(|r| r.member as u32).collect())),
-        ("case", Column::Str(rows.iter().map(|r| members[r.member].case.clone().unwrap_or_default()).collect())),
-        ("seed", Column::U64(rows.iter().map(|r| members[r.member].pipeline.spec.pipeline.seed).collect())),
-    ];
-    for k in &keys {
-        columns.push((k.as_str(), Column::Str(rows.iter().map(|r| value_of(r, k)).collect())));
-    }
-    columns.extend([
-        ("run", Column::Str(rows.iter().map(|r| r.run.clone()).collect())),
-        ("round", Column::U32(rows.iter().map(|r| r.round).collect())),
-        ("validation_error", Column::F64(rows.iter().map(|r| r.validation_error).collect())),
-        ("test_error", Column::F64(rows.iter().map(|r| r.test_error).collect())),
-        ("selected", Column::Bool(rows.iter().map(|r| r.selected).collect())),
-    ]);
-    let path = store.root().join("sweeps").join(format!("{}.parquet", members[0].pipeline.name));
-    store.write_atomic(&path, &to_parquet(columns)?)?;
-
-    // selected test error per setting, over the seeds
-    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
-    for (m, r) in members.iter().zip(records) {
-        let mut label: Vec<String> = m.case.iter().cloned().collect();
-        label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed").map(|(k, v)| format!("{k}={v}")));
-        let label = label.join(" ");
-        let err = r.selected.as_ref().and_then(|s| s["test_error"].as_f64()).unwrap_or(f64::NAN);
-        match groups.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, v)) => v.push(err),
-            None => groups.push((label, vec![err])),
-        }
-    }
-    println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len());
-    for (label, errs) in &groups {
-        let (m, sd) = sweep::mean_sd(errs);
-        println!("  {label:<40} {:>6.2}% +- {:.2}%  (n = {})", 100.0 * m, 100.0 * sd, errs.len());
-    }
-    println!("table: {}", path.display());
-    Ok(())
 }
 
 /// Validation and test error per round, from the evaluate stages' summaries.
@@ -251,15 +312,21 @@ fn print_errors(record: &RunRecord) {
     }
 }
 
-fn status(a: &PipelineArgs) -> Result<()> {
+fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
     let store = Store::at(&a.store.store);
     let (mut cached_all, mut total_all) = (0, 0);
+    let mut docs = Vec::new();
     for m in &members {
         let rows = executor::status(&store, &plan(&m.pipeline))?;
         let cached = rows.iter().filter(|r| r.state == "cached").count();
         cached_all += cached;
         total_all += rows.len();
+        if json {
+            let member = (members.len() > 1).then(|| m.label());
+            docs.push(serde_json::json!({"member": member, "pipeline": m.pipeline.name, "file": m.pipeline.file, "stages": rows, "cached": cached, "to_run": rows.len() - cached}));
+            continue;
+        }
         if members.len() > 1 {
             println!("  {:<48} {cached} cached, {} to run", m.label(), rows.len() - cached);
             continue;
@@ -274,17 +341,63 @@ fn status(a: &PipelineArgs) -> Result<()> {
             println!("  {:<7} {:<14} {key}", r.state, r.stage);
         }
     }
+    if json {
+        let doc = match docs.len() {
+            1 => {
+                let mut d = docs.remove(0);
+                d["store"] = serde_json::json!(store.root());
+                d
+            }
+            _ => serde_json::json!({"file": a.file, "store": store.root(), "members": docs, "cached": cached_all, "to_run": total_all - cached_all}),
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     if members.len() > 1 {
         println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached (shared stages count once per member)", members.len());
+        let two_way = crate::study::two_way_stage_count(&members);
+        if two_way > 0 {
+            println!("then {two_way} two-way attack stages, keyed by the classifiers the members select");
+        }
     } else {
         println!("{cached_all} cached, {} to run", total_all - cached_all);
     }
     Ok(())
 }
 
-fn ls(root: &Path) -> Result<()> {
+fn lineage(root: &Path, what: &str, format: &str, out: Option<PathBuf>, rows: usize) -> Result<()> {
+    let store = Store::open_existing(root)?;
+    let l = crate::lineage::lineage(&store, what)?;
+    match format {
+        "json" => println!("{}", serde_json::to_string_pretty(&crate::lineage::to_json(&l))?),
+        "parquet" => {
+            let path = out.unwrap_or_else(|| PathBuf::from(format!("lineage-{}.parquet", &l.checkpoint[..12])));
+            std::fs::write(&path, crate::lineage::to_table(&l)?).map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+            println!("{} pseudo-negatives of checkpoint {} -> {}", l.pseudo_negatives.len(), &l.checkpoint[..12], path.display());
+        }
+        _ => crate::lineage::print(&l, rows),
+    }
+    Ok(())
+}
+
+fn ls(root: &Path, json: bool) -> Result<()> {
     let store = Store::open_existing(root)?;
     let ids = store.run_ids()?;
+    if json {
+        let mut runs = Vec::new();
+        for id in &ids {
+            if let Some(r) = store.run::<RunRecord>(id)? {
+                let ran = r.stages.iter().filter(|s| s.status == "ran").count();
+                runs.push(serde_json::json!({
+                    "id": r.id, "pipeline": r.pipeline, "file": r.file, "status": r.status, "ran": ran, "cached": r.stages.len() - ran,
+                    "seconds": r.seconds, "started_at": r.started_at, "finished_at": r.finished_at, "device": r.device, "overrides": r.overrides,
+                    "error": r.error, "selected": r.selected,
+                }));
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"store": root, "runs": runs}))?);
+        return Ok(());
+    }
     if ids.is_empty() {
         println!("no runs in {}", root.display());
         return Ok(());
@@ -300,7 +413,7 @@ fn ls(root: &Path) -> Result<()> {
 }
 
 /// The one item of `items` equal to `what` or, failing that, the only one it prefixes.
-fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> Result<Option<&'a String>> {
+pub(crate) fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> Result<Option<&'a String>> {
     if let Some(exact) = items.iter().find(|i| i.as_str() == what) {
         return Ok(Some(exact));
     }
@@ -312,7 +425,7 @@ fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> Result<Optio
     }
 }
 
-fn show(root: &Path, what: &str) -> Result<()> {
+fn show(root: &Path, what: &str, json: bool) -> Result<()> {
     let store = Store::open_existing(root)?;
     let runs = store.run_ids()?;
     if let Some((run, stage)) = what.split_once(':') {
@@ -322,20 +435,27 @@ fn show(root: &Path, what: &str) -> Result<()> {
             let names: Vec<&str> = record.stages.iter().map(|s| s.stage.as_str()).collect();
             UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", ")))
         })?;
-        return show_stage(&store, &s.key);
+        return show_stage(&store, &s.key, json);
     }
     if let Some(id) = unique_match(&runs, what, "run")? {
-        return show_run(&store, id);
+        return show_run(&store, id, json);
     }
     let keys = store.stage_keys()?;
     if let Some(key) = unique_match(&keys, what, "stage key")? {
-        return show_stage(&store, key);
+        return show_stage(&store, key, json);
     }
     Err(UserError(format!("`{what}` is neither a run nor a stage key in {} (see `pipe ls`)", root.display())).into())
 }
 
-fn show_run(store: &Store, id: &str) -> Result<()> {
+fn show_run(store: &Store, id: &str, json: bool) -> Result<()> {
     let r: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
+    if json {
+        // the record itself: every stage's key, outputs and summary, the selected round
+        let mut doc = serde_json::to_value(&r)?;
+        doc["type"] = "run".into();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!("run       {}\npipeline  {} ({})\nstatus    {}\nstarted   {}\nseconds   {:.2}\ndevice    {}", r.id, r.pipeline, r.file, r.status, r.started_at, r.seconds, r.device);
     if !r.overrides.is_empty() {
         println!("overrides {}", r.overrides.join(" "));
@@ -355,8 +475,50 @@ fn show_run(store: &Store, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn show_stage(store: &Store, key: &str) -> Result<()> {
+fn show_stage(store: &Store, key: &str, json: bool) -> Result<()> {
+    /// A table's first rows as JSON objects: numbers stay numbers, the rest as displayed.
+    fn table_json(bytes: Vec<u8>, max_rows: usize) -> Result<Value> {
+        use arrow_array::Array;
+        use arrow_cast::display::{ArrayFormatter, FormatOptions};
+        let batches = crate::table::read_parquet(bytes)?;
+        let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let schema = b.schema();
+            let formatters = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default())).collect::<std::result::Result<Vec<_>, _>>()?;
+            for i in 0..b.num_rows().min(max_rows - rows.len()) {
+                let mut row = serde_json::Map::new();
+                for ((field, col), f) in schema.fields().iter().zip(b.columns()).zip(&formatters) {
+                    let text = f.value(i).to_string();
+                    let v = match col.data_type() {
+                        _ if col.is_null(i) => Value::Null,
+                        t if t.is_integer() => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).unwrap_or(Value::String(text)),
+                        t if t.is_floating() => text.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null),
+                        arrow_schema::DataType::Boolean => Value::Bool(text == "true"),
+                        _ => Value::String(text),
+                    };
+                    row.insert(field.name().clone(), v);
+                }
+                rows.push(Value::Object(row));
+            }
+        }
+        Ok(serde_json::json!({"rows": total, "head": rows}))
+    }
     let m: Manifest = store.manifest(key)?.ok_or_else(|| UserError(format!("stage {key} is not committed in this store")))?;
+    if json {
+        let mut doc = serde_json::to_value(&m)?;
+        doc["type"] = "stage".into();
+        for (name, o) in &m.outputs {
+            doc["outputs"][name]["path"] = serde_json::json!(store.object_path(&o.digest));
+        }
+        let mut tables = serde_json::Map::new();
+        for (name, o) in m.outputs.iter().filter(|(n, _)| n.ends_with(".parquet")) {
+            tables.insert(name.clone(), table_json(store.read(&o.digest)?, 20)?);
+        }
+        doc["tables"] = Value::Object(tables);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!("stage     {} ({} v{})\nkey       {}\ndevice    {}\nstarted   {}\nseconds   {:.2}", m.stage, m.kind, m.version, m.key, m.device, m.started_at, m.seconds);
     if let Some(r) = &m.resumed {
         println!("resumed   {r}");

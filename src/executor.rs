@@ -76,6 +76,7 @@ impl Known {
                     Some(d) => d.clone(),
                     None => return Ok(Err(s.clone())),
                 },
+                InputRef::Object(digest) => digest.clone(),
             };
             out.insert(name.clone(), digest);
         }
@@ -109,10 +110,32 @@ pub struct StageStatus {
 
 /// Each stage's state without running anything.
 pub fn status(store: &Store, stages: &[StageDef]) -> Result<Vec<StageStatus>> {
+    Ok(status_with_inputs(store, stages)?.into_iter().map(|(s, _)| s).collect())
+}
+
+/// A stage's input digests by name; `None` for an input whose upstream has not run yet.
+pub type InputDigests = BTreeMap<String, Option<Digest>>;
+
+/// [`status`], with the input digests each key is made of (`pipe why` compares them with
+/// an earlier run's).
+pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(StageStatus, InputDigests)>> {
     let mut known = Known::default();
     let mut out = Vec::new();
     for stage in stages {
-        let row = match known.inputs(stage)? {
+        let resolved = known.inputs(stage)?;
+        let digests = stage
+            .inputs
+            .iter()
+            .map(|(name, input)| {
+                let d = match input {
+                    InputRef::File(path) => known.files.get(path),
+                    InputRef::Output { stage: s, output } => known.outputs.get(&(s.clone(), output.clone())),
+                    InputRef::Object(d) => Some(d),
+                };
+                (name.clone(), d.cloned())
+            })
+            .collect();
+        let row = match resolved {
             Err(upstream) => StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: None, state: "to run".into(), waits_for: Some(upstream) },
             Ok(inputs) => {
                 let key = stage_key(stage, &inputs);
@@ -127,7 +150,7 @@ pub fn status(store: &Store, stages: &[StageDef]) -> Result<Vec<StageStatus>> {
                 StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: Some(key), state: state.into(), waits_for: None }
             }
         };
-        out.push(row);
+        out.push((row, digests));
     }
     Ok(out)
 }
@@ -167,6 +190,9 @@ pub struct RunRecord {
     /// The round reported for the run, chosen on validation.
     #[serde(default)]
     pub selected: Option<Value>,
+    /// The `pipe` that ran it (absent in records of older versions).
+    #[serde(default)]
+    pub pipe_version: Option<String>,
 }
 
 /// Says, from the stages done so far, whether to stop the run early and why.

@@ -4,17 +4,23 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod care;
 pub mod cli;
+pub mod diff;
 pub mod executor;
 pub mod fetch;
 pub mod inspect;
+pub mod lineage;
 pub mod plan;
+pub mod report;
 pub mod select;
 pub mod spec;
 pub mod store;
+pub mod study;
 pub mod sweep;
 pub mod table;
 pub mod timefmt;
+pub mod why;
 
 /// An error in what the user gave (pipeline file, flags, names): exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,10 @@ fn main() -> ExitCode {
     // 200) would otherwise be faulted in again every step (about 8% of a training step).
     // SAFETY: a plain option setter of the allocator, called before any thread starts.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // `pipe ls | head` should end quietly when head exits, as other Unix tools do, not
+    // panic on the closed pipe: restore the default SIGPIPE action Rust replaces.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match pipe::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

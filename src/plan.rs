@@ -2,15 +2,18 @@
 //!
 //! ```text
 //! load -> train/0 -> evaluate/0
-//!      -> for t in 1..=T: synthesize/t -> train/t -> evaluate/t
+//!      -> for t in 1..=T: synthesize/t -> train/t -> evaluate/t [-> attack/t]
 //! ```
+//!
+//! With an `[attack]` section, `attack/t` attacks round t's classifier and tests round 0's
+//! (the plain CNN) on the same adversarial examples.
 //!
 //! `train/t` warm-starts from `train/(t-1)` and sees every pseudo-negative made so far.
 //! Each stage carries exactly the settings that can change its outputs, so a change reruns
 //! that stage and what depends on it, and nothing else; the number of rounds is in no
 //! stage, so growing it reuses the rounds already made.
 
-use crate::spec::{data_files, Arch, Method, NormChoice, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
+use crate::spec::{data_files, Arch, AttackMethod, AttackSection, Method, NormChoice, OptimizerKind, Pipeline, Sampling, StopRule, SynthesisStep, SynthesizeSection, Variant};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +25,9 @@ pub enum InputRef {
     File(PathBuf),
     /// An output of an earlier stage of the graph.
     Output { stage: String, output: String },
+    /// An object already in the store, by digest: an output of another pipeline's stage
+    /// (a sweep's two-way attack reads two members' classifiers).
+    Object(String),
 }
 
 #[derive(Clone, Debug)]
@@ -35,10 +41,14 @@ pub struct StageDef {
     pub inputs: BTreeMap<String, InputRef>,
 }
 
+/// A stage before its seed is set: id, (kind, version), parameters, inputs.
+pub type Planned = (String, (&'static str, u32), Value, Vec<(String, InputRef)>);
+
 pub const LOAD: (&str, u32) = ("load", 1);
-pub const TRAIN: (&str, u32) = ("train", 3);
+pub const TRAIN: (&str, u32) = ("train", 4);
 pub const SYNTHESIZE: (&str, u32) = ("synthesize", 3);
-pub const EVALUATE: (&str, u32) = ("evaluate", 3);
+pub const EVALUATE: (&str, u32) = ("evaluate", 4);
+pub const ATTACK: (&str, u32) = ("attack", 1);
 
 /// The seed of one stage: a function of the run seed and the stage's position only.
 pub fn stage_seed(run_seed: u64, stage_id: &str) -> u64 {
@@ -134,7 +144,9 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     let augment_pad = if t.augment { 4 } else { 0 };
     let mut stages = Vec::new();
     let mut push = |id: String, (kind, version): (&'static str, u32), mut params: Value, inputs: Vec<(String, InputRef)>| {
-        params["seed"] = json!(stage_seed(seed, &id));
+        if params.get("seed").is_none() {
+            params["seed"] = json!(stage_seed(seed, &id));
+        }
         stages.push(StageDef { id, kind, version, params, inputs: inputs.into_iter().collect() });
     };
 
@@ -144,6 +156,8 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         json!({
             "format": s.data.format, "train_size": s.data.train_size,
             "validation_size": s.data.validation_size, "test_size": s.data.test_size, "channels": s.data.channels, "balanced": s.data.balanced,
+            // the split depends on data.seed only: pipelines that differ in pipeline.seed share it
+            "seed": stage_seed(s.data.seed, "load"),
         }),
         data_inputs(p),
     );
@@ -154,6 +168,13 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
             // zero-padded so that input order is class order
             let name = c.member.map_or("checkpoint".to_string(), |k| format!("checkpoint.c{k:04}"));
             inputs.push((name, output(&format!("train/{round}{}", c.suffix), "checkpoint.safetensors")));
+            // lineage: does each pseudo-negative trained on so far still fool this classifier?
+            if s.pipeline.method != Method::Baseline {
+                for r in 1..=round {
+                    let name = c.member.map_or(pseudo_negative_input(r), |k| format!("pseudo_negatives.c{k:04}.{r:04}"));
+                    inputs.push((name, output(&format!("synthesize/{r}{}", c.suffix), "pseudo_negatives.safetensors")));
+                }
+            }
         }
         let net = &chains[0].net;
         (format!("evaluate/{round}"), EVALUATE, json!({"round": round, "batch_size": s.evaluate.batch_size, "net": net, "evaluation": evaluation}), inputs)
@@ -168,6 +189,15 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
     }
     let (id, kind, params, inputs) = evaluate(0);
     push(id, kind, params, inputs);
+    let attack = |round: u32| {
+        let a = s.attack.as_ref()?;
+        let model = |r: u32| (format!("train/{r}"), output(&format!("train/{r}"), "checkpoint.safetensors"));
+        let models = if round > 0 { vec![model(round), model(0)] } else { vec![model(0)] };
+        Some(attack_stage(&format!("attack/{round}"), a, &chains[0].net, round, data("test"), &models))
+    };
+    if let Some((id, kind, params, inputs)) = attack(0) {
+        push(id, kind, params, inputs);
+    }
     let sy = &s.synthesize;
     let method = s.pipeline.method;
     for round in 1..=s.pipeline.rounds {
@@ -213,8 +243,36 @@ pub fn plan(p: &Pipeline) -> Vec<StageDef> {
         }
         let (id, kind, params, inputs) = evaluate(round);
         push(id, kind, params, inputs);
+        if let Some((id, kind, params, inputs)) = attack(round) {
+            push(id, kind, params, inputs);
+        }
     }
     stages
+}
+
+/// An attack stage: its parameters (eps and clip converted to the models' [-1, 1], so the
+/// same attack written in either unit has one key) and inputs: the test set and the
+/// classifiers as (name, checkpoint), the attacked one first; the others are tested on its
+/// adversarial examples.
+pub fn attack_stage(id: &str, a: &AttackSection, net: &Value, round: u32, test: InputRef, models: &[(String, InputRef)]) -> Planned {
+    let scale = a.eps_unit.scale();
+    let (lo, hi) = match a.clip {
+        Some([lo, hi]) => (a.eps_unit.to_model(lo), a.eps_unit.to_model(hi)),
+        None => (-1.0, 1.0),
+    };
+    let eps = a.eps * scale;
+    let method = match a.method {
+        AttackMethod::Fgsm => json!({"kind": "fgsm", "eps": eps, "lo": lo, "hi": hi}),
+        AttackMethod::Pgd => json!({
+            "kind": "pgd", "eps": eps, "lo": lo, "hi": hi, "steps": a.steps,
+            "step_size": a.step_size.map_or(eps / 4.0, |s| s * scale), "random_start": a.random_start,
+        }),
+    };
+    let mut inputs = vec![("test".to_string(), test)];
+    inputs.extend(models.iter().enumerate().map(|(i, (_, m))| (format!("checkpoint.{i:04}"), m.clone())));
+    let names: Vec<&String> = models.iter().map(|(n, _)| n).collect();
+    let params = json!({"round": round, "net": net, "attack": method, "batch_size": a.batch_size, "models": names});
+    (id.to_string(), ATTACK, params, inputs)
 }
 
 /// How x moves during synthesis, as stage parameters.

@@ -20,6 +20,9 @@ pub struct Spec {
     pub synthesize: SynthesizeSection,
     #[serde(default)]
     pub evaluate: EvaluateSection,
+    /// Adversarial attack of every round's classifier; absent: no attack stages.
+    #[serde(default)]
+    pub attack: Option<AttackSection>,
     /// A matrix of settings to run (see [`crate::sweep`]); absent for a single pipeline.
     #[serde(default)]
     pub sweep: Option<toml::Table>,
@@ -118,6 +121,11 @@ pub struct DataSection {
     /// Image folders and Parquet images: 1 (grey) or 3 (RGB) channels, converting as needed.
     #[serde(default = "d_one")]
     pub channels: usize,
+    /// Seed of the validation split and of the `train_size` draw. Separate from
+    /// `pipeline.seed`, so that a sweep over seeds trains every seed on the same examples
+    /// and loads the data once.
+    #[serde(default)]
+    pub seed: u64,
 }
 fn d_one() -> usize {
     1
@@ -302,6 +310,121 @@ impl Default for EvaluateSection {
     }
 }
 
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackMethod {
+    /// One signed-gradient step of size eps.
+    Fgsm,
+    /// `steps` signed-gradient steps of `step_size`, projected onto the eps-ball.
+    Pgd,
+}
+
+/// The pixel range in which `eps` (and `clip`) are measured. The models see [-1, 1], so
+/// eps in [0, 1] units is doubled; the papers quote both conventions.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "EpsUnitRepr")]
+pub enum EpsUnit {
+    #[serde(rename = "[-1,1]")]
+    MinusOneToOne,
+    #[serde(rename = "[0,1]")]
+    ZeroToOne,
+}
+
+/// `"[-1,1]"` as a string, or `[-1, 1]` as an array (which is what `--set
+/// attack.eps_unit=[0,1]` parses to).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EpsUnitRepr {
+    Name(String),
+    Range([f64; 2]),
+}
+
+impl TryFrom<EpsUnitRepr> for EpsUnit {
+    type Error = String;
+    fn try_from(r: EpsUnitRepr) -> std::result::Result<Self, String> {
+        let range = match &r {
+            EpsUnitRepr::Name(n) => match n.replace(' ', "").as_str() {
+                "[-1,1]" => Some([-1.0, 1.0]),
+                "[0,1]" => Some([0.0, 1.0]),
+                _ => None,
+            },
+            EpsUnitRepr::Range(r) => Some(*r),
+        };
+        match range {
+            Some([lo, hi]) if lo == -1.0 && hi == 1.0 => Ok(EpsUnit::MinusOneToOne),
+            Some([lo, hi]) if lo == 0.0 && hi == 1.0 => Ok(EpsUnit::ZeroToOne),
+            _ => Err("expected \"[-1,1]\" or \"[0,1]\" (the pixel range eps is measured in)".into()),
+        }
+    }
+}
+
+impl EpsUnit {
+    /// Factor from this unit to the models' [-1, 1].
+    pub fn scale(self) -> f64 {
+        match self {
+            EpsUnit::MinusOneToOne => 1.0,
+            EpsUnit::ZeroToOne => 2.0,
+        }
+    }
+    /// A pixel value of this unit in the models' [-1, 1].
+    pub fn to_model(self, v: f64) -> f64 {
+        match self {
+            EpsUnit::MinusOneToOne => v,
+            EpsUnit::ZeroToOne => 2.0 * v - 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AttackSection {
+    #[serde(default = "d_fgsm")]
+    pub method: AttackMethod,
+    /// L-infinity radius, in `eps_unit`.
+    pub eps: f64,
+    /// `"[-1,1]"` or `"[0,1]"`: required, because the papers' eps values are quoted in both.
+    pub eps_unit: EpsUnit,
+    /// Valid pixel range [lo, hi] in `eps_unit`; the whole range by default.
+    #[serde(default)]
+    pub clip: Option<[f64; 2]>,
+    /// PGD steps.
+    #[serde(default = "d_pgd_steps")]
+    pub steps: u32,
+    /// PGD step size in `eps_unit`; eps / 4 by default.
+    #[serde(default)]
+    pub step_size: Option<f64>,
+    /// PGD: start from a uniform point of the eps-ball.
+    #[serde(default = "d_true")]
+    pub random_start: bool,
+    #[serde(default = "d_attack_batch")]
+    pub batch_size: usize,
+    /// Sweeps: two case names whose classifiers are attacked two-way (each attacked, the
+    /// other tested on its adversarial examples).
+    #[serde(default)]
+    pub compare: Vec<String>,
+    /// Which classifier of each case the two-way comparison uses: `last` (after every
+    /// round, as the papers compare trained models) or `selected` (best on validation).
+    #[serde(default)]
+    pub classifier: AttackClassifier,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttackClassifier {
+    #[default]
+    Last,
+    Selected,
+}
+fn d_fgsm() -> AttackMethod {
+    AttackMethod::Fgsm
+}
+fn d_pgd_steps() -> u32 {
+    10
+}
+fn d_attack_batch() -> usize {
+    200
+}
+
 /// A pipeline file, parsed, overridden and validated.
 /// Image shape and class count of a pipeline's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -465,6 +588,23 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     need(s.batch_size >= 1, "synthesize.batch_size", "at least 1");
     need(spec.evaluate.batch_size >= 1, "evaluate.batch_size", "at least 1");
     need(spec.data.validation_size >= 1, "data.validation_size", "at least 1 validation example");
+    if let Some(a) = &spec.attack {
+        let full = match a.eps_unit {
+            EpsUnit::MinusOneToOne => 2.0,
+            EpsUnit::ZeroToOne => 1.0,
+        };
+        need(a.eps > 0.0 && a.eps < full, "attack.eps", &format!("a radius in (0, {full}) in the units of eps_unit"));
+        need(a.steps >= 1, "attack.steps", "at least 1 step");
+        need(a.step_size.is_none_or(|s| s > 0.0 && s.is_finite()), "attack.step_size", "a positive step");
+        need(a.batch_size >= 1, "attack.batch_size", "at least 1");
+        let range = match a.eps_unit {
+            EpsUnit::MinusOneToOne => -1.0..=1.0,
+            EpsUnit::ZeroToOne => 0.0..=1.0,
+        };
+        need(a.clip.is_none_or(|[lo, hi]| lo < hi && range.contains(&lo) && range.contains(&hi)), "attack.clip", "[lo, hi] with lo < hi inside the range of eps_unit");
+        need(spec.pipeline.variant == Variant::Softmax, "attack", "pipeline.variant = \"softmax\" (the attack follows the gradient of the softmax cross-entropy)");
+        need(a.compare.is_empty() || a.compare.len() == 2, "attack.compare", "two case names of the [sweep], e.g. [\"baseline\", \"icn\"]");
+    }
     if problems.is_empty() {
         Ok(())
     } else {

@@ -117,7 +117,7 @@ impl Store {
         let bytes = fs::read(&path).with_context(|| format!("object {digest} is missing from the store ({})", path.display()))?;
         let actual = digest_bytes(&bytes);
         if actual != digest {
-            bail!("object {digest} is corrupt: its bytes hash to {actual} ({}); run `pipe verify`", path.display());
+            bail!("object {digest} is corrupt: its bytes hash to {actual} ({}); run `pipe verify` to list every damaged object, `pipe verify --repair` to have the stages that made them rerun", path.display());
         }
         Ok(bytes)
     }
@@ -132,7 +132,7 @@ impl Store {
         let dir = path.parent().context("path has no parent")?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{}.tmp", std::process::id(), n));
+        let tmp = self.tmp_dir().join(format!("{}-{}.tmp", std::process::id(), n));
         {
             let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
@@ -143,7 +143,43 @@ impl Store {
         Ok(())
     }
 
-    fn manifest_path(&self, key: &str) -> PathBuf {
+    /// Staging area of atomic writes; anything left in it is debris of a killed writer.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Every stored object's name, including names that no longer match their bytes.
+    pub fn objects(&self) -> Result<Vec<Digest>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("objects");
+        for fan in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let fan = fan?;
+            let prefix = fan.file_name().to_string_lossy().to_string();
+            // object_path splits a name after two characters; anything else is not an object
+            if prefix.len() != 2 || !fan.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(fan.path()).with_context(|| format!("listing {}", fan.path().display()))? {
+                out.push(format!("{prefix}{}", entry?.file_name().to_string_lossy()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes objects. A manifest naming one of them must be removed (durably) first, or
+    /// the store would hold a committed stage whose outputs are gone.
+    pub fn remove_objects(&self, digests: &[Digest]) -> Result<()> {
+        for d in digests {
+            let path = self.object_path(d);
+            remove_file_if_present(&path)?;
+            // an emptied fan-out directory is clutter; a non-empty one refuses, which is fine
+            let _ = fs::remove_dir(path.parent().expect("objects live in a fan-out directory"));
+        }
+        Ok(())
+    }
+
+    pub fn manifest_path(&self, key: &str) -> PathBuf {
         self.root.join("stages").join(format!("{key}.json"))
     }
 
@@ -162,6 +198,25 @@ impl Store {
     /// All committed stage keys.
     pub fn stage_keys(&self) -> Result<Vec<String>> {
         list_json_stems(&self.root.join("stages"))
+    }
+
+    /// Uncommits stages; durable on return, so that their objects may be removed after.
+    pub fn remove_manifests(&self, keys: &[String]) -> Result<()> {
+        for k in keys {
+            remove_file_if_present(&self.manifest_path(k))?;
+        }
+        sync_dir(&self.root.join("stages"))
+    }
+
+    /// Keys of stages that left resumption checkpoints.
+    pub fn partial_keys(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("partial");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            out.push(entry?.file_name().to_string_lossy().to_string());
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Where a running stage keeps its resumption checkpoints.
@@ -188,19 +243,43 @@ impl Store {
         Ok(ids)
     }
 
+    /// Removes run records, durably: they are the roots that keep stages alive.
+    pub fn remove_runs(&self, ids: &[String]) -> Result<()> {
+        for id in ids {
+            remove_file_if_present(&self.run_path(id))?;
+        }
+        sync_dir(&self.root.join("runs"))
+    }
+
     /// Takes the store's writer lock for the life of the returned file: two `pipe run`s on
     /// one store would otherwise race on the same partial checkpoints.
     pub fn lock(&self) -> Result<File> {
+        match self.try_lock()? {
+            Some(f) => Ok(f),
+            None => bail!(crate::UserError(format!("the store {} is in use by another `pipe run` (or `pipe gc`, `pipe verify --repair`); wait for it or use another --store", self.root.display()))),
+        }
+    }
+
+    /// The writer lock, or None while another process holds it.
+    pub fn try_lock(&self) -> Result<Option<File>> {
         let path = self.root.join("lock");
         let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         use std::os::unix::io::AsRawFd;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            bail!(crate::UserError(format!("the store {} is in use by another `pipe run`; wait for it or use another --store", self.root.display())));
-        }
-        Ok(f)
+        Ok((rc == 0).then_some(f))
     }
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
 fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {

@@ -2,6 +2,11 @@
 //! as a tidy table (round, split, class, metric, value, count); class -1 is all classes.
 //! A softmax net predicts its top logit; a binary net "positive" when f(x) > 0 (classes 0
 //! = rest, 1 = positive); one-vs-all predicts argmax_k f_k(x) over its K binary nets.
+//!
+//! For lineage, it also scores every pseudo-negative the round's classifier was trained
+//! with (`pseudo_negatives.parquet`): its logit and probability for the class it was made
+//! for, and whether it still fools the classifier. This runs here, not in `train`, so
+//! training pays nothing for it.
 
 use super::{read_set, NetParams};
 use crate::executor::StageIo;
@@ -77,5 +82,53 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         ("count", Column::U64(rows.3)),
     ])?;
     io.write("metrics.parquet", &table)?;
-    Ok(())
+    score_pseudo_negatives(io, &p, &nets, device)
+}
+
+/// Rows of the pseudo-negative table: inputs `pseudo_negatives.RRRR` (scored by the one
+/// net) or `pseudo_negatives.cKKKK.RRRR` (scored by one-vs-all net K).
+fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::nn::Classifier>], device: &Device) -> Result<()> {
+    let names = io.input_names("pseudo_negatives.");
+    if names.is_empty() {
+        return Ok(());
+    }
+    // (made in round, sample id, class, net, logit, probability, fools)
+    let mut rows: Vec<(u32, u32, u32, u32, f32, f32, bool)> = Vec::new();
+    for name in &names {
+        let parts: Vec<&str> = name.trim_start_matches("pseudo_negatives.").split('.').collect();
+        let (net, made_in) = match parts.as_slice() {
+            [r] => (0, r.parse::<u32>()?),
+            [c, r] => (c.trim_start_matches('c').parse::<usize>()?, r.parse::<u32>()?),
+            _ => anyhow::bail!("unexpected input {name}"),
+        };
+        let pn = stages::codec::decode_pseudo_negatives(&io.read(name)?)?;
+        let f = logits(nets[net].as_ref(), &pn.images, p.net.shape(), p.batch_size, device)?;
+        for (i, (row, &class)) in f.iter().zip(&pn.classes).enumerate() {
+            // a one-logit net scores "positive" by its only logit; a softmax net by logit k
+            let (logit, prob, fools) = if row.len() == 1 {
+                (row[0], 1.0 / (1.0 + (-row[0]).exp()), row[0] > 0.0)
+            } else {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
+                (row[class as usize], (row[class as usize] - max).exp() / z, stages::synthesize::argmax(row) == class as usize)
+            };
+            rows.push((made_in, i as u32, class, net as u32, logit, prob, fools));
+        }
+    }
+    let n = rows.len();
+    let fooling = rows.iter().filter(|r| r.6).count();
+    io.summary("pseudo_negatives_fooling", json!(fooling as f64 / n.max(1) as f64));
+    io.write(
+        "pseudo_negatives.parquet",
+        &to_parquet(vec![
+            ("round", Column::U32(vec![p.round; n])),
+            ("made_in_round", Column::U32(rows.iter().map(|r| r.0).collect())),
+            ("sample_id", Column::U32(rows.iter().map(|r| r.1).collect())),
+            ("class", Column::U32(rows.iter().map(|r| r.2).collect())),
+            ("net", Column::U32(rows.iter().map(|r| r.3).collect())),
+            ("logit", Column::F32(rows.iter().map(|r| r.4).collect())),
+            ("prob", Column::F32(rows.iter().map(|r| r.5).collect())),
+            ("fools", Column::Bool(rows.iter().map(|r| r.6).collect())),
+        ])?,
+    )
 }

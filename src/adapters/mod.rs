@@ -1,6 +1,7 @@
 //! Stage adapters: the thin layer between the engine (which sees bytes and parameters) and
 //! the ML library (which sees tensors). One file per stage kind.
 
+mod attack;
 mod evaluate;
 mod load;
 mod synthesize;
@@ -49,6 +50,7 @@ impl Runner for Adapters {
             "train" => train::run(io, &self.device),
             "synthesize" => synthesize::run(io, &self.device),
             "evaluate" => evaluate::run(io, &self.device),
+            "attack" => attack::run(io, &self.device),
             other => bail!("no adapter for stage kind `{other}`"),
         }
     }

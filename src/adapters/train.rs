@@ -77,6 +77,9 @@ struct EpochRow {
 struct Progress {
     epochs_done: u32,
     log: Vec<EpochRow>,
+    /// Batch draws of each pseudo-negative so far, in input order.
+    #[serde(default)]
+    draws: Vec<u32>,
 }
 
 const PARTIAL: &str = "checkpoint.safetensors";
@@ -103,6 +106,8 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
 
     let (real_x, real_y) = read_set(io, "train")?;
     let (mut neg_x, mut neg_y, mut neg_w) = (Vec::new(), Vec::new(), Vec::new());
+    // (round made, sample id) of each pseudo-negative, for the draws table
+    let mut neg_id: Vec<(u32, u32)> = Vec::new();
     let decay = match p.sampling {
         Some(Sampling::Balanced { decay }) => Some(decay),
         Some(Sampling::Union) | None => None,
@@ -112,6 +117,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         let made_in: u32 = name.trim_start_matches("pseudo_negatives.").parse().with_context(|| format!("round of input {name}"))?;
         let weight = decay.map_or(1.0, |d| d.powi(p.round.saturating_sub(made_in) as i32));
         neg_w.extend(std::iter::repeat_n(weight, pn.classes.len()));
+        neg_id.extend((0..pn.classes.len() as u32).map(|i| (made_in, i)));
         neg_x.extend(pn.images);
         neg_y.extend(pn.classes);
     }
@@ -123,9 +129,10 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         neg_y: &neg_y,
         neg_weights: decay.map(|_| neg_w.as_slice()),
         augment_pad: p.augment_pad,
+        count_draws: true,
     };
 
-    let mut progress = Progress { epochs_done: 0, log: Vec::new() };
+    let mut progress = Progress { epochs_done: 0, log: Vec::new(), draws: vec![0; neg_y.len()] };
     if let Some(bytes) = io.read_partial(PARTIAL)? {
         let saved = checkpoint::decode(&bytes, device).context("reading the resumption checkpoint")?;
         net.load_tensors(&saved.model)?;
@@ -146,6 +153,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         pb.finish_and_clear();
         progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate() });
         progress.epochs_done = epoch + 1;
+        progress.draws.iter_mut().zip(&stats.neg_draws).for_each(|(total, d)| *total += d);
         let bytes = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
         io.write_partial(PARTIAL, &bytes)?;
     }
@@ -162,6 +170,15 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         ("lr", Column::F64(log.iter().map(|r| r.lr).collect())),
     ])?;
     io.write("train_log.parquet", &table)?;
+    if !neg_id.is_empty() {
+        let draws = to_parquet(vec![
+            ("round", Column::U32(vec![p.round; neg_id.len()])),
+            ("made_in_round", Column::U32(neg_id.iter().map(|r| r.0).collect())),
+            ("sample_id", Column::U32(neg_id.iter().map(|r| r.1).collect())),
+            ("draws", Column::U32(progress.draws.clone())),
+        ])?;
+        io.write("draws.parquet", &draws)?;
+    }
     let last = log.last().context("no epoch ran")?;
     io.summary("real", json!(real_y.len()));
     io.summary("pseudo_negatives", json!(neg_y.len()));

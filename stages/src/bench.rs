@@ -65,8 +65,16 @@ fn images(n: usize, d: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
 }
 
 fn train_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, usize, usize), batch: usize, steps: usize, fwd_flops: f64) -> Workload {
+    train_with_negatives(name, net, shape, batch, steps, fwd_flops, 0, false)
+}
+
+/// Training on `batch * steps` images of which `negatives` are pseudo-negatives, with or
+/// without counting draws for lineage (the pair measures what the counting costs).
+#[allow(clippy::too_many_arguments)]
+fn train_with_negatives(name: &'static str, net: Box<dyn Classifier>, shape: (usize, usize, usize), batch: usize, steps: usize, fwd_flops: f64, negatives: usize, count_draws: bool) -> Workload {
     let d = shape.0 * shape.1 * shape.2;
-    let (x, y) = images(batch * steps, d, 3);
+    let (x, y) = images(batch * steps - negatives, d, 3);
+    let (nx, ny) = images(negatives, d, 6);
     let mut opt = SgdMomentum::new(0.01, 0.9);
     let mut rng = Rng::new(4);
     Workload {
@@ -76,9 +84,9 @@ fn train_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, u
         // forward, input gradient and weight gradient: about three forwards
         flops_per_item: 3.0 * fwd_flops,
         run: Box::new(move || {
-            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0 };
-            train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.0 }, &mut rng, &Device::Cpu, &mut |_| {})?;
-            Ok(x.len() / d)
+            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws };
+            train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.5 }, &mut rng, &Device::Cpu, &mut |_| {})?;
+            Ok(y.len() + ny.len())
         }),
     }
 }
@@ -89,6 +97,12 @@ pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
     let cnn4_flops = cnn4()?.config.forward_flops();
     if keep("cnn4_train") {
         out.push(train_workload("cnn4_train", Box::new(cnn4()?), (1, 28, 28), 64, 4, cnn4_flops));
+    }
+    // a quarter of each epoch pseudo-negatives, as in a late round; counted or not
+    for (name, count) in [("cnn4_train_pn", false), ("cnn4_train_pn_lineage", true)] {
+        if keep(name) {
+            out.push(train_with_negatives(name, Box::new(cnn4()?), (1, 28, 28), 64, 8, cnn4_flops, 128, count));
+        }
     }
     if keep("cnn4_synthesis") {
         let net = cnn4()?;

@@ -12,6 +12,7 @@ pub mod evaluate;
 pub mod loss;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod synthesize;
 pub mod train;

@@ -24,6 +24,8 @@ pub struct TrainSet<'a> {
     /// CIFAR augmentation of real samples (pad by this much, random crop, random flip);
     /// 0 for none. Pseudo-negatives are used as synthesized.
     pub augment_pad: usize,
+    /// Count how often each pseudo-negative is drawn ([`EpochStats::neg_draws`]).
+    pub count_draws: bool,
 }
 
 impl TrainSet<'_> {
@@ -85,6 +87,9 @@ pub struct EpochStats {
     /// Share of pseudo-negatives still classified as their class, on the fly.
     pub negatives_fooling: f64,
     pub batches: usize,
+    /// Times each pseudo-negative was drawn into a batch this epoch (lineage: which
+    /// samples shaped the weights, and how much).
+    pub neg_draws: Vec<u32>,
 }
 
 /// One pass over `set` in an order drawn from `rng`; `on_batch` gets the samples done.
@@ -102,7 +107,8 @@ pub fn train_epoch(
     let batches = batch_indices(set, batch_size.max(1), rng);
     let vars = model.vars();
     let (c, h, w) = set.shape;
-    let mut stats = EpochStats::default();
+    let mut stats = EpochStats { neg_draws: vec![0; if set.count_draws { set.neg_y.len() } else { 0 }], ..EpochStats::default() };
+    let n_real = set.real_y.len();
     let (mut real_wrong, mut real_seen, mut neg_fool, mut neg_seen) = (0usize, 0usize, 0usize, 0usize);
     for batch in &batches {
         let mut xs = Vec::with_capacity(batch.len() * set.dim());
@@ -117,6 +123,9 @@ pub fn train_epoch(
             }
             ys.push(y);
             negs.push(if neg { 1f32 } else { 0.0 });
+            if neg && set.count_draws {
+                stats.neg_draws[i - n_real] += 1;
+            }
         }
         let x = Tensor::from_vec(xs, (batch.len(), c, h, w), device)?;
         let logits = model.forward(&x)?;
@@ -155,7 +164,7 @@ mod tests {
         let ny = vec![1u32; 4];
         // pseudo-negatives of rounds 1, 1, 2, 3 seen from round 3: weights 0.25, 0.25, 0.5, 1
         let w = [0.25, 0.25, 0.5, 1.0];
-        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w), augment_pad: 0 };
+        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w), augment_pad: 0, count_draws: true };
         let mut rng = Rng::new(1);
         let mut counts = [0usize; 4];
         let mut reals = Vec::new();
@@ -182,6 +191,25 @@ mod tests {
         assert_eq!(all, (0..44).collect::<Vec<_>>());
     }
 
+    #[test]
+    fn draws_count_every_pseudo_negative_in_a_batch() -> Result<()> {
+        let dev = Device::Cpu;
+        let (xs, ys) = (Rng::new(3).uniform_vec(20 * 784, -1.0, 1.0), (0..20).map(|i| i % 10).collect::<Vec<u32>>());
+        let (nx, ny) = (Rng::new(4).uniform_vec(6 * 784, -1.0, 1.0), vec![0u32, 1, 2, 3, 4, 5]);
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(1), &dev)?;
+        let mut opt = SgdMomentum::new(0.01, 0.9);
+        let union = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws: true };
+        let s = train_epoch(&net, &mut opt, &union, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut |_| {})?;
+        assert_eq!(s.neg_draws, vec![1; 6], "the union shows each sample once per epoch");
+        // balanced: half of each batch, by weight; the last sample has no weight
+        let w = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+        let balanced = TrainSet { neg_weights: Some(&w), ..union };
+        let s = train_epoch(&net, &mut opt, &balanced, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut |_| {})?;
+        assert_eq!(s.neg_draws.iter().sum::<u32>(), 20, "as many draws as real samples");
+        assert_eq!(s.neg_draws[5], 0);
+        Ok(())
+    }
+
     /// Two separable synthetic classes (bright left half vs bright right half) are learned.
     #[test]
     fn learns_a_separable_problem_and_is_deterministic() -> Result<()> {
@@ -203,7 +231,7 @@ mod tests {
         let run = || -> Result<(Vec<EpochStats>, Vec<f32>)> {
             let net = Cnn4::new(Cnn4Config::mnist(2, 0.125, 0.2), &mut Rng::new(1), &dev)?;
             let mut opt = SgdMomentum::new(0.05, 0.9);
-            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0 };
+            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0, count_draws: true };
             let mut rng = Rng::new(2);
             let stats = (0..4)
                 .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut |_| {}))
@@ -211,6 +239,7 @@ mod tests {
             Ok((stats, net.named_tensors()[0].1.flatten_all()?.to_vec1::<f32>()?))
         };
         let (stats, w1) = run()?;
+        assert!(stats.iter().all(|s| s.neg_draws.is_empty()));
         assert!(stats.last().unwrap().real_error < 0.05, "{stats:?}");
         assert!(stats.last().unwrap().loss < stats[0].loss, "{stats:?}");
         let (_, w2) = run()?;

@@ -1,0 +1,611 @@
+//! Store care: `pipe gc` frees what no run record needs any more, `pipe verify` proves that
+//! what the store keeps is still what was written.
+//!
+//! The roots of the store are its run records. A record names the stages it ran or reused;
+//! their manifests name the objects they read and wrote. Everything else under `objects/`
+//! and `stages/` can only have come from runs whose records are gone, and `tmp/` holds
+//! debris of killed writers. `partial/` is the resumption state of an interrupted run, so gc
+//! keeps it unless asked.
+//!
+//! gc deletes roots first, then manifests (each batch durable before the next), then
+//! objects: a crash at any point leaves garbage for the next gc, never a committed stage
+//! whose outputs are gone.
+
+use crate::executor::{Manifest, RunRecord};
+use crate::store::{digest_file, Digest, Store};
+use crate::UserError;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+
+pub struct GcOptions {
+    pub keep_last: Option<usize>,
+    pub dry_run: bool,
+    pub partials: bool,
+    pub json: bool,
+}
+
+/// How many things, and their size on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Tally {
+    pub count: usize,
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct GcReport {
+    pub store: String,
+    pub dry_run: bool,
+    pub kept_runs: Vec<String>,
+    pub runs: Tally,
+    pub manifests: Tally,
+    pub objects: Tally,
+    pub tmp: Tally,
+    /// Resumption checkpoints found; freed only when `partials_removed`.
+    pub partials: Tally,
+    pub partials_removed: bool,
+    /// What is (or, in a dry run, would be) freed, in bytes.
+    pub freed_bytes: u64,
+    pub removed_runs: Vec<String>,
+    pub removed_manifests: Vec<String>,
+    pub removed_objects: Vec<Digest>,
+    pub removed_partials: Vec<String>,
+}
+
+/// `pipe gc`.
+pub fn gc(root: &Path, opts: &GcOptions) -> Result<()> {
+    if opts.keep_last == Some(0) {
+        bail!(UserError("--keep-last 0 would delete every run and everything they made; to empty the store, remove its directory".into()));
+    }
+    let store = Store::open_existing(root)?;
+    // even a dry run: its numbers are only true if no run is adding to the store meanwhile
+    let _lock = lock(&store, "gc")?;
+    let report = collect(&store, opts)?;
+    if !opts.dry_run {
+        apply(&store, &report)?;
+    }
+    if opts.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_gc(&report);
+    }
+    Ok(())
+}
+
+fn lock(store: &Store, what: &str) -> Result<fs::File> {
+    // exit 1, not 2: nothing the user typed is wrong, the store is busy
+    store.try_lock()?.ok_or_else(|| anyhow!("the store {} is locked by a running `pipe run`; {what} deletes nothing under a running pipeline: try again once it ends", store.root().display()))
+}
+
+/// What gc would remove; nothing is touched.
+pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let ids = store.run_ids()?;
+    let split = opts.keep_last.map_or(0, |n| ids.len().saturating_sub(n));
+    let (old, kept) = ids.split_at(split);
+
+    let mut live_keys = BTreeSet::new();
+    let mut live_objects = BTreeSet::new();
+    for id in kept {
+        // a root that cannot be read could protect anything: deleting on a guess loses data
+        let record: RunRecord = match store.run(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => bail!("{e:#}: gc cannot tell what run {id} needs; fix or remove {} first", store.run_path(id).display()),
+        };
+        for s in record.stages {
+            live_objects.extend(s.outputs.into_values().map(|o| o.digest));
+            live_keys.insert(s.key);
+        }
+    }
+    for key in &live_keys {
+        let manifest: Manifest = match store.manifest(key) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => bail!("{e:#}: gc cannot tell what stage {key} needs; `pipe verify --repair` uncommits it"),
+        };
+        // inputs too: a kept stage's provenance must stay readable, and a key that names a
+        // raw file's digest simply has no object to keep
+        live_objects.extend(manifest.inputs.into_values());
+        live_objects.extend(manifest.outputs.into_values().map(|o| o.digest));
+    }
+
+    let mut r = GcReport {
+        store: store.root().display().to_string(),
+        dry_run: opts.dry_run,
+        kept_runs: kept.to_vec(),
+        runs: Tally::default(),
+        manifests: Tally::default(),
+        objects: Tally::default(),
+        tmp: Tally::default(),
+        partials: Tally::default(),
+        partials_removed: opts.partials,
+        freed_bytes: 0,
+        removed_runs: Vec::new(),
+        removed_manifests: Vec::new(),
+        removed_objects: Vec::new(),
+        removed_partials: Vec::new(),
+    };
+    for id in old {
+        r.runs.add(size(&store.run_path(id)));
+        r.removed_runs.push(id.clone());
+    }
+    let mut keys = store.stage_keys()?;
+    keys.sort();
+    for key in keys.into_iter().filter(|k| !live_keys.contains(k)) {
+        r.manifests.add(size(&store.manifest_path(&key)));
+        r.removed_manifests.push(key);
+    }
+    for d in store.objects()?.into_iter().filter(|d| !live_objects.contains(d)) {
+        r.objects.add(size(&store.object_path(&d)));
+        r.removed_objects.push(d);
+    }
+    for entry in fs::read_dir(store.tmp_dir()).with_context(|| format!("listing {}", store.tmp_dir().display()))? {
+        r.tmp.add(size(&entry?.path()));
+    }
+    for key in store.partial_keys()? {
+        r.partials.add(size(&store.partial_dir(&key)));
+        if opts.partials {
+            r.removed_partials.push(key);
+        }
+    }
+    r.freed_bytes = r.runs.bytes + r.manifests.bytes + r.objects.bytes + r.tmp.bytes + if opts.partials { r.partials.bytes } else { 0 };
+    Ok(r)
+}
+
+/// Removes what `collect` found, roots first and objects last.
+pub fn apply(store: &Store, r: &GcReport) -> Result<()> {
+    store.remove_runs(&r.removed_runs)?;
+    store.remove_manifests(&r.removed_manifests)?;
+    store.remove_objects(&r.removed_objects)?;
+    for entry in fs::read_dir(store.tmp_dir()).with_context(|| format!("listing {}", store.tmp_dir().display()))? {
+        remove_any(&entry?.path())?;
+    }
+    for key in &r.removed_partials {
+        remove_any(&store.partial_dir(key))?;
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let res = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    match res {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of a file or of a directory tree; 0 for what vanished meanwhile.
+fn size(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| size(&e.path())).sum()).unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_gc(r: &GcReport) {
+    let verb = if r.dry_run { "would free" } else { "freed" };
+    let total_runs = r.kept_runs.len() + r.runs.count;
+    println!("gc of {}: keeping {} of {total_runs} run records{}", r.store, r.kept_runs.len(), if r.dry_run { " (dry run: nothing is deleted)" } else { "" });
+    let line = |what: &str, t: &Tally| println!("  {what:<12} {:>6}  {:>10}  ({} bytes)", t.count, human_bytes(t.bytes), t.bytes);
+    line("run records", &r.runs);
+    line("manifests", &r.manifests);
+    line("objects", &r.objects);
+    line("tmp files", &r.tmp);
+    if r.partials_removed {
+        line("partials", &r.partials);
+    }
+    println!("{verb} {} ({} bytes)", human_bytes(r.freed_bytes), r.freed_bytes);
+    if !r.partials_removed && r.partials.count > 0 {
+        println!("kept {} partial checkpoint dirs ({}, {} bytes): an interrupted run resumes from them; --partials deletes them", r.partials.count, human_bytes(r.partials.bytes), r.partials.bytes);
+    }
+}
+
+/// A manifest output that names an object.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Referrer {
+    pub key: String,
+    pub stage: String,
+    pub output: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BadObject {
+    pub digest: Digest,
+    pub path: String,
+    /// Why it is bad: what its bytes hash to, or why they could not be read.
+    pub reason: String,
+    pub referenced_by: Vec<Referrer>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BadFile {
+    pub name: String,
+    pub path: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub store: String,
+    pub objects: usize,
+    pub manifests: usize,
+    pub runs: usize,
+    pub corrupt: Vec<BadObject>,
+    pub missing: Vec<BadObject>,
+    pub bad_manifests: Vec<BadFile>,
+    pub bad_runs: Vec<BadFile>,
+    /// With --repair: stages uncommitted (they rerun on the next `pipe run`) and corrupt
+    /// objects removed.
+    pub uncommitted: Vec<String>,
+    pub removed_objects: Vec<Digest>,
+    pub intact: bool,
+}
+
+impl VerifyReport {
+    /// Problems `--repair` cannot fix: run records are history, not recomputable.
+    fn unrepairable(&self) -> bool {
+        !self.bad_runs.is_empty()
+    }
+}
+
+/// `pipe verify`.
+pub fn verify(root: &Path, repair: bool, json: bool) -> Result<()> {
+    let store = Store::open_existing(root)?;
+    // without --repair it only reads: objects are immutable and written atomically, so it
+    // may run beside a `pipe run`
+    let _lock = if repair { Some(lock(&store, "verify --repair")?) } else { None };
+    let mut report = check(&store)?;
+    if repair && !report.intact {
+        repair_store(&store, &mut report)?;
+    }
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_verify(&report);
+    }
+    if report.intact {
+        return Ok(());
+    }
+    let what = format!(
+        "{} corrupt objects, {} missing objects, {} unreadable manifests, {} unreadable run records",
+        report.corrupt.len(),
+        report.missing.len(),
+        report.bad_manifests.len(),
+        report.bad_runs.len()
+    );
+    if !repair {
+        bail!("the store {} is damaged: {what}; `pipe verify --repair` uncommits the stages concerned so that the next `pipe run` remakes them", store.root().display());
+    }
+    if report.unrepairable() {
+        bail!("the store {} was damaged ({what}); stages were repaired, but run records that do not parse must be fixed or removed by hand", store.root().display());
+    }
+    Ok(())
+}
+
+/// Rehashes every object and checks every manifest and run record; changes nothing.
+pub fn check(store: &Store) -> Result<VerifyReport> {
+    let names = store.objects()?;
+    let total: u64 = names.iter().map(|d| size(&store.object_path(d))).sum();
+    let bar = if names.len() >= 100 || total >= 1 << 28 { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("verify  {msg:<12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+    bar.set_message(format!("{} objects", names.len()));
+    // digest -> None when intact, Some(reason) when not; an object that vanished while we
+    // looked (a concurrent gc) is simply not in the store
+    let hashed: BTreeMap<Digest, Option<String>> = names
+        .par_iter()
+        .filter_map(|d| {
+            let path = store.object_path(d);
+            let res = digest_file(&path);
+            bar.inc(size(&path));
+            match res {
+                Ok(actual) if actual == *d => Some((d.clone(), None)),
+                Ok(actual) => Some((d.clone(), Some(format!("its bytes hash to {actual}")))),
+                Err(_) if !path.exists() => None,
+                Err(e) => Some((d.clone(), Some(format!("unreadable: {e:#}")))),
+            }
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    let mut corrupt: BTreeMap<Digest, BadObject> = BTreeMap::new();
+    let mut missing: BTreeMap<Digest, BadObject> = BTreeMap::new();
+    for (d, reason) in &hashed {
+        if let Some(reason) = reason {
+            corrupt.insert(d.clone(), bad_object(store, d, reason.clone()));
+        }
+    }
+    let mut keys = store.stage_keys()?;
+    keys.sort();
+    let mut bad_manifests = Vec::new();
+    for key in &keys {
+        let m: Manifest = match store.manifest(key) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(e) => {
+                bad_manifests.push(BadFile { name: key.clone(), path: store.manifest_path(key).display().to_string(), error: format!("{e:#}") });
+                continue;
+            }
+        };
+        for (output, o) in &m.outputs {
+            let referrer = Referrer { key: key.clone(), stage: m.stage.clone(), output: output.clone() };
+            let state = match hashed.get(&o.digest) {
+                Some(state) => Some(state.clone()),
+                // committed after the listing (a run beside us): check it now
+                None if store.object_path(&o.digest).exists() => Some(store.read(&o.digest).err().map(|e| format!("{e:#}"))),
+                None => None,
+            };
+            match state {
+                Some(None) => {}
+                Some(Some(reason)) => corrupt.entry(o.digest.clone()).or_insert_with(|| bad_object(store, &o.digest, reason)).referenced_by.push(referrer),
+                None => missing.entry(o.digest.clone()).or_insert_with(|| bad_object(store, &o.digest, "absent".into())).referenced_by.push(referrer),
+            }
+        }
+    }
+    let runs = store.run_ids()?;
+    let bad_runs: Vec<BadFile> =
+        runs.iter().filter_map(|id| store.run::<RunRecord>(id).err().map(|e| BadFile { name: id.clone(), path: store.run_path(id).display().to_string(), error: format!("{e:#}") })).collect();
+    let intact = corrupt.is_empty() && missing.is_empty() && bad_manifests.is_empty() && bad_runs.is_empty();
+    Ok(VerifyReport {
+        store: store.root().display().to_string(),
+        objects: hashed.len(),
+        manifests: keys.len(),
+        runs: runs.len(),
+        corrupt: corrupt.into_values().collect(),
+        missing: missing.into_values().collect(),
+        bad_manifests,
+        bad_runs,
+        uncommitted: Vec::new(),
+        removed_objects: Vec::new(),
+        intact,
+    })
+}
+
+fn bad_object(store: &Store, digest: &str, reason: String) -> BadObject {
+    BadObject { digest: digest.to_string(), path: store.object_path(digest).display().to_string(), reason, referenced_by: Vec::new() }
+}
+
+/// Uncommits every stage that names a corrupt or missing output, or whose manifest does not
+/// parse, then removes the corrupt objects: the executor reruns an uncommitted stage, and
+/// with the same inputs it makes the same bytes again.
+fn repair_store(store: &Store, r: &mut VerifyReport) -> Result<()> {
+    let mut keys: BTreeSet<String> = r.corrupt.iter().chain(&r.missing).flat_map(|o| o.referenced_by.iter().map(|x| x.key.clone())).collect();
+    keys.extend(r.bad_manifests.iter().map(|b| b.name.clone()));
+    r.uncommitted = keys.into_iter().collect();
+    r.removed_objects = r.corrupt.iter().map(|o| o.digest.clone()).collect();
+    // manifests first: a crash in between leaves a missing object, never a committed corrupt one
+    store.remove_manifests(&r.uncommitted)?;
+    store.remove_objects(&r.removed_objects)?;
+    r.intact = !r.unrepairable();
+    Ok(())
+}
+
+fn print_verify(r: &VerifyReport) {
+    let print_objects = |title: &str, list: &[BadObject]| {
+        if list.is_empty() {
+            return;
+        }
+        println!("{title}:");
+        for o in list {
+            println!("  {}  {}  {}", o.digest, o.path, o.reason);
+            for x in &o.referenced_by {
+                println!("      output {} of {} (stage {})", x.output, x.stage, x.key);
+            }
+            if o.referenced_by.is_empty() {
+                println!("      named by no manifest");
+            }
+        }
+    };
+    print_objects("corrupt objects (bytes differ from their name)", &r.corrupt);
+    print_objects("missing objects (named by a manifest, absent)", &r.missing);
+    for (title, list) in [("manifests that do not parse", &r.bad_manifests), ("run records that do not parse", &r.bad_runs)] {
+        if !list.is_empty() {
+            println!("{title}:");
+            for b in list {
+                println!("  {}  {}", b.path, b.error);
+            }
+        }
+    }
+    if !r.uncommitted.is_empty() || !r.removed_objects.is_empty() {
+        println!("repaired: uncommitted {} stages (the next `pipe run` remakes them), removed {} corrupt objects", r.uncommitted.len(), r.removed_objects.len());
+    }
+    if r.corrupt.is_empty() && r.missing.is_empty() && r.bad_manifests.is_empty() && r.bad_runs.is_empty() {
+        println!("{} objects, {} manifests, {} runs: all intact", r.objects, r.manifests, r.runs);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{OutputInfo, RunStage};
+    use serde_json::json;
+
+    fn manifest(key: &str, stage: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Manifest {
+        Manifest {
+            key: key.into(),
+            stage: stage.into(),
+            kind: "k".into(),
+            version: 1,
+            params: json!({}),
+            inputs: inputs.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect(),
+            outputs: outputs.iter().map(|(n, d)| (n.to_string(), OutputInfo { digest: d.to_string(), bytes: 1 })).collect(),
+            summary: json!({}),
+            device: "cpu".into(),
+            pipe_version: "0".into(),
+            started_at: "t".into(),
+            seconds: 0.0,
+            resumed: None,
+        }
+    }
+
+    fn record(id: &str, stages: &[&Manifest]) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            pipeline: "p".into(),
+            file: "p.toml".into(),
+            overrides: vec![],
+            spec: json!({}),
+            started_at: "t".into(),
+            finished_at: None,
+            status: "ok".into(),
+            error: None,
+            device: "cpu".into(),
+            seconds: 0.0,
+            stages: stages
+                .iter()
+                .map(|m| RunStage { stage: m.stage.clone(), kind: m.kind.clone(), key: m.key.clone(), status: "ran".into(), seconds: 0.0, outputs: m.outputs.clone(), summary: json!({}) })
+                .collect(),
+            stopped_early: None,
+            selected: None,
+            pipe_version: None,
+        }
+    }
+
+    fn opts(keep_last: Option<usize>, partials: bool) -> GcOptions {
+        GcOptions { keep_last, dry_run: false, partials, json: false }
+    }
+
+    /// Two runs sharing `load`; run 2's `train` also read an object that is no stage's
+    /// output in any kept run (an input-only object), which must survive.
+    fn two_runs(store: &Store) -> Result<(Digest, Digest, Digest, Digest)> {
+        let shared = store.write(b"shared")?;
+        let only1 = store.write(b"only run 1")?;
+        let only2 = store.write(b"only run 2")?;
+        let input_only = store.write(b"read by run 2, made by run 1")?;
+        let load = manifest("kload", "load", &[("raw", &digest_bytes_of("raw file"))], &[("data", &shared)]);
+        let t1 = manifest("ktrain1", "train/0", &[("data", &shared)], &[("ckpt", &only1), ("extra", &input_only)]);
+        let t2 = manifest("ktrain2", "train/0", &[("data", &shared), ("init", &input_only)], &[("ckpt", &only2)]);
+        for m in [&load, &t1, &t2] {
+            store.commit_manifest(&m.key, m)?;
+        }
+        store.write_run("2024a", &record("2024a", &[&load, &t1]))?;
+        store.write_run("2024b", &record("2024b", &[&load, &t2]))?;
+        Ok((shared, only1, only2, input_only))
+    }
+
+    fn digest_bytes_of(s: &str) -> Digest {
+        crate::store::digest_bytes(s.as_bytes())
+    }
+
+    #[test]
+    fn keep_last_frees_what_only_old_runs_needed_and_keeps_inputs() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let (shared, only1, only2, input_only) = two_runs(&store)?;
+        fs::write(store.tmp_dir().join("123-0.tmp"), b"debris")?;
+        fs::create_dir_all(store.partial_dir("kinterrupted"))?;
+        fs::write(store.partial_dir("kinterrupted").join("epoch"), b"12345")?;
+
+        let all = collect(&store, &opts(None, false))?;
+        assert!(all.removed_objects.is_empty() && all.removed_manifests.is_empty() && all.removed_runs.is_empty(), "{all:?}");
+        assert_eq!(all.tmp, Tally { count: 1, bytes: 6 });
+
+        let r = collect(&store, &opts(Some(1), false))?;
+        assert_eq!(r.removed_runs, ["2024a"]);
+        assert_eq!(r.removed_manifests, ["ktrain1"]);
+        assert_eq!(r.removed_objects, std::slice::from_ref(&only1));
+        assert_eq!(r.partials, Tally { count: 1, bytes: 5 });
+        assert_eq!(r.freed_bytes, r.runs.bytes + r.manifests.bytes + 10 + 6);
+        apply(&store, &r)?;
+        for d in [&shared, &only2, &input_only] {
+            assert!(store.verify(d), "{d} must survive");
+        }
+        assert!(!store.object_path(&only1).exists());
+        assert_eq!(store.object_path(&only1).parent().unwrap().exists(), store.objects()?.iter().any(|d| d[..2] == only1[..2]), "no empty fan-out directory is left");
+        assert_eq!(store.run_ids()?, ["2024b"]);
+        assert!(store.manifest::<Manifest>("ktrain1")?.is_none());
+        assert_eq!(fs::read_dir(store.tmp_dir())?.count(), 0);
+        assert!(store.partial_dir("kinterrupted").is_dir(), "partials stay without --partials");
+
+        let again = collect(&store, &opts(None, true))?;
+        assert_eq!((again.objects.count, again.manifests.count, again.runs.count), (0, 0, 0));
+        assert_eq!(again.removed_partials, ["kinterrupted"]);
+        apply(&store, &again)?;
+        assert!(!store.partial_dir("kinterrupted").exists());
+        assert!(check(&store)?.intact);
+        Ok(())
+    }
+
+    #[test]
+    fn an_unreadable_root_stops_gc() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        two_runs(&store)?;
+        fs::write(store.run_path("2024b"), b"{ not json")?;
+        let err = collect(&store, &opts(None, false)).unwrap_err().to_string();
+        assert!(err.contains("2024b") && err.contains("cannot tell"), "{err}");
+        // an old record is deleted unread, so it cannot block
+        fs::write(store.run_path("2024a"), b"{ not json")?;
+        store.write_run("2024b", &record("2024b", &[]))?;
+        assert_eq!(collect(&store, &opts(Some(1), false))?.removed_runs, ["2024a"]);
+        Ok(())
+    }
+
+    #[test]
+    fn verify_names_corrupt_and_missing_objects_and_repair_uncommits_their_stages() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let (shared, only1, _, _) = two_runs(&store)?;
+        let clean = check(&store)?;
+        assert!(clean.intact);
+        assert_eq!((clean.objects, clean.manifests, clean.runs), (4, 3, 2));
+
+        fs::write(store.object_path(&shared), b"sharEd")?;
+        fs::remove_file(store.object_path(&only1))?;
+        fs::write(store.manifest_path("kbroken"), b"{")?;
+        let r = check(&store)?;
+        assert!(!r.intact);
+        assert_eq!(r.corrupt.len(), 1);
+        assert_eq!(r.corrupt[0].digest, shared);
+        assert!(r.corrupt[0].reason.contains(&digest_bytes_of("sharEd")));
+        assert_eq!(r.corrupt[0].referenced_by, [Referrer { key: "kload".into(), stage: "load".into(), output: "data".into() }]);
+        assert_eq!(r.missing.len(), 1);
+        assert_eq!(r.missing[0].digest, only1);
+        assert_eq!(r.missing[0].referenced_by[0].key, "ktrain1");
+        assert_eq!(r.bad_manifests.len(), 1);
+
+        let mut r = r;
+        repair_store(&store, &mut r)?;
+        assert!(r.intact);
+        assert_eq!(r.uncommitted, ["kbroken", "kload", "ktrain1"]);
+        let after = check(&store)?;
+        assert!(after.intact, "{after:?}");
+        assert_eq!(after.manifests, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+}

@@ -1,0 +1,293 @@
+//! What a sweep reports once its members have run: one tidy results table, the two-way
+//! adversarial comparison of two of its cases (WINN Table 3, and the ICN paper's count
+//! form), and a plot of test error against a swept size.
+
+use crate::adapters::Adapters;
+use crate::executor::{self, RunRecord};
+use crate::spec::AttackClassifier;
+use crate::plan::{attack_stage, plan, stage_seed, InputRef, StageDef};
+use crate::store::Store;
+use crate::sweep::{self, Member};
+use crate::table::{to_parquet, Column};
+use crate::UserError;
+use anyhow::Result;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// Checks, before anything runs, that `attack.compare` names two cases of the sweep.
+pub fn check(members: &[Member]) -> Result<()> {
+    let Some(a) = members.first().and_then(|m| m.pipeline.spec.attack.as_ref()) else { return Ok(()) };
+    let file = members[0].pipeline.file.display();
+    if a.compare.is_empty() {
+        return Ok(());
+    }
+    if members.len() == 1 {
+        return Err(UserError(format!("{file}: attack.compare needs a [sweep] with cases named {:?}", a.compare)).into());
+    }
+    for name in &a.compare {
+        if !members.iter().any(|m| m.case.as_deref() == Some(name)) {
+            let cases: Vec<&str> = members.iter().filter_map(|m| m.case.as_deref()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            return Err(UserError(format!("{file}: attack.compare: no case `{name}` in the sweep (cases: {})", cases.join(", "))).into());
+        }
+    }
+    Ok(())
+}
+
+/// Everything a sweep reports after its members ran; returns the files written.
+pub fn report(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<Vec<PathBuf>> {
+    let mut files = vec![results_table(store, members, records)?];
+    files.extend(plot_sizes(store, members, records)?);
+    files.extend(two_way(store, members, records)?);
+    Ok(files)
+}
+
+/// The member's settings apart from the seed and the case: members equal in these are
+/// seeds (or cases) of one configuration.
+fn setting_label(m: &Member, with_case: bool) -> String {
+    let mut label: Vec<String> = if with_case { m.case.iter().cloned().collect() } else { Vec::new() };
+    label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed").map(|(k, v)| format!("{k}={v}")));
+    label.join(" ")
+}
+
+/// Values grouped by label, in first-seen order.
+fn group<T>(items: impl IntoIterator<Item = (String, T)>) -> Vec<(String, Vec<T>)> {
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    for (label, v) in items {
+        match groups.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((label, vec![v])),
+        }
+    }
+    groups
+}
+
+fn selected_test_error(r: &RunRecord) -> f64 {
+    r.selected.as_ref().and_then(|s| s["test_error"].as_f64()).unwrap_or(f64::NAN)
+}
+
+fn sweeps_path(store: &Store, members: &[Member], suffix: &str) -> PathBuf {
+    store.root().join("sweeps").join(format!("{}{suffix}", members[0].pipeline.name))
+}
+
+/// The tidy table of a sweep (a row per member and evaluated round) in
+/// `<store>/sweeps/<name>.parquet`, and the selected test error per setting, mean and
+/// standard deviation over seeds.
+fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<PathBuf> {
+    struct Row {
+        member: usize,
+        run: String,
+        round: u32,
+        validation_error: f64,
+        test_error: f64,
+        selected: bool,
+    }
+    let mut rows = Vec::new();
+    for (member, r) in records.iter().enumerate() {
+        let selected = r.selected.as_ref().and_then(|s| s["round"].as_u64());
+        for s in r.stages.iter().filter(|s| s.kind == "evaluate") {
+            let round: u32 = s.stage.trim_start_matches("evaluate/").parse().unwrap_or(0);
+            let get = |k: &str| s.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+            rows.push(Row { member, run: r.id.clone(), round, validation_error: get("validation_error"), test_error: get("test_error"), selected: selected == Some(round as u64) });
+        }
+    }
+    let keys: Vec<String> = members[0].values.iter().map(|(k, _)| k.clone()).collect();
+    let value_of = |r: &Row, k: &str| members[r.member].values.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut columns = vec![
+        ("member", Column::U32(rows.iter().map(|r| r.member as u32).collect())),
+        ("case", Column::Str(rows.iter().map(|r| members[r.member].case.clone().unwrap_or_default()).collect())),
+        ("seed", Column::U64(rows.iter().map(|r| members[r.member].pipeline.spec.pipeline.seed).collect())),
+    ];
+    for k in &keys {
+        columns.push((k.as_str(), Column::Str(rows.iter().map(|r| value_of(r, k)).collect())));
+    }
+    columns.extend([
+        ("run", Column::Str(rows.iter().map(|r| r.run.clone()).collect())),
+        ("round", Column::U32(rows.iter().map(|r| r.round).collect())),
+        ("validation_error", Column::F64(rows.iter().map(|r| r.validation_error).collect())),
+        ("test_error", Column::F64(rows.iter().map(|r| r.test_error).collect())),
+        ("selected", Column::Bool(rows.iter().map(|r| r.selected).collect())),
+    ]);
+    let path = sweeps_path(store, members, ".parquet");
+    store.write_atomic(&path, &to_parquet(columns)?)?;
+
+    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, true), selected_test_error(r))));
+    println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len());
+    for (label, errs) in &groups {
+        let (m, sd) = sweep::mean_sd(errs);
+        println!("  {label:<40} {:>6.2}% +- {:.2}%  (n = {})", 100.0 * m, 100.0 * sd, errs.len());
+    }
+    println!("table: {}", path.display());
+    Ok(path)
+}
+
+/// Test error against the first numeric swept setting other than the seed (e.g.
+/// `data.train_size`), one line per case, error bars over seeds: `<store>/sweeps/<name>.png`.
+fn plot_sizes(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<Option<PathBuf>> {
+    let numeric = |k: &str| members.iter().all(|m| m.values.iter().any(|(kk, v)| kk == k && v.parse::<f64>().is_ok()));
+    let Some(axis) = members[0].values.iter().map(|(k, _)| k.clone()).find(|k| k != "pipeline.seed" && numeric(k)) else { return Ok(None) };
+    let x_of = |m: &Member| m.values.iter().find(|(k, _)| *k == axis).and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    // a line per setting apart from the axis and the seed
+    let series_label = |m: &Member| {
+        let mut label: Vec<String> = m.case.iter().cloned().collect();
+        label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed" && *k != axis).map(|(k, v)| format!("{k}={v}")));
+        label.join(" ")
+    };
+    let lines = group(members.iter().zip(records).map(|(m, r)| (series_label(m), (x_of(m), selected_test_error(r)))));
+    let series: Vec<stages::plot::Series> = lines
+        .into_iter()
+        .map(|(name, pts)| {
+            let at_x = group(pts.into_iter().map(|(x, e)| (x.to_string(), (x, 100.0 * e))));
+            let mut points: Vec<stages::plot::Point> = at_x
+                .into_iter()
+                .map(|(_, v)| {
+                    let (mean, sd) = sweep::mean_sd(&v.iter().map(|(_, e)| *e).collect::<Vec<_>>());
+                    stages::plot::Point { x: v[0].0, mean, sd }
+                })
+                .collect();
+            points.sort_by(|a, b| a.x.total_cmp(&b.x));
+            stages::plot::Series { name, points }
+        })
+        .collect();
+    let xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.x)).collect();
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, 0.0f64), |(l, h), &x| (l.min(x), h.max(x)));
+    let title = format!("{}: test error of the selected round (mean +- sd over seeds)", members[0].pipeline.name);
+    let chart = stages::plot::Chart { title: &title, x_label: &axis, y_label: "test error (%)", log_x: lo > 0.0 && hi / lo >= 10.0, series: &series };
+    let png = stages::plot::line_chart_png(&chart, 900, 600)?;
+    let path = sweeps_path(store, members, ".png");
+    store.write_atomic(&path, &png)?;
+    println!("plot: {}", path.display());
+    Ok(Some(path))
+}
+
+/// One direction of a two-way comparison in one configuration.
+struct Direction {
+    config: String,
+    seed: u64,
+    attacked: String,
+    tested: String,
+    summary: Value,
+    run: String,
+}
+
+/// Attacks the classifier (last or selected, `attack.classifier`) of each of the two
+/// `attack.compare` cases and tests the other on its adversarial examples, for every configuration (seed, other settings) that
+/// has both; the stages go through the store like any other, under a run record of their own.
+fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<Vec<PathBuf>> {
+    let Some(a) = members[0].pipeline.spec.attack.clone() else { return Ok(Vec::new()) };
+    let [case_a, case_b] = match a.compare.as_slice() {
+        [x, y] => [x.clone(), y.clone()],
+        _ => return Ok(Vec::new()),
+    };
+    let name = &members[0].pipeline.name;
+    // configurations: members equal apart from their case
+    let configs = group(members.iter().zip(records).map(|(m, r)| {
+        let key: Vec<String> = m.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        (key.join(" "), (m, r))
+    }));
+    let mut stages: Vec<StageDef> = Vec::new();
+    let mut meta = Vec::new();
+    for (config, pair) in &configs {
+        let find = |case: &str| pair.iter().find(|(m, _)| m.case.as_deref() == Some(case)).copied();
+        let (Some((ma, ra)), Some((_, rb))) = (find(&case_a), find(&case_b)) else { continue };
+        let checkpoint = |r: &RunRecord| match a.classifier {
+            AttackClassifier::Selected => r.selected.as_ref().and_then(|s| s["checkpoint"].as_str()).map(String::from),
+            AttackClassifier::Last => r.stages.iter().rev().find(|s| s.kind == "train").and_then(|s| s.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()),
+        };
+        let test = ra.stages.iter().find(|s| s.stage == "load").and_then(|s| s.outputs.get("test.safetensors")).map(|o| o.digest.clone());
+        let (Some(ca), Some(cb), Some(test)) = (checkpoint(ra), checkpoint(rb), test) else {
+            println!("two-way: {config}: no single classifier on both sides; skipped");
+            continue;
+        };
+        let net = plan(&ma.pipeline).iter().find(|s| s.kind == "train").map(|s| s.params["net"].clone()).unwrap_or_default();
+        let seed = ma.pipeline.spec.pipeline.seed;
+        for (attacked, tested, ck_attacked, ck_tested) in [(&case_a, &case_b, &ca, &cb), (&case_b, &case_a, &cb, &ca)] {
+            let id = format!("attack/{config}/{attacked}");
+            let models = [(attacked.clone(), InputRef::Object(ck_attacked.clone())), (tested.clone(), InputRef::Object(ck_tested.clone()))];
+            let (id, (kind, version), mut params, inputs) = attack_stage(&id, &a, &net, 0, InputRef::Object(test.clone()), &models);
+            params["seed"] = serde_json::json!(stage_seed(seed, &id));
+            stages.push(StageDef { id, kind, version, params, inputs: inputs.into_iter().collect() });
+            meta.push((config.clone(), seed, attacked.clone(), tested.clone()));
+        }
+    }
+    if stages.is_empty() {
+        return Ok(Vec::new());
+    }
+    println!("\n== two-way attack: {case_a} vs {case_b}, {} stages", stages.len());
+    let pipeline = &members[0].pipeline;
+    let runner = Adapters::for_device(&pipeline.spec.pipeline.device)?;
+    let mut record = crate::cli::new_record(&format!("{name}:two-way"), pipeline, &runner);
+    executor::run(store, &stages, &runner, &mut record, &|_| None)?;
+    store.write_run(&record.id, &record)?;
+    let rows: Vec<Direction> = meta
+        .into_iter()
+        .zip(&record.stages)
+        .map(|((config, seed, attacked, tested), s)| Direction { config, seed, attacked, tested, summary: s.summary.clone(), run: record.id.clone() })
+        .collect();
+
+    let num = |d: &Direction, k: &str| d.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let path = sweeps_path(store, members, ".two-way.parquet");
+    store.write_atomic(
+        &path,
+        &to_parquet(vec![
+            ("configuration", Column::Str(rows.iter().map(|d| d.config.clone()).collect())),
+            ("seed", Column::U64(rows.iter().map(|d| d.seed).collect())),
+            ("attack", Column::Str(rows.iter().map(|d| d.summary["attack"].as_str().unwrap_or("").to_string()).collect())),
+            ("attacked", Column::Str(rows.iter().map(|d| d.attacked.clone()).collect())),
+            ("tested", Column::Str(rows.iter().map(|d| d.tested.clone()).collect())),
+            ("n", Column::U64(rows.iter().map(|d| num(d, "n") as u64).collect())),
+            ("fooled", Column::U64(rows.iter().map(|d| num(d, "fooled") as u64).collect())),
+            ("fooled_both", Column::U64(rows.iter().map(|d| num(d, "fooled_both") as u64).collect())),
+            ("adversarial_error", Column::F64(rows.iter().map(|d| num(d, "adversarial_error")).collect())),
+            ("correction_rate", Column::F64(rows.iter().map(|d| num(d, "correction_rate")).collect())),
+            ("run", Column::Str(rows.iter().map(|d| d.run.clone()).collect())),
+        ])?,
+    )?;
+
+    // WINN Table 3 per direction and setting, over seeds; then the ICN paper's count form
+    let setting = |d: &Direction| d.config.split(' ').filter(|kv| !kv.starts_with("pipeline.seed=")).collect::<Vec<_>>().join(" ");
+    let attack_name = rows[0].summary["attack"].as_str().unwrap_or("attack").to_string();
+    let which = match a.classifier {
+        AttackClassifier::Last => "the last round's classifiers",
+        AttackClassifier::Selected => "the classifiers selected on validation",
+    };
+    println!("\ntwo-way {attack_name} (model units [-1, 1]) on {which}, mean +- sd over seeds:");
+    println!("  {:<24} {:<12} {:>22}  {:<12} {:>22}", "setting", "attacked A", "adversarial error", "tested B", "correction rate by B");
+    for (label, ds) in group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d))) {
+        let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
+        let (ae, ae_sd) = sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, "adversarial_error")).collect::<Vec<_>>());
+        let (cr, cr_sd) = sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, "correction_rate")).collect::<Vec<_>>());
+        let set = if set.is_empty() { "-" } else { set };
+        println!("  {set:<24} {attacked:<12} {:>13.2}% +- {:>5.2}%  {:<12} {:>13.2}% +- {:>5.2}%", ae, ae_sd, ds[0].tested, cr, cr_sd);
+    }
+    println!("count form (summed over seeds): of the test examples that fool A, how many still fool B");
+    for (label, ds) in group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d))) {
+        let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
+        let fooled: f64 = ds.iter().map(|d| num(d, "fooled")).sum();
+        let both: f64 = ds.iter().map(|d| num(d, "fooled_both")).sum();
+        let n: f64 = ds.iter().map(|d| num(d, "n")).sum();
+        let set = if set.is_empty() { String::new() } else { format!("{set}: ") };
+        println!("  {set}{fooled} of {n} fool {attacked}; {both} of those also fool {} ({:.1}% fewer)", ds[0].tested, 100.0 * (1.0 - both / fooled));
+    }
+    println!("table: {}", path.display());
+    let mut files = vec![path];
+    // the adversarial example figures of the first configuration, next to the table
+    for (d, s) in rows.iter().zip(&record.stages).take(2) {
+        if let Some(o) = s.outputs.get("examples.png") {
+            let fig = sweeps_path(store, members, &format!(".adversarial.{}.png", d.attacked));
+            store.write_atomic(&fig, &store.read(&o.digest)?)?;
+            println!("figure: {} (rows: original, perturbation, adversarial)", fig.display());
+            files.push(fig);
+        }
+    }
+    Ok(files)
+}
+
+/// The number of two-way attack stages a sweep will add after its members.
+pub fn two_way_stage_count(members: &[Member]) -> usize {
+    let Some(a) = members.first().and_then(|m| m.pipeline.spec.attack.as_ref()) else { return 0 };
+    if a.compare.len() != 2 {
+        return 0;
+    }
+    let configs = group(members.iter().map(|m| (m.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), m.case.clone())));
+    2 * configs.iter().filter(|(_, cases)| a.compare.iter().all(|c| cases.iter().any(|x| x.as_deref() == Some(c.as_str())))).count()
+}

@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests: the real `pipe` binary, a tiny real pipeline
+//! over the shipped MNIST subset, and readers of what a run leaves in the store.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn pipe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    c.env_remove("PIPE_STORE").env_remove("POLARS_FMT_MAX_ROWS").env_remove("POLARS_FMT_STR_LEN");
+    c
+}
+
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/mnist")
+}
+
+/// A small but real pipeline: a narrow CNN4 on a few hundred digits, two rounds.
+pub fn tiny(dir: &Path, train_epochs: u32, train_size: usize) -> PathBuf {
+    tiny_with(dir, train_epochs, 1, train_size)
+}
+
+/// The tiny pipeline on 200 digits, one epoch per round, with `rounds` rounds: a run takes
+/// seconds.
+pub fn small(dir: &Path, rounds: u32) -> PathBuf {
+    let file = tiny_with(dir, 1, 1, 200);
+    let text = std::fs::read_to_string(&file).unwrap().replace("rounds = 2", &format!("rounds = {rounds}"));
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// Stdout and stderr of a command, for failure messages.
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+pub fn tiny_with(dir: &Path, train_epochs: u32, epochs_per_round: u32, train_size: usize) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+name = "tiny"
+seed = 7
+rounds = 2
+
+[data]
+format = "mnist"
+path = "{data}"
+train_size = {train_size}
+validation_size = 100
+test_size = 200
+
+[net]
+width = 0.125
+
+[train]
+lr = 0.05
+batch_size = 32
+epochs = {train_epochs}
+epochs_per_round = {epochs_per_round}
+
+[synthesize]
+per_class = 3
+max_steps = 20
+"#,
+        data = data_dir().display()
+    );
+    let file = dir.join("tiny.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+pub fn run(file: &Path, store: &Path, sets: &[&str]) -> Output {
+    let mut c = pipe();
+    c.arg("run").arg(file).arg("--store").arg(store);
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "pipe run failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// (status, stage) of every stage line of a run's output.
+pub fn stage_lines(out: &Output) -> Vec<(String, String)> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some(s @ ("ran" | "cached")), Some(stage)) => Some((s.to_string(), stage.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+pub fn ran(out: &Output) -> Vec<String> {
+    stage_lines(out).into_iter().filter(|(s, _)| s == "ran").map(|(_, st)| st).collect()
+}
+
+/// The newest run record of a store.
+pub fn last_record(store: &Path) -> serde_json::Value {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(store.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    runs.sort();
+    serde_json::from_slice(&std::fs::read(runs.last().unwrap()).unwrap()).unwrap()
+}
+
+/// stage -> output name -> digest, from the newest run record.
+pub fn output_digests(store: &Path) -> Vec<(String, String, String)> {
+    let rec = last_record(store);
+    let mut out = Vec::new();
+    for s in rec["stages"].as_array().unwrap() {
+        for (name, o) in s["outputs"].as_object().unwrap() {
+            out.push((s["stage"].as_str().unwrap().to_string(), name.clone(), o["digest"].as_str().unwrap().to_string()));
+        }
+    }
+    out
+}
+
