@@ -10,20 +10,14 @@
 
 use crate::executor::{RunRecord, RunStage};
 use crate::store::Store;
-use crate::table::read_parquet;
+use crate::table::{read_parquet, to_parquet, Column};
 use crate::UserError;
 use anyhow::{Context, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int32Type};
-use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
-use arrow_schema::{Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
 use polars::prelude::{col, lit, DataFrame, IntoLazy, JoinArgs, JoinType, LazyFrame, NamedFrom, Series, SortMultipleOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// One metric of one stage (or of the whole run, `stage` = "") of one run.
 struct Row {
@@ -42,16 +36,6 @@ struct Row {
 pub struct Metrics {
     runs: Vec<RunRecord>,
     rows: Vec<Row>,
-}
-
-/// A column of the export; `Opt*` columns are nullable.
-enum Col {
-    Str(Vec<String>),
-    OptU32(Vec<Option<u32>>),
-    OptU64(Vec<Option<u64>>),
-    F64(Vec<f64>),
-    OptF64(Vec<Option<f64>>),
-    OptBool(Vec<Option<bool>>),
 }
 
 /// Round and one-vs-all member class of a stage id: `train/3` -> (3, None), `train/3/c7`
@@ -149,8 +133,8 @@ fn setting(r: &RunRecord) -> String {
 
 impl Metrics {
     /// The export's columns, in order: the single definition both writers use.
-    fn columns(&self) -> Vec<(&'static str, Col)> {
-        let run = |f: &dyn Fn(&RunRecord) -> String| Col::Str(self.rows.iter().map(|x| f(&self.runs[x.run])).collect());
+    fn columns(&self) -> Vec<(&'static str, Column)> {
+        let run = |f: &dyn Fn(&RunRecord) -> String| Column::Str(self.rows.iter().map(|x| f(&self.runs[x.run])).collect());
         let rows = &self.rows;
         vec![
             ("run", run(&|r| r.id.clone())),
@@ -159,42 +143,23 @@ impl Metrics {
             ("setting", run(&setting)),
             ("status", run(&|r| r.status.clone())),
             ("device", run(&|r| r.device.clone())),
-            ("seed", Col::OptU64(rows.iter().map(|x| self.runs[x.run].spec["pipeline"]["seed"].as_u64()).collect())),
+            ("seed", Column::OptU64(rows.iter().map(|x| self.runs[x.run].spec["pipeline"]["seed"].as_u64()).collect())),
             ("started_at", run(&|r| r.started_at.clone())),
-            ("stage", Col::Str(rows.iter().map(|x| x.stage.clone()).collect())),
-            ("kind", Col::Str(rows.iter().map(|x| x.kind.clone()).collect())),
-            ("round", Col::OptU32(rows.iter().map(|x| x.round).collect())),
-            ("class", Col::OptU32(rows.iter().map(|x| x.class).collect())),
-            ("metric", Col::Str(rows.iter().map(|x| x.metric.clone()).collect())),
-            ("value", Col::F64(rows.iter().map(|x| x.value).collect())),
-            ("seconds", Col::OptF64(rows.iter().map(|x| x.seconds).collect())),
-            ("cached", Col::OptBool(rows.iter().map(|x| x.cached).collect())),
+            ("stage", Column::Str(rows.iter().map(|x| x.stage.clone()).collect())),
+            ("kind", Column::Str(rows.iter().map(|x| x.kind.clone()).collect())),
+            ("round", Column::OptU32(rows.iter().map(|x| x.round).collect())),
+            ("class", Column::OptU32(rows.iter().map(|x| x.class).collect())),
+            ("metric", Column::Str(rows.iter().map(|x| x.metric.clone()).collect())),
+            ("value", Column::F64(rows.iter().map(|x| x.value).collect())),
+            ("seconds", Column::OptF64(rows.iter().map(|x| x.seconds).collect())),
+            ("cached", Column::OptBool(rows.iter().map(|x| x.cached).collect())),
         ]
     }
 
     /// The rows as Parquet (Snappy, like every table of the store, so arrow-rs, Polars and
     /// pandas all read it).
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
-        let (mut fields, mut arrays) = (Vec::new(), Vec::<ArrayRef>::new());
-        for (name, c) in self.columns() {
-            let nullable = !matches!(c, Col::Str(_) | Col::F64(_));
-            let array: ArrayRef = match c {
-                Col::Str(v) => Arc::new(StringArray::from(v)),
-                Col::OptU32(v) => Arc::new(UInt32Array::from(v)),
-                Col::OptU64(v) => Arc::new(UInt64Array::from(v)),
-                Col::F64(v) => Arc::new(Float64Array::from(v)),
-                Col::OptF64(v) => Arc::new(Float64Array::from(v)),
-                Col::OptBool(v) => Arc::new(BooleanArray::from(v)),
-            };
-            fields.push(Field::new(name, array.data_type().clone(), nullable));
-            arrays.push(array);
-        }
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(schema.clone(), arrays).context("building the export table")?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-        let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
-        writer.write(&batch)?;
-        Ok(writer.into_inner()?)
+        to_parquet(self.columns())
     }
 
     /// The rows as a Polars DataFrame, with the export's columns and types.
@@ -205,12 +170,17 @@ impl Metrics {
             .map(|(name, c)| {
                 let name = name.into();
                 match c {
-                    Col::Str(v) => Series::new(name, v),
-                    Col::OptU32(v) => Series::new(name, v),
-                    Col::OptU64(v) => Series::new(name, v),
-                    Col::F64(v) => Series::new(name, v),
-                    Col::OptF64(v) => Series::new(name, v),
-                    Col::OptBool(v) => Series::new(name, v),
+                    Column::U32(v) => Series::new(name, v),
+                    Column::I32(v) => Series::new(name, v),
+                    Column::U64(v) => Series::new(name, v),
+                    Column::F32(v) => Series::new(name, v),
+                    Column::F64(v) => Series::new(name, v),
+                    Column::Str(v) => Series::new(name, v),
+                    Column::Bool(v) => Series::new(name, v),
+                    Column::OptU32(v) => Series::new(name, v),
+                    Column::OptU64(v) => Series::new(name, v),
+                    Column::OptF64(v) => Series::new(name, v),
+                    Column::OptBool(v) => Series::new(name, v),
                 }
                 .into()
             })

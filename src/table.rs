@@ -18,6 +18,11 @@ pub enum Column {
     F64(Vec<f64>),
     Str(Vec<String>),
     Bool(Vec<bool>),
+    /// Nullable columns: `None` is a null.
+    OptU32(Vec<Option<u32>>),
+    OptU64(Vec<Option<u64>>),
+    OptF64(Vec<Option<f64>>),
+    OptBool(Vec<Option<bool>>),
 }
 
 impl Column {
@@ -30,7 +35,15 @@ impl Column {
             Column::F64(v) => (DataType::Float64, Arc::new(Float64Array::from(v))),
             Column::Str(v) => (DataType::Utf8, Arc::new(StringArray::from(v))),
             Column::Bool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v))),
+            Column::OptU32(v) => (DataType::UInt32, Arc::new(UInt32Array::from(v))),
+            Column::OptU64(v) => (DataType::UInt64, Arc::new(UInt64Array::from(v))),
+            Column::OptF64(v) => (DataType::Float64, Arc::new(Float64Array::from(v))),
+            Column::OptBool(v) => (DataType::Boolean, Arc::new(BooleanArray::from(v))),
         }
+    }
+
+    fn nullable(&self) -> bool {
+        matches!(self, Column::OptU32(_) | Column::OptU64(_) | Column::OptF64(_) | Column::OptBool(_))
     }
 }
 
@@ -39,8 +52,9 @@ pub fn to_parquet(columns: Vec<(&str, Column)>) -> Result<Vec<u8>> {
     let mut fields = Vec::new();
     let mut arrays = Vec::new();
     for (name, col) in columns {
+        let nullable = col.nullable();
         let (dt, arr) = col.array();
-        fields.push(Field::new(name, dt, false));
+        fields.push(Field::new(name, dt, nullable));
         arrays.push(arr);
     }
     let schema = Arc::new(Schema::new(fields));
