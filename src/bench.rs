@@ -113,11 +113,11 @@ pub fn run(o: &Options) -> Result<Vec<Row>> {
         }
     } else {
         println!("sgemm {peak:.0} GFLOP/s on {threads} threads");
-        println!("{:<16} {:>6} {:>12} {:>12} {:>7} {:>11}", "workload", "batch", "pipe/s", "torch/s", "ratio", "sgemm share");
+        println!("{:<22} {:>6} {:>12} {:>12} {:>7} {:>11}", "workload", "batch", "pipe/s", "torch/s", "ratio", "sgemm share");
         for r in &rows {
             let t = r.torch_per_s.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
             let ratio = r.ratio.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into());
-            println!("{:<16} {:>6} {:>12.1} {:>12} {:>7} {:>10.1}%", r.name, r.batch, r.pipe_per_s, t, ratio, 100.0 * r.sgemm_share);
+            println!("{:<22} {:>6} {:>12.1} {:>12} {:>7} {:>10.1}%", r.name, r.batch, r.pipe_per_s, t, ratio, 100.0 * r.sgemm_share);
         }
     }
     let table = to_parquet(vec![

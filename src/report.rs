@@ -228,16 +228,26 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
         let ok = runs.iter().filter(|r| r.status == "ok").count();
         println!("== {name}: runs {}, ok {ok}\n", runs.len());
         let lf = all.clone().filter(col("pipeline").eq(lit(name)));
-        let (errors, selected, time) = summaries(lf);
-        println!("error per round, % (latest ok run per seed; mean and sd over seeds):\n{}\n", errors.collect()?);
-        println!("round selected on validation, %:\n{}\n", selected.collect()?);
-        println!("time per stage kind, all runs (seconds of stages that ran, not cached):\n{}\n", time.collect()?);
+        let (errors, selected, attacks, time) = summaries(lf);
+        // a table with no rows (a two-way record has no evaluate stages) says nothing
+        for (title, q) in [
+            ("error per round, % (latest ok run per seed; mean and sd over seeds)", errors),
+            ("round selected on validation, %", selected),
+            ("attack per round, % (adversarial error of round t; round 0 correcting it)", attacks),
+            ("time per stage kind, all runs (seconds of stages that ran, not cached)", time),
+        ] {
+            let frame = q.collect()?;
+            if frame.height() > 0 {
+                println!("{title}:\n{frame}\n");
+            }
+        }
     }
     Ok(())
 }
 
-/// The three lazy queries of a report over one pipeline's rows.
-pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame) {
+/// The lazy queries of a report over one pipeline's rows: errors per round, the selected
+/// round, attacks per round, time per stage kind.
+pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame, LazyFrame) {
     // Run ids start with their UTC start time, so the greatest id of a group is its latest
     // run: a rerun of a seed (after a fix, say) replaces that seed's numbers, not adds to them.
     let latest = lf.clone().filter(col("status").eq(lit("ok"))).group_by([col("setting"), col("seed")]).agg([col("run").max()]);
@@ -253,6 +263,18 @@ pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame) {
             pct("validation_error").std(1).alias("val_sd"),
             pct("test_error").mean().alias("test_err"),
             pct("test_error").std(1).alias("test_sd"),
+        ])
+        .sort(["setting", "round"], SortMultipleOptions::default());
+    let attacks = kept
+        .clone()
+        .filter(col("kind").eq(lit("attack")).and(col("round").is_not_null()))
+        .group_by([col("setting"), col("round")])
+        .agg([
+            pct("adversarial_error").count().alias("runs"),
+            pct("adversarial_error").mean().alias("adv_err"),
+            pct("adversarial_error").std(1).alias("adv_sd"),
+            pct("correction_rate").mean().alias("corrected"),
+            pct("correction_rate").std(1).alias("corrected_sd"),
         ])
         .sort(["setting", "round"], SortMultipleOptions::default());
     let selected = kept
@@ -272,7 +294,7 @@ pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame) {
         .group_by([col("kind")])
         .agg([ran.clone().sum().alias("ran"), col("cached").sum().alias("cached"), col("seconds").filter(ran).sum().alias("seconds")])
         .sort(["kind"], SortMultipleOptions::default());
-    (errors, selected, time)
+    (errors, selected, attacks, time)
 }
 
 #[cfg(test)]
@@ -313,7 +335,7 @@ mod tests {
             "seconds" => vec![Some(1.0); n],
             "cached" => (0..n).map(|i| Some(i / 2 == 1)).collect::<Vec<_>>(),
         )?;
-        let (errors, _, time) = summaries(frame.lazy());
+        let (errors, _, _, time) = summaries(frame.lazy());
         let errors = errors.collect()?;
         let get = |df: &DataFrame, c: &str| -> Result<Column> { Ok(df.column(c)?.clone()) };
         assert_eq!(get(&errors, "runs")?.u32()?.get(0), Some(2));

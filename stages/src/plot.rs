@@ -322,7 +322,6 @@ fn draw(chart: &Chart, width: u32, height: u32, rgb: &mut [u8]) -> Result<Vec<Ve
     // Sizes follow the image so a larger PNG is a scaled-up chart, not a smaller-looking one.
     let s = (width.min(height * 3 / 2) as f64 / 720.0).clamp(0.5, 4.0);
     let px = |v: f64| (v * s).round().max(1.0) as i32;
-    let title_style = (FONT_FAMILY, px(22.0) as f64).into_font();
     let label_style = (FONT_FAMILY, px(17.0) as f64).into_font();
     let tick_style = (FONT_FAMILY, px(14.0) as f64).into_font();
     let legend_style = TextStyle::from((FONT_FAMILY, px(15.0) as f64).into_font());
@@ -337,6 +336,15 @@ fn draw(chart: &Chart, width: u32, height: u32, rgb: &mut [u8]) -> Result<Vec<Ve
     let name_w = chart.series.iter().map(|ser| root.estimate_text_size(&ser.name, &legend_style).map(|(w, _)| w as i32)).try_fold(0, |m, w| w.map(|w| m.max(w))).map_err(draw_err)?;
     let legend_w = (swatch + px(8.0) + name_w + px(24.0)).min(width as i32 / 3);
     let (plot_area, legend_area) = root.split_horizontally(width as i32 - legend_w);
+    // A title wider than the plot column is set smaller rather than cut off at both ends.
+    let mut title_px = px(22.0) as f64;
+    let room = (width as i32 - legend_w - px(16.0)) as f64;
+    if let Ok((w, _)) = root.estimate_text_size(chart.title, &TextStyle::from((FONT_FAMILY, title_px).into_font())) {
+        if w as f64 > room && w > 0 {
+            title_px = (title_px * room / w as f64).floor().max(8.0);
+        }
+    }
+    let title_style = (FONT_FAMILY, title_px).into_font();
 
     let x = x_axis(chart);
     let plot_h = height as f64 - 120.0 * s;
