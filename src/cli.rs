@@ -316,12 +316,27 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
     let store = Store::at(&a.store.store);
     let (mut cached_all, mut total_all) = (0, 0);
+    // stages shared by members (same key) are one piece of work; a stage whose key is not
+    // known yet counts as its own
+    let (mut distinct, mut distinct_cached, mut unknown) = (std::collections::HashSet::new(), std::collections::HashSet::new(), 0);
     let mut docs = Vec::new();
     for m in &members {
         let rows = executor::status(&store, &plan(&m.pipeline))?;
         let cached = rows.iter().filter(|r| r.state == "cached").count();
         cached_all += cached;
         total_all += rows.len();
+        for r in &rows {
+            match &r.key {
+                Some(k) if r.state == "cached" => {
+                    distinct_cached.insert(k.clone());
+                    distinct.insert(k.clone());
+                }
+                Some(k) => {
+                    distinct.insert(k.clone());
+                }
+                None => unknown += 1,
+            }
+        }
         if json {
             let member = (members.len() > 1).then(|| m.label());
             docs.push(serde_json::json!({"member": member, "pipeline": m.pipeline.name, "file": m.pipeline.file, "stages": rows, "cached": cached, "to_run": rows.len() - cached}));
@@ -354,10 +369,10 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     if members.len() > 1 {
-        println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached (shared stages count once per member)", members.len());
+        println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached; {} distinct stages (shared ones once), {} cached", members.len(), distinct.len() + unknown, distinct_cached.len());
         let two_way = crate::study::two_way_stage_count(&members);
         if two_way > 0 {
-            println!("then {two_way} two-way attack stages, keyed by the classifiers the members select");
+            println!("then {two_way} two-way attack stages, after the members (their keys depend on the members' classifiers)");
         }
     } else {
         println!("{cached_all} cached, {} to run", total_all - cached_all);

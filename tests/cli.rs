@@ -441,7 +441,11 @@ fn a_sweep_runs_its_matrix_shares_common_stages_and_writes_one_table() {
         assert!(batches[0].column_by_name(col).is_some(), "no column {col}");
     }
     let st = pipe().arg("status").arg(&file).arg("--store").arg(&store).output().unwrap();
-    assert!(String::from_utf8_lossy(&st.stdout).contains("32 of 32 stages cached"));
+    let text = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(text.contains("32 of 32 stages cached"), "{text}");
+    // per seed the noise member shares load, train/0 and evaluate/0 with the baseline one
+    // (7 + 9 - 3 stages), and both seeds share load
+    assert!(text.contains("25 distinct stages (shared ones once), 25 cached"), "{text}");
 }
 
 #[test]
