@@ -284,7 +284,7 @@ pub fn print(l: &Lineage, rows: usize) {
     println!("data sets:");
     for d in &l.datasets {
         let p = &d.load_params;
-        println!("  {} {}  made by load {} ({}, train_size {}, data seed {})", d.input, &d.digest[..12], d.load_key.as_deref().map_or("?", |k| &k[..12]), p["format"].as_str().unwrap_or("?"), p["train_size"], p["seed"]);
+        println!("  {} {}  made by load {} ({}, train_size {}, load seed {})", d.input, &d.digest[..12], d.load_key.as_deref().map_or("?", |k| &k[..12]), p["format"].as_str().unwrap_or("?"), p["train_size"], p["seed"]);
         for (name, f) in &d.files {
             println!("    {name:<14} {f}");
         }
