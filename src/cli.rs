@@ -369,7 +369,8 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     if members.len() > 1 {
-        println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached; {} distinct stages (shared ones once), {} cached", members.len(), distinct.len() + unknown, distinct_cached.len());
+        let later = if unknown > 0 { format!("; {unknown} more wait for upstream outputs to get a key") } else { String::new() };
+        println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached; {} distinct stage keys (shared ones once), {} cached{later}", members.len(), distinct.len(), distinct_cached.len());
         let two_way = crate::study::two_way_stage_count(&members);
         if two_way > 0 {
             println!("then {two_way} two-way attack stages, after the members (their keys depend on the members' classifiers)");

@@ -445,7 +445,7 @@ fn a_sweep_runs_its_matrix_shares_common_stages_and_writes_one_table() {
     assert!(text.contains("32 of 32 stages cached"), "{text}");
     // per seed the noise member shares load, train/0 and evaluate/0 with the baseline one
     // (7 + 9 - 3 stages), and both seeds share load
-    assert!(text.contains("25 distinct stages (shared ones once), 25 cached"), "{text}");
+    assert!(text.contains("25 distinct stage keys (shared ones once), 25 cached"), "{text}");
 }
 
 #[test]
