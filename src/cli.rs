@@ -314,6 +314,7 @@ fn print_errors(record: &RunRecord) {
 
 fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
+    crate::study::check(&members)?;
     let store = Store::at(&a.store.store);
     let (mut cached_all, mut total_all) = (0, 0);
     // stages shared by members (same key) are one piece of work; a stage whose key is not
