@@ -188,7 +188,7 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     let mut meta = Vec::new();
     for (config, pair) in &configs {
         let find = |case: &str| pair.iter().find(|(m, _)| m.case.as_deref() == Some(case)).copied();
-        let (Some((ma, ra)), Some((_, rb))) = (find(&case_a), find(&case_b)) else { continue };
+        let (Some((ma, ra)), Some((mb, rb))) = (find(&case_a), find(&case_b)) else { continue };
         let checkpoint = |r: &RunRecord| match a.classifier {
             AttackClassifier::Selected => r.selected.as_ref().and_then(|s| s["checkpoint"].as_str()).map(String::from),
             AttackClassifier::Last => r.stages.iter().rev().find(|s| s.kind == "train").and_then(|s| s.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()),
@@ -198,7 +198,12 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
             println!("two-way: {config}: no single classifier on both sides; skipped");
             continue;
         };
-        let net = plan(&ma.pipeline).iter().find(|s| s.kind == "train").map(|s| s.params["net"].clone()).unwrap_or_default();
+        let net_of = |m: &Member| plan(&m.pipeline).iter().find(|s| s.kind == "train").map(|s| s.params["net"].clone()).unwrap_or_default();
+        let net = net_of(ma);
+        if net != net_of(mb) {
+            println!("two-way: {config}: {case_a} and {case_b} train different nets; skipped");
+            continue;
+        }
         let seed = ma.pipeline.spec.pipeline.seed;
         for (attacked, tested, ck_attacked, ck_tested) in [(&case_a, &case_b, &ca, &cb), (&case_b, &case_a, &cb, &ca)] {
             let id = format!("attack/{config}/{attacked}");
