@@ -59,28 +59,39 @@ struct Known {
 }
 
 impl Known {
-    /// Input digests of a stage, or the first upstream stage whose outputs are not known yet.
-    fn inputs(&mut self, stage: &StageDef) -> Result<std::result::Result<BTreeMap<String, Digest>, String>> {
-        let mut out = BTreeMap::new();
+    /// Every input's digest (`None` where the upstream stage has not made it yet), and the
+    /// first upstream stage the stage waits for, if any.
+    fn resolve(&mut self, stage: &StageDef) -> Result<(InputDigests, Option<String>)> {
+        let mut digests = BTreeMap::new();
+        let mut waits_for = None;
         for (name, input) in &stage.inputs {
             let digest = match input {
-                InputRef::File(path) => match self.files.get(path) {
+                InputRef::File(path) => Some(match self.files.get(path) {
                     Some(d) => d.clone(),
                     None => {
                         let d = digest_file(path).map_err(|e| crate::UserError(format!("stage {}: input `{name}`: {e:#}", stage.id)))?;
                         self.files.insert(path.clone(), d.clone());
                         d
                     }
-                },
-                InputRef::Output { stage: s, output } => match self.outputs.get(&(s.clone(), output.clone())) {
-                    Some(d) => d.clone(),
-                    None => return Ok(Err(s.clone())),
-                },
-                InputRef::Object(digest) => digest.clone(),
+                }),
+                InputRef::Output { stage: s, output } => {
+                    let d = self.outputs.get(&(s.clone(), output.clone())).cloned();
+                    if d.is_none() && waits_for.is_none() {
+                        waits_for = Some(s.clone());
+                    }
+                    d
+                }
+                InputRef::Object(digest) => Some(digest.clone()),
             };
-            out.insert(name.clone(), digest);
+            digests.insert(name.clone(), digest);
         }
-        Ok(Ok(out))
+        Ok((digests, waits_for))
+    }
+
+    /// Input digests of a stage, or the first upstream stage whose outputs are not known yet.
+    fn inputs(&mut self, stage: &StageDef) -> Result<std::result::Result<BTreeMap<String, Digest>, String>> {
+        let (digests, waits_for) = self.resolve(stage)?;
+        Ok(complete(&digests).ok_or_else(|| waits_for.unwrap_or_default()))
     }
 
     fn add(&mut self, stage: &StageDef, manifest: &Manifest) {
@@ -88,6 +99,11 @@ impl Known {
             self.outputs.insert((stage.id.clone(), name.clone()), info.digest.clone());
         }
     }
+}
+
+/// The digests of a stage whose every input is known.
+fn complete(digests: &InputDigests) -> Option<BTreeMap<String, Digest>> {
+    digests.iter().map(|(name, d)| Some((name.clone(), d.clone()?))).collect()
 }
 
 /// A committed manifest whose outputs are all present (a missing object means rerun).
@@ -122,22 +138,10 @@ pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(Sta
     let mut known = Known::default();
     let mut out = Vec::new();
     for stage in stages {
-        let resolved = known.inputs(stage)?;
-        let digests = stage
-            .inputs
-            .iter()
-            .map(|(name, input)| {
-                let d = match input {
-                    InputRef::File(path) => known.files.get(path),
-                    InputRef::Output { stage: s, output } => known.outputs.get(&(s.clone(), output.clone())),
-                    InputRef::Object(d) => Some(d),
-                };
-                (name.clone(), d.cloned())
-            })
-            .collect();
-        let row = match resolved {
-            Err(upstream) => StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: None, state: "to run".into(), waits_for: Some(upstream) },
-            Ok(inputs) => {
+        let (digests, waits_for) = known.resolve(stage)?;
+        let row = match complete(&digests) {
+            None => StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: None, state: "to run".into(), waits_for },
+            Some(inputs) => {
                 let key = stage_key(stage, &inputs);
                 let state = if let Some(m) = committed(store, &key)? {
                     known.add(stage, &m);
