@@ -1,7 +1,7 @@
 //! The `pipe` command line: run, status, ls, show.
 
 use crate::adapters::Adapters;
-use crate::executor::{self, Manifest, RunRecord, Runner};
+use crate::executor::{self, Manifest, RunRecord, RunStage, Runner};
 use crate::plan::plan;
 use crate::spec;
 use crate::store::Store;
@@ -442,18 +442,42 @@ pub(crate) fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> R
     }
 }
 
+/// The id of the run `what` names (an id or a unique prefix of one); otherwise a user
+/// error that lists the newest runs.
+pub(crate) fn find_run(store: &Store, what: &str) -> Result<String> {
+    let ids = store.run_ids()?;
+    let found = unique_match(&ids, what, "run")?.cloned();
+    found.ok_or_else(|| {
+        let listed = if ids.is_empty() { "it has no runs".to_string() } else { format!("its runs: {}", last_few(&ids)) };
+        UserError(format!("no run `{what}` in {}; {listed} (see `pipe ls`)", store.root().display())).into()
+    })
+}
+
+/// The newest ten ids, and how many more there are.
+fn last_few(ids: &[String]) -> String {
+    let tail = &ids[ids.len().saturating_sub(10)..];
+    let more = if ids.len() > tail.len() {
+        format!("... ({} more), ", ids.len() - tail.len())
+    } else {
+        String::new()
+    };
+    format!("{more}{}", tail.join(", "))
+}
+
+/// A stage of a run, as `RUN:STAGE` names it.
+pub(crate) fn run_stage(store: &Store, run: &str, stage: &str) -> Result<RunStage> {
+    let id = find_run(store, run)?;
+    let record: RunRecord = store.run(&id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
+    let names: Vec<String> = record.stages.iter().map(|s| s.stage.clone()).collect();
+    record.stages.into_iter().find(|s| s.stage == stage).ok_or_else(|| UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", "))).into())
+}
+
 fn show(root: &Path, what: &str, json: bool) -> Result<()> {
     let store = Store::open_existing(root)?;
-    let runs = store.run_ids()?;
     if let Some((run, stage)) = what.split_once(':') {
-        let id = unique_match(&runs, run, "run")?.ok_or_else(|| UserError(format!("no run `{run}` in {}", root.display())))?;
-        let record: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
-        let s = record.stages.iter().find(|s| s.stage == stage).ok_or_else(|| {
-            let names: Vec<&str> = record.stages.iter().map(|s| s.stage.as_str()).collect();
-            UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", ")))
-        })?;
-        return show_stage(&store, &s.key, json);
+        return show_stage(&store, &run_stage(&store, run, stage)?.key, json);
     }
+    let runs = store.run_ids()?;
     if let Some(id) = unique_match(&runs, what, "run")? {
         return show_run(&store, id, json);
     }

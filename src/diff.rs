@@ -7,7 +7,7 @@
 //! behind "differs". A run is an id or unique prefix in the store, or the path of a run
 //! record (`runs/<id>.json`), so that runs made in two stores can be compared.
 
-use crate::cli::unique_match;
+use crate::cli::find_run;
 use crate::executor::{Manifest, RunRecord, RunStage};
 use crate::store::Store;
 use crate::UserError;
@@ -132,8 +132,8 @@ pub struct Diff {
 pub fn run(root: &Path, a: &str, b: &str, json: bool) -> Result<()> {
     // A path to a record needs no store; an id does.
     let store = if [a, b].iter().all(|w| is_record_path(w)) { None } else { Some(Store::open_existing(root)?) };
-    let a = load_side(store.as_ref(), root, a)?;
-    let b = load_side(store.as_ref(), root, b)?;
+    let a = load_side(store.as_ref(), a)?;
+    let b = load_side(store.as_ref(), b)?;
     let d = compare(a, b);
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
@@ -147,17 +147,13 @@ fn is_record_path(what: &str) -> bool {
     what.ends_with(".json") && Path::new(what).is_file()
 }
 
-fn load_side(store: Option<&Store>, root: &Path, what: &str) -> Result<RunInfo> {
+fn load_side(store: Option<&Store>, what: &str) -> Result<RunInfo> {
     let raw: Value = if is_record_path(what) {
         let bytes = std::fs::read(what).with_context(|| format!("reading {what}"))?;
         serde_json::from_slice(&bytes).map_err(|e| UserError(format!("{what} is not a run record: {e}")))?
     } else {
         let store = store.expect("a store is opened for run ids");
-        let ids = store.run_ids()?;
-        let id = unique_match(&ids, what, "run")?.cloned().ok_or_else(|| {
-            let listed = if ids.is_empty() { "it has no runs".to_string() } else { format!("its runs: {}", last_few(&ids)) };
-            UserError(format!("no run `{what}` in {}; {listed} (see `pipe ls`)", root.display()))
-        })?;
+        let id = find_run(store, what)?;
         store.run(&id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?
     };
     let record: RunRecord = serde_json::from_value(raw.clone()).map_err(|e| UserError(format!("`{what}` is not a run record: {e}")))?;
@@ -179,16 +175,6 @@ fn load_side(store: Option<&Store>, root: &Path, what: &str) -> Result<RunInfo> 
     })
 }
 
-/// The newest ten ids (most listings are of a store with many runs).
-fn last_few(ids: &[String]) -> String {
-    let tail = &ids[ids.len().saturating_sub(10)..];
-    let more = if ids.len() > tail.len() {
-        format!("... ({} more), ", ids.len() - tail.len())
-    } else {
-        String::new()
-    };
-    format!("{more}{}", tail.join(", "))
-}
 
 /// The pipe version(s) that wrote the stages a run ran itself: a manifest whose outputs are
 /// the run's own is the one it committed.

@@ -6,7 +6,7 @@
 //! the evaluate stages' `pseudo_negatives.parquet` how each later round's classifier scores
 //! it.
 
-use crate::executor::{Manifest, RunRecord};
+use crate::executor::Manifest;
 use crate::store::Store;
 use crate::table::{read_parquet, to_parquet, Column};
 use crate::UserError;
@@ -109,35 +109,15 @@ impl Index {
 /// A checkpoint digest from a digest (or unique prefix) or `RUN:STAGE`.
 fn resolve(store: &Store, index: &Index, what: &str) -> Result<String> {
     if let Some((run, stage)) = what.split_once(':') {
-        let runs = store.run_ids()?;
-        let hits: Vec<&String> = runs.iter().filter(|r| r.starts_with(run)).collect();
-        let id = match hits.as_slice() {
-            [one] => *one,
-            [] => return Err(UserError(format!("no run `{run}` in {} (see `pipe ls`)", store.root().display())).into()),
-            _ => runs.iter().find(|r| *r == run).ok_or_else(|| UserError(format!("`{run}` matches {} runs; give more characters", hits.len())))?,
-        };
-        let record: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
-        let s = record.stages.iter().find(|s| s.stage == stage).ok_or_else(|| {
-            let trains: Vec<&str> = record.stages.iter().filter(|s| s.kind == "train").map(|s| s.stage.as_str()).collect();
-            UserError(format!("run {id} has no stage `{stage}`; its training stages are {}", trains.join(", ")))
-        })?;
+        let s = crate::cli::run_stage(store, run, stage)?;
         return s.outputs.get("checkpoint.safetensors").map(|o| o.digest.clone()).ok_or_else(|| UserError(format!("{what} is a {} stage; lineage starts at a checkpoint (a train stage)", s.kind)).into());
     }
-    let mut hits: Vec<String> = index
-        .manifests
-        .iter()
-        .filter(|m| m.kind == "train")
-        .filter_map(|m| m.outputs.get("checkpoint.safetensors"))
-        .filter(|o| o.digest.starts_with(what))
-        .map(|o| o.digest.clone())
-        .collect();
-    hits.sort();
-    hits.dedup();
-    match hits.len() {
-        1 => Ok(hits.remove(0)),
-        0 => Err(UserError(format!("no checkpoint `{what}` in {}: give a checkpoint digest (prefix) or RUN:train/N", store.root().display())).into()),
-        n => Err(UserError(format!("`{what}` matches {n} checkpoints; give more characters")).into()),
-    }
+    let mut checkpoints: Vec<String> = index.manifests.iter().filter(|m| m.kind == "train").filter_map(|m| m.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()).collect();
+    checkpoints.sort();
+    checkpoints.dedup();
+    crate::cli::unique_match(&checkpoints, what, "checkpoint")?
+        .cloned()
+        .ok_or_else(|| UserError(format!("no checkpoint `{what}` in {}: give a checkpoint digest (prefix) or RUN:train/N", store.root().display())).into())
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {
