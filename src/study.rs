@@ -41,11 +41,11 @@ pub fn report(store: &Store, members: &[Member], records: &[RunRecord]) -> Resul
     Ok(files)
 }
 
-/// The member's settings apart from the seed and the case: members equal in these are
-/// seeds (or cases) of one configuration.
-fn setting_label(m: &Member, with_case: bool) -> String {
-    let mut label: Vec<String> = if with_case { m.case.iter().cloned().collect() } else { Vec::new() };
-    label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed").map(|(k, v)| format!("{k}={v}")));
+/// The member's case and swept settings apart from the seed and the `skip` keys: members
+/// equal in these are seeds of one setting.
+fn setting_label(m: &Member, skip: &[&str]) -> String {
+    let mut label: Vec<String> = m.case.iter().cloned().collect();
+    label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed" && !skip.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")));
     label.join(" ")
 }
 
@@ -110,7 +110,7 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
     let path = sweeps_path(store, members, ".parquet");
     store.write_atomic(&path, &to_parquet(columns)?)?;
 
-    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, true), selected_test_error(r))));
+    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), selected_test_error(r))));
     println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len());
     for (label, errs) in &groups {
         let (m, sd) = sweep::mean_sd(errs);
@@ -127,12 +127,7 @@ fn plot_sizes(store: &Store, members: &[Member], records: &[RunRecord]) -> Resul
     let Some(axis) = members[0].values.iter().map(|(k, _)| k.clone()).find(|k| k != "pipeline.seed" && numeric(k)) else { return Ok(None) };
     let x_of = |m: &Member| m.values.iter().find(|(k, _)| *k == axis).and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
     // a line per setting apart from the axis and the seed
-    let series_label = |m: &Member| {
-        let mut label: Vec<String> = m.case.iter().cloned().collect();
-        label.extend(m.values.iter().filter(|(k, _)| k != "pipeline.seed" && *k != axis).map(|(k, v)| format!("{k}={v}")));
-        label.join(" ")
-    };
-    let lines = group(members.iter().zip(records).map(|(m, r)| (series_label(m), (x_of(m), selected_test_error(r)))));
+    let lines = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[&axis]), (x_of(m), selected_test_error(r)))));
     let series: Vec<stages::plot::Series> = lines
         .into_iter()
         .map(|(name, pts)| {
@@ -179,16 +174,10 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
         _ => return Ok(Vec::new()),
     };
     let name = &members[0].pipeline.name;
-    // configurations: members equal apart from their case
-    let configs = group(members.iter().zip(records).map(|(m, r)| {
-        let key: Vec<String> = m.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        (key.join(" "), (m, r))
-    }));
     let mut stages: Vec<StageDef> = Vec::new();
     let mut meta = Vec::new();
-    for (config, pair) in &configs {
-        let find = |case: &str| pair.iter().find(|(m, _)| m.case.as_deref() == Some(case)).copied();
-        let (Some((ma, ra)), Some((mb, rb))) = (find(&case_a), find(&case_b)) else { continue };
+    for (config, ia, ib) in compared_pairs(members, &case_a, &case_b) {
+        let (ma, ra, mb, rb) = (&members[ia], &records[ia], &members[ib], &records[ib]);
         let checkpoint = |r: &RunRecord| match a.classifier {
             AttackClassifier::Selected => r.selected.as_ref().and_then(|s| s["checkpoint"].as_str()).map(String::from),
             AttackClassifier::Last => r.stages.iter().rev().find(|s| s.kind == "train").and_then(|s| s.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()),
@@ -289,10 +278,21 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
 
 /// The number of two-way attack stages a sweep will add after its members.
 pub fn two_way_stage_count(members: &[Member]) -> usize {
-    let Some(a) = members.first().and_then(|m| m.pipeline.spec.attack.as_ref()) else { return 0 };
-    if a.compare.len() != 2 {
-        return 0;
+    match members.first().and_then(|m| m.pipeline.spec.attack.as_ref()).map(|a| a.compare.as_slice()) {
+        Some([a, b]) => 2 * compared_pairs(members, a, b).len(),
+        _ => 0,
     }
-    let configs = group(members.iter().map(|m| (m.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), m.case.clone())));
-    2 * configs.iter().filter(|(_, cases)| a.compare.iter().all(|c| cases.iter().any(|x| x.as_deref() == Some(c.as_str())))).count()
+}
+
+/// The configurations (members equal apart from their case) that have both cases, as
+/// (configuration label, member of `case_a`, member of `case_b`).
+fn compared_pairs(members: &[Member], case_a: &str, case_b: &str) -> Vec<(String, usize, usize)> {
+    let configs = group(members.iter().enumerate().map(|(i, m)| (m.values.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), i)));
+    configs
+        .into_iter()
+        .filter_map(|(config, ids)| {
+            let find = |case: &str| ids.iter().copied().find(|&i| members[i].case.as_deref() == Some(case));
+            Some((config, find(case_a)?, find(case_b)?))
+        })
+        .collect()
 }
