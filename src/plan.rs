@@ -47,7 +47,7 @@ pub type Planned = (String, (&'static str, u32), Value, Vec<(String, InputRef)>)
 pub const LOAD: (&str, u32) = ("load", 1);
 pub const TRAIN: (&str, u32) = ("train", 4);
 pub const SYNTHESIZE: (&str, u32) = ("synthesize", 3);
-pub const EVALUATE: (&str, u32) = ("evaluate", 4);
+pub const EVALUATE: (&str, u32) = ("evaluate", 5);
 pub const ATTACK: (&str, u32) = ("attack", 1);
 
 /// The seed of one stage: a function of the run seed and the stage's position only.

@@ -104,14 +104,8 @@ fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::
         let pn = stages::codec::decode_pseudo_negatives(&io.read(name)?)?;
         let f = logits(nets[net].as_ref(), &pn.images, p.net.shape(), p.batch_size, device)?;
         for (i, (row, &class)) in f.iter().zip(&pn.classes).enumerate() {
-            // a one-logit net scores "positive" by its only logit; a softmax net by logit k
-            let (logit, prob, fools) = if row.len() == 1 {
-                (row[0], 1.0 / (1.0 + (-row[0]).exp()), row[0] > 0.0)
-            } else {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
-                (row[class as usize], (row[class as usize] - max).exp() / z, stages::synthesize::argmax(row) == class as usize)
-            };
+            // scored as synthesis scored it when it was made
+            let (logit, prob, fools) = stages::synthesize::class_score(row, class as usize, row.len() == 1);
             rows.push((made_in, i as u32, class, net as u32, logit, prob, fools));
         }
     }

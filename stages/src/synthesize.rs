@@ -190,13 +190,7 @@ pub fn synthesize(
             // Decide who stops before stepping: the returned sample is the one just scored.
             let mut keep = Vec::with_capacity(active.len());
             for (j, &i) in active.iter().enumerate() {
-                let row = &logit_rows[j];
-                let (k, classified, prob) = if cfg.binary {
-                    (0, row[0] > 0.0, 1.0 / (1.0 + (-row[0]).exp()))
-                } else {
-                    let k = targets[i].class as usize;
-                    (k, argmax(row) == k, softmax_at(row, k))
-                };
+                let (logit, prob, classified) = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
                 let reason = match cfg.stop {
                     StopRule::Classified if classified => Some(StopReason::Classified),
                     StopRule::Probability(t) if prob as f64 > t => Some(StopReason::Probability),
@@ -211,7 +205,7 @@ pub fn synthesize(
                             seed: targets[i].seed,
                             steps: step,
                             stop_reason: reason,
-                            final_logit: row[k],
+                            final_logit: logit,
                             final_prob: prob,
                             classified,
                         });
@@ -254,6 +248,17 @@ pub fn argmax(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// How a classifier sees a sample made for class k, from its logits: (logit of k,
+/// probability of k, classified as k). A one-logit (binary) net scores the positive class
+/// by its only logit: sigmoid, and "classified" when it is positive.
+pub fn class_score(row: &[f32], k: usize, binary: bool) -> (f32, f32, bool) {
+    if binary {
+        (row[0], 1.0 / (1.0 + (-row[0]).exp()), row[0] > 0.0)
+    } else {
+        (row[k], softmax_at(row, k), argmax(row) == k)
+    }
 }
 
 fn softmax_at(row: &[f32], k: usize) -> f32 {
