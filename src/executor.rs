@@ -122,6 +122,11 @@ pub struct StageStatus {
     pub state: String,
     /// For a stage whose key is not known yet: the upstream stage it waits for.
     pub waits_for: Option<String>,
+    /// What the key is made of besides the kind: the stage version, its parameters and
+    /// each input, as a content digest or, before its upstream stage has run, `stage:output`.
+    pub version: u32,
+    pub params: Value,
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// Each stage's state without running anything.
@@ -139,8 +144,30 @@ pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(Sta
     let mut out = Vec::new();
     for stage in stages {
         let (digests, waits_for) = known.resolve(stage)?;
+        let inputs = stage
+            .inputs
+            .iter()
+            .map(|(name, input)| {
+                let shown = match (digests.get(name).cloned().flatten(), input) {
+                    (Some(d), _) => d,
+                    (None, InputRef::Output { stage, output }) => format!("{stage}:{output}"),
+                    (None, _) => String::new(),
+                };
+                (name.clone(), shown)
+            })
+            .collect();
+        let made_of = |key: Option<String>, state: &str, waits_for: Option<String>| StageStatus {
+            stage: stage.id.clone(),
+            kind: stage.kind.into(),
+            key,
+            state: state.into(),
+            waits_for,
+            version: stage.version,
+            params: stage.params.clone(),
+            inputs,
+        };
         let row = match complete(&digests) {
-            None => StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: None, state: "to run".into(), waits_for },
+            None => made_of(None, "to run", waits_for),
             Some(inputs) => {
                 let key = stage_key(stage, &inputs);
                 let state = if let Some(m) = committed(store, &key)? {
@@ -151,7 +178,7 @@ pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(Sta
                 } else {
                     "to run"
                 };
-                StageStatus { stage: stage.id.clone(), kind: stage.kind.into(), key: Some(key), state: state.into(), waits_for: None }
+                made_of(Some(key), state, None)
             }
         };
         out.push((row, digests));
