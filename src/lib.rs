@@ -1,26 +1,24 @@
-//! The pipeline engine of `pipe`: pipeline files ([`spec`]), the stage graph ([`plan`]),
-//! the content-addressed store ([`store`]), the executor ([`executor`]) and the stage
-//! adapters ([`adapters`]) that connect it to the ML library in the `stages` crate.
+//! The pipeline engine of `pipe`, by concern:
+//!
+//! - [`engine`]: the core: the stage graph and keys, the content-addressed store, the
+//!   executor, tables; nothing here knows what a stage computes.
+//! - [`pipeline`]: pipeline files (typed settings, `--set`, validation) and sweeps.
+//! - [`kinds`]: stage kinds, each one typed unit, and their registry; the only place the
+//!   engine meets the ML library in the `stages` crate.
+//! - [`methods`]: graph builders (ICN) and how a run's round is chosen.
+//! - [`audit`]: questions about stored runs: lineage, diff, why, sweeps' studies, reports.
+//! - [`care`]: store care: gc and verify.
+//! - [`data`]: data set files: fetch and inspect.
+//! - [`cli`]: the command line, on top; nothing imports it.
 
-pub mod adapters;
-pub mod bench;
+pub mod audit;
 pub mod care;
 pub mod cli;
-pub mod diff;
-pub mod executor;
-pub mod fetch;
-pub mod inspect;
-pub mod lineage;
-pub mod plan;
-pub mod report;
-pub mod select;
-pub mod spec;
-pub mod store;
-pub mod study;
-pub mod sweep;
-pub mod table;
-pub mod timefmt;
-pub mod why;
+pub mod data;
+pub mod engine;
+pub mod kinds;
+pub mod methods;
+pub mod pipeline;
 
 /// An error in what the user gave (pipeline file, flags, names): exit code 2.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use arrow_array::{Array, BooleanArray, StringArray, UInt32Array};
 fn fooled_rows(store: &Path, digest: &str) -> Vec<(u32, String, bool)> {
     let bytes = std::fs::read(store.join("objects").join(&digest[..2]).join(&digest[2..])).unwrap();
     let mut rows = Vec::new();
-    for b in pipe::table::read_parquet(bytes).unwrap() {
+    for b in pipe::engine::table::read_parquet(bytes).unwrap() {
         let col = |n: &str| b.column_by_name(n).unwrap_or_else(|| panic!("no column {n}")).clone();
         let (ex, model, fooled) = (col("example"), col("model"), col("fooled"));
         let ex = ex.as_any().downcast_ref::<UInt32Array>().unwrap();
@@ -145,7 +145,7 @@ fn a_sweep_attacks_two_cases_both_ways_and_plots_error_against_size() {
         let (n, fooled, both) = counts(&rows, attacked, tested);
         assert_eq!((sum["n"].as_u64().unwrap() as usize, sum["fooled"].as_u64().unwrap() as usize, sum["fooled_both"].as_u64().unwrap() as usize), (n, fooled, both));
     }
-    let table = pipe::table::read_parquet(std::fs::read(store.join("sweeps/robust.two-way.parquet")).unwrap()).unwrap();
+    let table = pipe::engine::table::read_parquet(std::fs::read(store.join("sweeps/robust.two-way.parquet")).unwrap()).unwrap();
     assert_eq!(table.iter().map(|b| b.num_rows()).sum::<usize>(), 8);
     for png in ["robust.png", "robust.adversarial.baseline.png", "robust.adversarial.icn.png"] {
         let bytes = std::fs::read(store.join("sweeps").join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));

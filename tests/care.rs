@@ -191,7 +191,7 @@ fn gc_refuses_a_locked_store_and_bad_input() {
     assert_eq!(nowhere.status.code(), Some(2), "{}", text(&nowhere));
     assert_eq!(care(&store, &["verify"]).status.code(), Some(2));
 
-    let held = pipe::store::Store::open(&store).unwrap();
+    let held = pipe::engine::store::Store::open(&store).unwrap();
     let lock = held.lock().unwrap();
     let refused = care(&store, &["gc"]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));

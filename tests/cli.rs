@@ -190,7 +190,7 @@ fn status_ls_and_show_describe_the_store() {
         let d = syn["outputs"][name]["digest"].as_str().unwrap().to_string();
         std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()
     };
-    let rows: usize = pipe::table::read_parquet(obj("pseudo_negatives.parquet")).unwrap().iter().map(|b| b.num_rows()).sum();
+    let rows: usize = pipe::engine::table::read_parquet(obj("pseudo_negatives.parquet")).unwrap().iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 30);
     let png = obj("grid.png");
     assert_eq!(&png[1..4], b"PNG");
@@ -214,7 +214,7 @@ fn baseline_and_icn_noise_share_the_graph_and_the_lr_drops() {
     let log = |stage: &str| {
         let s = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap().clone();
         let d = s["outputs"]["train_log.parquet"]["digest"].as_str().unwrap().to_string();
-        let batches = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+        let batches = pipe::engine::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
         let lr = batches[0].column_by_name("lr").unwrap().as_any().downcast_ref::<arrow_array::Float64Array>().unwrap().value(0);
         (s["summary"]["pseudo_negatives"].as_u64().unwrap(), lr)
     };
@@ -228,7 +228,7 @@ fn baseline_and_icn_noise_share_the_graph_and_the_lr_drops() {
     let rec = last_record(&store);
     let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
     let d = syn["outputs"]["pseudo_negatives.parquet"]["digest"].as_str().unwrap().to_string();
-    let t = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+    let t = pipe::engine::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
     let reasons = t[0].column_by_name("stop_reason").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
     assert_eq!(arrow_array::Array::len(&reasons), 30);
     assert!(reasons.iter().all(|r| r == Some("noise")));
@@ -349,7 +349,7 @@ fn binary_and_one_vs_all_icn() {
     assert_eq!(load["summary"]["train"]["class_counts"], serde_json::json!(vec![30; 10]), "balanced: 300 = 30 per class");
     let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
     let d = syn["outputs"]["pseudo_negatives.parquet"]["digest"].as_str().unwrap().to_string();
-    let t = pipe::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
+    let t = pipe::engine::table::read_parquet(std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap()).unwrap();
     let classes = t[0].column_by_name("class").unwrap().as_any().downcast_ref::<arrow_array::UInt32Array>().unwrap().clone();
     assert_eq!(arrow_array::Array::len(&classes), 3, "per_class samples of the positive class only");
     assert!(classes.iter().all(|c| c == Some(3)));
@@ -434,7 +434,7 @@ fn a_sweep_runs_its_matrix_shares_common_stages_and_writes_one_table() {
     assert_eq!(first3, ["cached", "cached", "cached"], "{member3}");
     assert!(text.contains("test error of the round selected on validation"), "{text}");
     let table = store.join("sweeps/tinysweep.parquet");
-    let batches = pipe::table::read_parquet(std::fs::read(&table).unwrap()).unwrap();
+    let batches = pipe::engine::table::read_parquet(std::fs::read(&table).unwrap()).unwrap();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 4 * 3, "a row per member and evaluated round");
     for col in ["member", "case", "seed", "pipeline.seed", "run", "round", "validation_error", "test_error", "selected"] {

@@ -48,7 +48,7 @@ fn lineage_of_a_round_2_checkpoint_names_every_input_and_scores_them() {
     let p = &pns[7];
     let params = &stage("train/2");
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("stages").join(format!("{}.json", params["key"].as_str().unwrap()))).unwrap()).unwrap();
-    let net: pipe::adapters::NetParams = serde_json::from_value(manifest["params"]["net"].clone()).unwrap();
+    let net: stages::nn::NetConfig = serde_json::from_value(manifest["params"]["net"].clone()).unwrap();
     let object = |d: &str| std::fs::read(store.join("objects").join(&d[..2]).join(&d[2..])).unwrap();
     let dev = stages::candle::Device::Cpu;
     let model = net.load(&object(l["checkpoint"].as_str().unwrap()), &dev).unwrap();
@@ -67,7 +67,7 @@ fn lineage_of_a_round_2_checkpoint_names_every_input_and_scores_them() {
     let pq = dir.path().join("l.parquet");
     let out = lineage(&store, &format!("{run_id}:train/2"), &["--format", "parquet", "--out", pq.to_str().unwrap()]);
     assert!(out.status.success());
-    let batches = pipe::table::read_parquet(std::fs::read(&pq).unwrap()).unwrap();
+    let batches = pipe::engine::table::read_parquet(std::fs::read(&pq).unwrap()).unwrap();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 60);
     for c in ["round", "class", "sample_id", "seed", "steps", "stop_reason", "logit", "draws", "logit_after_1", "fools_after_2"] {
         assert!(batches[0].column_by_name(c).is_some(), "no column {c}");

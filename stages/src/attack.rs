@@ -3,9 +3,8 @@
 //! eps-ball around x after every step. The net is frozen, so each backward pass computes the
 //! input gradient only.
 
-use crate::nn::{Classifier, Mode};
+use crate::nn::{Classifier, Mode, Shape3};
 use crate::rng::Rng;
-use crate::synthesize::Shape3;
 use candle_core::{Device, Result, Tensor, Var};
 
 /// An L-infinity attack, in the units of the images (e.g. [-1, 1]).
@@ -28,6 +27,34 @@ impl Attack {
     /// FGSM: one step of size eps from the image itself.
     pub fn fgsm(eps: f32, lo: f32, hi: f32) -> Self {
         Attack { eps, lo, hi, steps: 1, step_size: eps, random_start: false }
+    }
+}
+
+/// An attack as a setting, in the units of the images. Radii are kept in f64, as the
+/// pipeline computed them, and narrowed to f32 only where the attack runs.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AttackConfig {
+    Fgsm { eps: f64, lo: f64, hi: f64 },
+    Pgd { eps: f64, lo: f64, hi: f64, steps: u32, step_size: f64, random_start: bool },
+}
+
+impl AttackConfig {
+    pub fn attack(&self) -> Attack {
+        match *self {
+            AttackConfig::Fgsm { eps, lo, hi } => Attack::fgsm(eps as f32, lo as f32, hi as f32),
+            AttackConfig::Pgd { eps, lo, hi, steps, step_size, random_start } => {
+                Attack { eps: eps as f32, lo: lo as f32, hi: hi as f32, steps, step_size: step_size as f32, random_start }
+            }
+        }
+    }
+
+    /// A short name for tables and logs, e.g. `FGSM eps 0.25`.
+    pub fn name(&self) -> String {
+        match *self {
+            AttackConfig::Fgsm { eps, .. } => format!("FGSM eps {}", eps as f32),
+            AttackConfig::Pgd { eps, steps, .. } => format!("PGD-{steps} eps {}", eps as f32),
+        }
     }
 }
 

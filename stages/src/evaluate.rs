@@ -1,7 +1,8 @@
 //! Classification error, overall and per class.
 
 use crate::nn::{Classifier, Mode};
-use crate::synthesize::{argmax, Shape3};
+use crate::logits::argmax;
+use crate::nn::Shape3;
 use candle_core::{Device, Result, Tensor};
 
 /// Logits of every image (N x C x H x W in [-1, 1]), in batches: one row per image.

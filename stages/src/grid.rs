@@ -3,6 +3,11 @@
 //! The bytes are a pure function of the inputs (fixed compression level and filter, no
 //! timestamps or text chunks), so a grid can be stored as an artifact and hashed like any
 //! other output.
+//!
+//! Its users are the engine's stage kinds (synthesis and attack figures) and this crate's
+//! loader tests (which write image files with it). It stays in the library because it
+//! reads images in the library's layout (N x C x H x W in [-1, 1]) and owns the PNG
+//! encoder: the engine hands over tensors' values and gets bytes back.
 
 use std::path::Path;
 

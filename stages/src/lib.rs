@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod codec;
 pub mod evaluate;
+pub mod logits;
 pub mod loss;
 pub mod nn;
 pub mod optim;

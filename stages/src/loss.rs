@@ -8,7 +8,8 @@ pub fn softplus(z: &Tensor) -> Result<Tensor> {
 }
 
 /// What a net's logits mean and how they are trained.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Objective {
     /// K logits; the softmax ICN loss (Eq. 9) with weight alpha on pseudo-negatives.
     Softmax { alpha: f64 },
@@ -34,7 +35,7 @@ impl Objective {
     /// Whether logits `row` claim `class`: the top class (softmax), or f(x) > 0 (binary).
     pub fn claims(&self, row: &[f32], class: u32) -> bool {
         match *self {
-            Objective::Softmax { .. } => crate::synthesize::argmax(row) == class as usize,
+            Objective::Softmax { .. } => crate::logits::argmax(row) == class as usize,
             Objective::Binary { .. } => row[0] > 0.0,
         }
     }

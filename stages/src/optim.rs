@@ -7,6 +7,30 @@ use candle_core::{CpuStorage, DType, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
+/// A training optimizer as a setting: the kind and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OptimizerConfig {
+    Sgd { lr: f64, momentum: f64 },
+    Adam { lr: f64, beta1: f64, beta2: f64 },
+}
+
+impl OptimizerConfig {
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerConfig::Sgd { lr, .. } | OptimizerConfig::Adam { lr, .. } => lr,
+        }
+    }
+
+    /// A fresh optimizer (no moments yet).
+    pub fn build(&self) -> Box<dyn Optimizer> {
+        match *self {
+            OptimizerConfig::Sgd { lr, momentum } => Box::new(SgdMomentum::new(lr, momentum)),
+            OptimizerConfig::Adam { lr, beta1, beta2 } => Box::new(Adam::new(lr, beta1, beta2, 1e-8)),
+        }
+    }
+}
+
 pub trait Optimizer {
     /// One update of `vars` from `grads`; a var without a gradient is left alone.
     fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<()>;

@@ -5,6 +5,10 @@
 //! Text is drawn with DejaVu Sans compiled into the binary (`stages/assets`), so a chart
 //! looks the same on every machine and needs no system font. As with [`crate::grid`], the
 //! PNG bytes are a pure function of the inputs.
+//!
+//! Only the engine's sweep report draws charts; it stays here beside [`crate::grid`] so
+//! that the rasterizer, the PNG encoder and the embedded font are the library's
+//! dependencies and the engine passes numbers in and gets bytes out.
 
 use std::sync::OnceLock;
 

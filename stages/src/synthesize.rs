@@ -5,17 +5,20 @@
 //! optimizer state: a sample that stops is frozen while the rest of its batch goes on, and
 //! only the samples still running are forwarded.
 
-use crate::nn::{Classifier, Mode};
+use crate::logits::class_score;
+use crate::nn::{Classifier, Mode, Shape3};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
 
 /// When a sample is done (ICN Table 2); every rule also stops at `max_steps`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StopRule {
     /// Stop option (1): once the classifier assigns the sample to its target class.
     Classified,
     /// Stop option (2): once the softmax probability of the target class exceeds this.
-    Probability(f64),
+    Probability { threshold: f64 },
     /// Stop option (3): always run `max_steps` steps.
     Steps,
 }
@@ -42,14 +45,25 @@ impl StopReason {
 
 /// How x moves (ICN Table 2): gradient ascent on f_k(x) by Adam or SGD, or Langevin
 /// dynamics dx = (eps/2) grad f + N(0, eps) with eps annealed as eps0 * decay^step.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Step {
     /// Adam with fresh state per sample (the ICN reference code: lr 0.01, beta1 0.5).
-    Adam { beta1: f64, beta2: f64, eps: f64 },
+    /// `eps` is Adam's constant, not a setting: it is in no stage key.
+    Adam {
+        beta1: f64,
+        beta2: f64,
+        #[serde(skip, default = "adam_eps")]
+        eps: f64,
+    },
     /// Plain gradient ascent with step size `lr`.
     Sgd,
     /// Langevin dynamics; `lr` is eps0.
     Langevin { decay: f64 },
+}
+
+fn adam_eps() -> f64 {
+    1e-8
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -92,9 +106,6 @@ pub struct Synthesized {
     pub images: Vec<f32>,
     pub records: Vec<SampleRecord>,
 }
-
-/// Image shape (C, H, W).
-pub type Shape3 = (usize, usize, usize);
 
 /// The starting point of a sample: p0 noise from its own seed, clipped to the data range.
 pub fn initial_sample(seed: u64, len: usize, std: f64) -> Vec<f32> {
@@ -193,7 +204,7 @@ pub fn synthesize(
                 let (logit, prob, classified) = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
                 let reason = match cfg.stop {
                     StopRule::Classified if classified => Some(StopReason::Classified),
-                    StopRule::Probability(t) if prob as f64 > t => Some(StopReason::Probability),
+                    StopRule::Probability { threshold } if prob as f64 > threshold => Some(StopReason::Probability),
                     _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
                     _ => None,
                 };
@@ -240,36 +251,10 @@ pub fn synthesize(
     Ok(Synthesized { images, records })
 }
 
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// How a classifier sees a sample made for class k, from its logits: (logit of k,
-/// probability of k, classified as k). A one-logit (binary) net scores the positive class
-/// by its only logit: sigmoid, and "classified" when it is positive.
-pub fn class_score(row: &[f32], k: usize, binary: bool) -> (f32, f32, bool) {
-    if binary {
-        (row[0], 1.0 / (1.0 + (-row[0]).exp()), row[0] > 0.0)
-    } else {
-        (row[k], softmax_at(row, k), argmax(row) == k)
-    }
-}
-
-fn softmax_at(row: &[f32], k: usize) -> f32 {
-    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let z: f64 = row.iter().map(|v| ((v - m) as f64).exp()).sum();
-    (((row[k] - m) as f64).exp() / z) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logits::argmax;
     use crate::nn::{Cnn4, Cnn4Config};
 
     fn cfg(stop: StopRule, max_steps: u32) -> SynthesisConfig {
@@ -313,7 +298,7 @@ mod tests {
         let dev = Device::Cpu;
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
         let targets: Vec<Target> = (0..6).map(|i| Target { class: (i * 7 % 10) as u32, seed: 300 + i as u64 }).collect();
-        let mut c = cfg(StopRule::Probability(0.3), 100);
+        let mut c = cfg(StopRule::Probability { threshold: 0.3 }, 100);
         let out = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
         for r in &out.records {
             match r.stop_reason {

@@ -8,7 +8,7 @@ use crate::loss::Objective;
 use crate::nn::Classifier;
 use crate::optim::Optimizer;
 use crate::rng::Rng;
-use crate::synthesize::Shape3;
+use crate::nn::Shape3;
 use candle_core::{Device, Result, Tensor};
 
 /// Training samples: real ones with their labels, then pseudo-negatives with the class

@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod cnn4;
+pub mod config;
 pub mod conv;
 pub mod norm;
 pub mod resnet;
@@ -20,9 +21,13 @@ pub(crate) fn gemm_output(n: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
 }
 
 pub use cnn4::{Cnn4, Cnn4Config};
+pub use config::{Arch, NetConfig, NetError, Normalization};
 pub use conv::Geom;
 pub use norm::NormKind;
 pub use resnet::{ResNet, ResNetConfig};
+
+/// Image shape (C, H, W) of a net's input.
+pub type Shape3 = (usize, usize, usize);
 
 /// How a forward pass treats the parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -2,13 +2,17 @@
 //! adversarial comparison of two of its cases (WINN Table 3, and the ICN paper's count
 //! form), and a plot of test error against a swept size.
 
-use crate::adapters::Adapters;
-use crate::executor::{self, RunRecord};
-use crate::spec::AttackClassifier;
-use crate::plan::{attack_stage, plan, stage_seed, InputRef, StageDef};
-use crate::store::Store;
-use crate::sweep::{self, Member};
-use crate::table::{to_parquet, Column};
+use crate::engine::executor::{self, RunRecord};
+use crate::engine::graph::{stage_seed, InputRef, StageDef};
+use crate::engine::store::Store;
+use crate::engine::table::{to_parquet, Column};
+use crate::kinds::attack::{self, Attack};
+use crate::kinds::load::{self, Load};
+use crate::kinds::train::{self, Train};
+use crate::kinds::{read_params, Kind, Kinds};
+use crate::methods::{icn::attack_stage, plan};
+use crate::pipeline::spec::AttackClassifier;
+use crate::pipeline::sweep::{self, Member};
 use crate::UserError;
 use anyhow::Result;
 use serde_json::Value;
@@ -84,10 +88,10 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
     let mut rows = Vec::new();
     for (member, r) in records.iter().enumerate() {
         let selected = r.selected.as_ref().and_then(|s| s["round"].as_u64());
-        for s in r.stages.iter().filter(|s| s.kind == "evaluate") {
-            let round: u32 = s.stage.trim_start_matches("evaluate/").parse().unwrap_or(0);
+        let rounds = crate::methods::rounds_of(r);
+        for (round, s) in crate::methods::select::reporters(&r.stages, &rounds) {
             let get = |k: &str| s.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-            rows.push(Row { member, run: r.id.clone(), round, validation_error: get("validation_error"), test_error: get("test_error"), selected: selected == Some(round as u64) });
+            rows.push(Row { member, run: r.id.clone(), round, validation_error: get(rounds.select_on), test_error: get(rounds.reported), selected: selected == Some(round as u64) });
         }
     }
     let keys: Vec<String> = members[0].values.iter().map(|(k, _)| k.clone()).collect();
@@ -180,26 +184,25 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
         let (ma, ra, mb, rb) = (&members[ia], &records[ia], &members[ib], &records[ib]);
         let checkpoint = |r: &RunRecord| match a.classifier {
             AttackClassifier::Selected => r.selected.as_ref().and_then(|s| s["checkpoint"].as_str()).map(String::from),
-            AttackClassifier::Last => r.stages.iter().rev().find(|s| s.kind == "train").and_then(|s| s.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()),
+            AttackClassifier::Last => r.stages.iter().rev().find(|s| s.kind == Train::ID.name).and_then(|s| s.outputs.get(train::CHECKPOINT)).map(|o| o.digest.clone()),
         };
-        let test = ra.stages.iter().find(|s| s.stage == "load").and_then(|s| s.outputs.get("test.safetensors")).map(|o| o.digest.clone());
+        let test = ra.stages.iter().find(|s| s.kind == Load::ID.name).and_then(|s| s.outputs.get(load::TEST)).map(|o| o.digest.clone());
         let (Some(ca), Some(cb), Some(test)) = (checkpoint(ra), checkpoint(rb), test) else {
             println!("two-way: {config}: no single classifier on both sides; skipped");
             continue;
         };
-        let net_of = |m: &Member| plan(&m.pipeline).iter().find(|s| s.kind == "train").map(|s| s.params["net"].clone()).unwrap_or_default();
-        let net = net_of(ma);
-        if net != net_of(mb) {
+        let net_of = |m: &Member| plan(&m.pipeline).stages.into_iter().find(|s| s.kind == Train::ID).and_then(|s| read_params::<train::Params>(&s.params).ok()).map(|p| p.net);
+        let (Some(net), net_b) = (net_of(ma), net_of(mb)) else { continue };
+        if Some(&net) != net_b.as_ref() {
             println!("two-way: {config}: {case_a} and {case_b} train different nets; skipped");
             continue;
         }
         let seed = ma.pipeline.spec.pipeline.seed;
         for (attacked, tested, ck_attacked, ck_tested) in [(&case_a, &case_b, &ca, &cb), (&case_b, &case_a, &cb, &ca)] {
-            let id = format!("attack/{config}/{attacked}");
+            let id = format!("{}/{config}/{attacked}", Attack::ID.name);
             let models = [(attacked.clone(), InputRef::Object(ck_attacked.clone())), (tested.clone(), InputRef::Object(ck_tested.clone()))];
-            let (id, (kind, version), mut params, inputs) = attack_stage(&id, &a, &net, 0, InputRef::Object(test.clone()), &models);
-            params["seed"] = serde_json::json!(stage_seed(seed, &id));
-            stages.push(StageDef { id, kind, version, params, inputs: inputs.into_iter().collect() });
+            let stage_seed = stage_seed(seed, &id);
+            stages.push(attack_stage(id, &a, &net, 0, stage_seed, InputRef::Object(test.clone()), &models));
             meta.push((config.clone(), seed, attacked.clone(), tested.clone()));
         }
     }
@@ -208,8 +211,8 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     }
     println!("\n== two-way attack: {case_a} vs {case_b}, {} stages", stages.len());
     let pipeline = &members[0].pipeline;
-    let runner = Adapters::for_device(&pipeline.spec.pipeline.device)?;
-    let mut record = crate::cli::new_record(&format!("{name}:two-way"), pipeline, &runner);
+    let runner = Kinds::for_device(&pipeline.spec.pipeline.device)?;
+    let mut record = crate::audit::runs::new_record(&format!("{name}:two-way"), pipeline, executor::Runner::device(&runner));
     executor::run(store, &stages, &runner, &mut record, &|_| None)?;
     store.write_run(&record.id, &record)?;
     let rows: Vec<Direction> = meta
@@ -266,7 +269,7 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     let mut files = vec![path];
     // the adversarial example figures of the first configuration, next to the table
     for (d, s) in rows.iter().zip(&record.stages).take(2) {
-        if let Some(o) = s.outputs.get("examples.png") {
+        if let Some(o) = s.outputs.get(attack::FIGURE) {
             let fig = sweeps_path(store, members, &format!(".adversarial.{}.png", d.attacked));
             store.write_atomic(&fig, &store.read(&o.digest)?)?;
             println!("figure: {} (rows: original, perturbation, adversarial)", fig.display());

@@ -6,57 +6,62 @@
 //! class, the original (top row), the perturbation scaled to full contrast (middle) and
 //! the adversarial image (bottom).
 
-use super::{read_set, NetParams};
-use crate::executor::StageIo;
-use crate::table::{to_parquet, Column};
+use super::{read_set, Kind};
+use crate::engine::executor::StageIo;
+use crate::engine::graph::KindId;
+use crate::engine::table::{to_parquet, Column};
 use anyhow::{ensure, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use stages::attack::{attack, Attack};
+use stages::attack::{attack, AttackConfig};
 use stages::candle::Device;
 use stages::evaluate::predict;
 use stages::grid::encode_grid_png;
+use stages::nn::NetConfig;
 use stages::rng::Rng;
 
-#[derive(Deserialize)]
-struct Params {
-    round: u32,
-    net: NetParams,
-    attack: AttackParams,
-    batch_size: usize,
-    /// One name per classifier input, attacked one first.
-    models: Vec<String>,
-    seed: u64,
+pub struct Attack;
+
+/// Input: the test set the adversarial examples are made from.
+pub const TEST: &str = "test";
+/// Output: one row per (example, classifier).
+pub const EXAMPLES: &str = "examples.parquet";
+/// Output: the first fooling example of each class (original / perturbation / adversarial).
+pub const FIGURE: &str = "examples.png";
+
+/// Input: classifier i (0 is the attacked one; the others are tested on its examples).
+pub fn checkpoint(i: usize) -> String {
+    format!("{CHECKPOINT}{i:04}")
+}
+const CHECKPOINT: &str = "checkpoint.";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub round: u32,
+    pub net: NetConfig,
+    /// In the models' [-1, 1] units.
+    pub attack: AttackConfig,
+    pub batch_size: usize,
+    /// A name for each classifier input, in input order.
+    pub models: Vec<String>,
+    pub seed: u64,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-enum AttackParams {
-    Fgsm { eps: f32, lo: f32, hi: f32 },
-    Pgd { eps: f32, lo: f32, hi: f32, steps: u32, step_size: f32, random_start: bool },
-}
-
-impl AttackParams {
-    fn attack(&self) -> Attack {
-        match *self {
-            AttackParams::Fgsm { eps, lo, hi } => Attack::fgsm(eps, lo, hi),
-            AttackParams::Pgd { eps, lo, hi, steps, step_size, random_start } => Attack { eps, lo, hi, steps, step_size, random_start },
-        }
+impl Kind for Attack {
+    const ID: KindId = KindId { name: "attack", version: 1 };
+    type Params = Params;
+    const OUTPUTS: &'static [&'static str] = &[EXAMPLES];
+    fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+        run(p, io, device)
     }
-    fn name(&self) -> String {
-        match self {
-            AttackParams::Fgsm { eps, .. } => format!("FGSM eps {eps}"),
-            AttackParams::Pgd { eps, steps, .. } => format!("PGD-{steps} eps {eps}"),
-        }
-    }
 }
 
-pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
-    let p: Params = io.params()?;
-    let names = io.input_names("checkpoint");
+fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+    let names = io.input_names(CHECKPOINT);
     ensure!(!names.is_empty() && names.len() == p.models.len(), "stage {}: {} classifiers for {} model names", io.stage_id(), names.len(), p.models.len());
-    let nets = names.iter().map(|n| p.net.load(&io.read(n)?, device)).collect::<Result<Vec<_>>>()?;
-    let (x, y) = read_set(io, "test")?;
+    let nets = names.iter().map(|n| Ok(p.net.load(&io.read(n)?, device)?)).collect::<Result<Vec<_>>>()?;
+    let (x, y) = read_set(io, TEST)?;
     let shape = p.net.shape();
     let d = shape.0 * shape.1 * shape.2;
 
@@ -107,7 +112,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     let u32s = |f: &dyn Fn(usize, usize) -> u32| Column::U32(rows.iter().map(|&(m, j)| f(m, j)).collect());
     let bools = |f: &dyn Fn(usize, usize) -> bool| Column::Bool(rows.iter().map(|&(m, j)| f(m, j)).collect());
     io.write(
-        "examples.parquet",
+        EXAMPLES,
         &to_parquet(vec![
             ("round", Column::U32(vec![p.round; rows.len()])),
             ("example", u32s(&|_, j| chosen[j] as u32)),
@@ -133,7 +138,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
             }
         };
         let images: Vec<f32> = (0..3).flat_map(|row| shown.iter().flat_map(move |&j| tile(j, row))).collect();
-        io.write("examples.png", &encode_grid_png(&images, 3 * shown.len(), shape.0, shape.1, shape.2, shown.len(), 2)?)?;
+        io.write(FIGURE, &encode_grid_png(&images, 3 * shown.len(), shape.0, shape.1, shape.2, shown.len(), 2)?)?;
     }
     Ok(())
 }

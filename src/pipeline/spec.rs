@@ -2,9 +2,16 @@
 //! that happens before any work. Errors name the file, the line or key, and what was
 //! expected.
 
+pub use crate::kinds::load::DataFormat;
+use crate::kinds::load::data_files;
 use crate::UserError;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+pub use stages::nn::{Arch, Normalization};
+use stages::attack::AttackConfig;
+use stages::nn::NetConfig;
+use stages::optim::OptimizerConfig;
+use stages::synthesize::{Step, StopRule};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -23,7 +30,7 @@ pub struct Spec {
     /// Adversarial attack of every round's classifier; absent: no attack stages.
     #[serde(default)]
     pub attack: Option<AttackSection>,
-    /// A matrix of settings to run (see [`crate::sweep`]); absent for a single pipeline.
+    /// A matrix of settings to run (see [`crate::pipeline::sweep`]); absent for a single pipeline.
     #[serde(default)]
     pub sweep: Option<toml::Table>,
 }
@@ -79,23 +86,6 @@ pub enum Method {
     Baseline,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// IDX files (`train-images-idx3-ubyte[.gz]`, ...) in one directory.
-    Mnist,
-    /// CIFAR-10 binary batches (`data_batch_1.bin` .. `data_batch_5.bin`, `test_batch.bin`).
-    Cifar10,
-    /// SVHN cropped digits (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`).
-    Svhn,
-    /// An image folder: one sub-folder per class (PNG or JPEG), e.g. `face/` and `nonface/`.
-    /// The test set is split off like the validation set (`test_size`).
-    Folder,
-    /// Hugging Face style Parquet shards (`train*.parquet`, `test*.parquet`, in the folder
-    /// or its `data/`): an `image` column of PNG/JPEG bytes and a `label` column.
-    Parquet,
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
@@ -140,23 +130,13 @@ fn d_validation_size() -> usize {
     1000
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Arch {
-    /// The ICN paper's MNIST net.
-    Cnn4,
-    /// The CIFAR ResNet-32 (3 stages x 5 basic blocks, 16/32/64 channels times `width`,
-    /// batch norm), as the papers use for CIFAR-10 and SVHN.
-    Resnet32,
-}
-
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetSection {
     pub arch: Arch,
     /// Normalization after each convolution: `none`, `batch` or `layer`; by default none
     /// for CNN4 (the ICN paper) and batch for ResNet-32.
-    pub norm: Option<NormChoice>,
+    pub norm: Option<Normalization>,
     /// Channel multiplier: 1.0 is the paper's net (CNN4 64/128/256/512, ResNet 16/32/64).
     pub width: f64,
     pub leaky_slope: f64,
@@ -165,14 +145,6 @@ impl Default for NetSection {
     fn default() -> Self {
         NetSection { arch: Arch::Cnn4, norm: None, width: 1.0, leaky_slope: 0.2 }
     }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum NormChoice {
-    None,
-    Batch,
-    Layer,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -242,7 +214,7 @@ impl Default for TrainSection {
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum StopRule {
+pub enum StopChoice {
     /// Stop option (1): once classified as the target class.
     Classified,
     /// Stop option (2): once the target class's probability exceeds `stop_probability`.
@@ -274,7 +246,7 @@ pub struct SynthesizeSection {
     /// Standard deviation of the reference distribution p0 = N(0, s^2).
     pub init_std: f64,
     pub max_steps: u32,
-    pub stop: StopRule,
+    pub stop: StopChoice,
     /// Threshold of stop option (2).
     pub stop_probability: f64,
     /// Annealing of the Langevin step size per step.
@@ -291,7 +263,7 @@ impl Default for SynthesizeSection {
             beta2: 0.999,
             init_std: 0.3,
             max_steps: 500,
-            stop: StopRule::Classified,
+            stop: StopChoice::Classified,
             stop_probability: 0.9,
             langevin_decay: 0.99,
             batch_size: 200,
@@ -552,6 +524,9 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
     Some(text[..offset.min(text.len())].matches('\n').count() + 1)
 }
 
+/// Records each setting that is out of range: `need(ok, key, expected)`.
+type Need<'a> = dyn FnMut(bool, &str, &str) + 'a;
+
 fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     let mut problems = Vec::new();
     let mut need = |ok: bool, key: &str, expected: &str| {
@@ -559,51 +534,15 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
             problems.push(format!("{}: expected {expected}", locate(key)));
         }
     };
-    let t = &spec.train;
-    let s = &spec.synthesize;
-    let d = &spec.pipeline.device;
-    need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
-    need(spec.data.channels == 1 || spec.data.channels == 3, "data.channels", "1 or 3");
-    need(spec.pipeline.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
-    need(!(spec.net.arch == Arch::Resnet32 && spec.net.norm == Some(NormChoice::None)), "net.norm", "`batch` or `layer` for resnet32");
-    need(spec.net.width > 0.0 && spec.net.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
-    need((0.0..1.0).contains(&spec.net.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
-    need(t.lr > 0.0 && t.lr.is_finite(), "train.lr", "a positive learning rate");
-    need((0.0..1.0).contains(&t.momentum), "train.momentum", "a momentum in [0, 1)");
-    need((0.0..1.0).contains(&t.beta1), "train.beta1", "a value in [0, 1)");
-    need((0.0..1.0).contains(&t.beta2), "train.beta2", "a value in [0, 1)");
-    need(t.batch_size >= 1, "train.batch_size", "at least 1");
-    need(t.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
-    need((0.0..=1.0).contains(&t.alpha), "train.alpha", "a weight in [0, 1]");
-    need(t.recency_decay > 0.0 && t.recency_decay <= 1.0, "train.recency_decay", "a factor in (0, 1]");
-    need(t.lr_drop_factor > 0.0 && t.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
-    need(t.lr_drop_round.is_none_or(|r| r >= 1), "train.lr_drop_round", "a round >= 1");
-    need(s.stop_probability > 0.0 && s.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");
-    need(s.langevin_decay > 0.0 && s.langevin_decay <= 1.0, "synthesize.langevin_decay", "a factor in (0, 1]");
-    need(s.per_class >= 1, "synthesize.per_class", "at least 1 pseudo-negative per class");
-    need(s.lr > 0.0 && s.lr.is_finite(), "synthesize.lr", "a positive step size");
-    need((0.0..1.0).contains(&s.beta1), "synthesize.beta1", "a value in [0, 1)");
-    need((0.0..1.0).contains(&s.beta2), "synthesize.beta2", "a value in [0, 1)");
-    need(s.init_std > 0.0, "synthesize.init_std", "a positive standard deviation");
-    need(s.batch_size >= 1, "synthesize.batch_size", "at least 1");
+    spec.pipeline.validate(&mut need);
+    spec.data.validate(&mut need);
+    spec.net.validate(&mut need);
+    spec.train.validate(&mut need);
+    spec.synthesize.validate(&mut need);
     need(spec.evaluate.batch_size >= 1, "evaluate.batch_size", "at least 1");
-    need(spec.data.validation_size >= 1, "data.validation_size", "at least 1 validation example");
     if let Some(a) = &spec.attack {
-        let full = match a.eps_unit {
-            EpsUnit::MinusOneToOne => 2.0,
-            EpsUnit::ZeroToOne => 1.0,
-        };
-        need(a.eps > 0.0 && a.eps < full, "attack.eps", &format!("a radius in (0, {full}) in the units of eps_unit"));
-        need(a.steps >= 1, "attack.steps", "at least 1 step");
-        need(a.step_size.is_none_or(|s| s > 0.0 && s.is_finite()), "attack.step_size", "a positive step");
-        need(a.batch_size >= 1, "attack.batch_size", "at least 1");
-        let range = match a.eps_unit {
-            EpsUnit::MinusOneToOne => -1.0..=1.0,
-            EpsUnit::ZeroToOne => 0.0..=1.0,
-        };
-        need(a.clip.is_none_or(|[lo, hi]| lo < hi && range.contains(&lo) && range.contains(&hi)), "attack.clip", "[lo, hi] with lo < hi inside the range of eps_unit");
+        a.validate(&mut need);
         need(spec.pipeline.variant == Variant::Softmax, "attack", "pipeline.variant = \"softmax\" (the attack follows the gradient of the softmax cross-entropy)");
-        need(a.compare.is_empty() || a.compare.len() == 2, "attack.compare", "two case names of the [sweep], e.g. [\"baseline\", \"icn\"]");
     }
     if problems.is_empty() {
         Ok(())
@@ -612,50 +551,127 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     }
 }
 
-/// The four files of an MNIST directory.
-const MNIST_FILES: [(&str, &str); 4] = [
-    ("train_images", "train-images-idx3-ubyte"),
-    ("train_labels", "train-labels-idx1-ubyte"),
-    ("test_images", "t10k-images-idx3-ubyte"),
-    ("test_labels", "t10k-labels-idx1-ubyte"),
-];
+impl PipelineSection {
+    fn validate(&self, need: &mut Need) {
+        let d = &self.device;
+        need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
+        need(self.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
+    }
+}
 
-/// The files a `load` stage reads, by input name, or the name of the first one missing.
-/// Multi-file formats name their inputs `train.N` / `test.N`, concatenated in order.
-pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::result::Result<Vec<(String, PathBuf)>, String> {
-    let need = |name: String, file: &str| {
-        let p = dir.join(file);
-        if p.is_file() { Ok((name, p)) } else { Err(file.to_string()) }
-    };
-    match format {
-        DataFormat::Mnist => MNIST_FILES
-            .iter()
-            .map(|(name, base)| {
-                [dir.join(base), dir.join(format!("{base}.gz"))]
-                    .into_iter()
-                    .find(|p| p.is_file())
-                    .map(|p| (name.to_string(), p))
-                    .ok_or_else(|| format!("{base} (or {base}.gz)"))
-            })
-            .collect(),
-        DataFormat::Cifar10 => (1..=5)
-            .map(|i| need(format!("train.{i}"), &format!("data_batch_{i}.bin")))
-            .chain([need("test.1".into(), "test_batch.bin")])
-            .collect(),
-        DataFormat::Folder => Ok(vec![("folder".to_string(), dir.to_path_buf())]),
-        DataFormat::Parquet => {
-            for split in ["train", "test"] {
-                stages::data::parquet::split_files(dir, split).map_err(|_| format!("{split}*.parquet shards"))?;
-            }
-            Ok(vec![("parquet".to_string(), dir.to_path_buf())])
+impl DataSection {
+    fn validate(&self, need: &mut Need) {
+        need(self.channels == 1 || self.channels == 3, "data.channels", "1 or 3");
+        need(self.validation_size >= 1, "data.validation_size", "at least 1 validation example");
+    }
+}
+
+impl NetSection {
+    fn validate(&self, need: &mut Need) {
+        need(!(self.arch == Arch::Resnet32 && self.norm == Some(Normalization::None)), "net.norm", "`batch` or `layer` for resnet32");
+        need(self.width > 0.0 && self.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
+        need((0.0..1.0).contains(&self.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
+    }
+
+    /// The net of this section on images of `g`, with `num_classes` logits.
+    pub fn config(&self, g: Geometry, num_classes: usize) -> NetConfig {
+        let norm = match (self.norm, self.arch) {
+            (Some(n), _) => n,
+            (None, Arch::Resnet32) => Normalization::Batch,
+            (None, Arch::Cnn4) => Normalization::None,
+        };
+        NetConfig { arch: self.arch, norm, width: self.width, leaky_slope: self.leaky_slope, channels: g.channels, height: g.height, image_width: g.width, num_classes }
+    }
+}
+
+impl TrainSection {
+    fn validate(&self, need: &mut Need) {
+        need(self.lr > 0.0 && self.lr.is_finite(), "train.lr", "a positive learning rate");
+        need((0.0..1.0).contains(&self.momentum), "train.momentum", "a momentum in [0, 1)");
+        need((0.0..1.0).contains(&self.beta1), "train.beta1", "a value in [0, 1)");
+        need((0.0..1.0).contains(&self.beta2), "train.beta2", "a value in [0, 1)");
+        need(self.batch_size >= 1, "train.batch_size", "at least 1");
+        need(self.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
+        need((0.0..=1.0).contains(&self.alpha), "train.alpha", "a weight in [0, 1]");
+        need(self.recency_decay > 0.0 && self.recency_decay <= 1.0, "train.recency_decay", "a factor in (0, 1]");
+        need(self.lr_drop_factor > 0.0 && self.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
+        need(self.lr_drop_round.is_none_or(|r| r >= 1), "train.lr_drop_round", "a round >= 1");
+    }
+
+    /// The optimizer of a round: the learning rate after the drop, if there is one.
+    pub fn optimizer(&self, round: u32) -> OptimizerConfig {
+        let lr = match self.lr_drop_round {
+            Some(r) if round >= r => self.lr * self.lr_drop_factor,
+            _ => self.lr,
+        };
+        match self.optimizer {
+            OptimizerKind::Sgd => OptimizerConfig::Sgd { lr, momentum: self.momentum },
+            OptimizerKind::Adam => OptimizerConfig::Adam { lr, beta1: self.beta1, beta2: self.beta2 },
         }
-        DataFormat::Svhn => {
-            let mut files = vec![need("train.1".into(), "train_32x32.mat")];
-            if svhn_extra {
-                files.push(need("train.2".into(), "extra_32x32.mat"));
-            }
-            files.push(need("test.1".into(), "test_32x32.mat"));
-            files.into_iter().collect()
+    }
+}
+
+impl SynthesizeSection {
+    fn validate(&self, need: &mut Need) {
+        need(self.stop_probability > 0.0 && self.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");
+        need(self.langevin_decay > 0.0 && self.langevin_decay <= 1.0, "synthesize.langevin_decay", "a factor in (0, 1]");
+        need(self.per_class >= 1, "synthesize.per_class", "at least 1 pseudo-negative per class");
+        need(self.lr > 0.0 && self.lr.is_finite(), "synthesize.lr", "a positive step size");
+        need((0.0..1.0).contains(&self.beta1), "synthesize.beta1", "a value in [0, 1)");
+        need((0.0..1.0).contains(&self.beta2), "synthesize.beta2", "a value in [0, 1)");
+        need(self.init_std > 0.0, "synthesize.init_std", "a positive standard deviation");
+        need(self.batch_size >= 1, "synthesize.batch_size", "at least 1");
+    }
+
+    /// How x moves.
+    pub fn step(&self) -> Step {
+        match self.optimizer {
+            SynthesisStep::Adam => Step::Adam { beta1: self.beta1, beta2: self.beta2, eps: 1e-8 },
+            SynthesisStep::Sgd => Step::Sgd,
+            SynthesisStep::Langevin => Step::Langevin { decay: self.langevin_decay },
+        }
+    }
+
+    /// When a sample is done.
+    pub fn stop_rule(&self) -> StopRule {
+        match self.stop {
+            StopChoice::Classified => StopRule::Classified,
+            StopChoice::Probability => StopRule::Probability { threshold: self.stop_probability },
+            StopChoice::Steps => StopRule::Steps,
+        }
+    }
+}
+
+impl AttackSection {
+    fn validate(&self, need: &mut Need) {
+        let full = match self.eps_unit {
+            EpsUnit::MinusOneToOne => 2.0,
+            EpsUnit::ZeroToOne => 1.0,
+        };
+        need(self.eps > 0.0 && self.eps < full, "attack.eps", &format!("a radius in (0, {full}) in the units of eps_unit"));
+        need(self.steps >= 1, "attack.steps", "at least 1 step");
+        need(self.step_size.is_none_or(|s| s > 0.0 && s.is_finite()), "attack.step_size", "a positive step");
+        need(self.batch_size >= 1, "attack.batch_size", "at least 1");
+        let range = match self.eps_unit {
+            EpsUnit::MinusOneToOne => -1.0..=1.0,
+            EpsUnit::ZeroToOne => 0.0..=1.0,
+        };
+        need(self.clip.is_none_or(|[lo, hi]| lo < hi && range.contains(&lo) && range.contains(&hi)), "attack.clip", "[lo, hi] with lo < hi inside the range of eps_unit");
+        need(self.compare.is_empty() || self.compare.len() == 2, "attack.compare", "two case names of the [sweep], e.g. [\"baseline\", \"icn\"]");
+    }
+
+    /// The attack in the models' [-1, 1] units (eps and clip converted), so the same attack
+    /// written in either unit is one setting.
+    pub fn config(&self) -> AttackConfig {
+        let scale = self.eps_unit.scale();
+        let (lo, hi) = match self.clip {
+            Some([lo, hi]) => (self.eps_unit.to_model(lo), self.eps_unit.to_model(hi)),
+            None => (-1.0, 1.0),
+        };
+        let eps = self.eps * scale;
+        match self.method {
+            AttackMethod::Fgsm => AttackConfig::Fgsm { eps, lo, hi },
+            AttackMethod::Pgd => AttackConfig::Pgd { eps, lo, hi, steps: self.steps, step_size: self.step_size.map_or(eps / 4.0, |s| s * scale), random_start: self.random_start },
         }
     }
 }
@@ -666,4 +682,88 @@ fn folder_geometry(dir: &Path, channels: usize) -> std::result::Result<Geometry,
     let (first, num_classes) = folder::first_image(dir).map_err(|e| format!("{} has no class sub-folder holding an image (expected e.g. face/ and nonface/): {e}", dir.display()))?;
     let (_, height, width) = folder::load_image(&first, channels).map_err(|e| e.to_string())?;
     Ok(Geometry { channels, height, width, num_classes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"[pipeline]
+rounds = 2
+
+[data]
+format = "mnist"
+path = "DATA"
+
+[train]
+lr = 0.05
+epochs = 1
+
+[synthesize]
+stop = "probability"
+stop_probability = 0.8
+"#;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/mnist");
+        let file = dir.join("p.toml");
+        std::fs::write(&file, text.replace("DATA", &data.display().to_string())).unwrap();
+        file
+    }
+
+    fn error(file: &Path, sets: &[&str]) -> String {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        let e = load(file, &sets).err().expect("refused");
+        assert!(e.downcast_ref::<UserError>().is_some(), "a user error: {e}");
+        e.to_string()
+    }
+
+    #[test]
+    fn errors_name_the_file_line_or_the_override_and_what_was_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), &BASE.replace("lr = 0.05", "lr = -1.0"));
+        let shown = file.display().to_string();
+        assert_eq!(error(&file, &[]), format!("{shown}:9: train.lr: expected a positive learning rate"));
+        // every problem at once, each located; an override is named as written
+        let e = error(&file, &["synthesize.per_class=0"]);
+        assert!(e.contains(&format!("{shown}:9: train.lr: expected")), "{e}");
+        assert!(e.contains(&format!("{shown}: --set synthesize.per_class=0: expected at least 1")), "{e}");
+        // a wrong type or an unknown key: the parser's line and column
+        let file = write(dir.path(), &BASE.replace("epochs = 1", "epochs = \"one\""));
+        assert!(error(&file, &[]).contains("line 10"), "{}", error(&file, &[]));
+        let file = write(dir.path(), &BASE.replace("epochs = 1", "epoch = 1"));
+        assert!(error(&file, &[]).contains("unknown field `epoch`"));
+        let file = write(dir.path(), BASE);
+        assert!(error(&file, &["train.lr=fast"]).contains("--set train.lr=fast"));
+        assert!(error(&file, &["lr=0.1"]).contains("expected section.key"));
+    }
+
+    #[test]
+    fn sections_convert_into_the_library_settings_stages_are_keyed_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = load(&write(dir.path(), BASE), &["train.lr_drop_round=2".into()]).unwrap();
+        let s = &p.spec;
+        assert_eq!(s.synthesize.stop_rule(), StopRule::Probability { threshold: 0.8 });
+        assert_eq!(s.synthesize.step(), Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 });
+        assert_eq!(s.train.optimizer(1), OptimizerConfig::Sgd { lr: 0.05, momentum: 0.9 });
+        let OptimizerConfig::Sgd { lr, .. } = s.train.optimizer(2) else { panic!("sgd") };
+        assert!((lr - 0.005).abs() < 1e-12);
+        let net = s.net.config(p.geometry, 10);
+        assert_eq!((net.norm, net.channels, net.height, net.num_classes), (Normalization::None, 1, 28, 10));
+        let resnet = NetSection { arch: Arch::Resnet32, ..NetSection::default() };
+        assert_eq!(resnet.config(p.geometry, 10).norm, Normalization::Batch);
+        let a = AttackSection {
+            method: AttackMethod::Pgd,
+            eps: 0.1,
+            eps_unit: EpsUnit::ZeroToOne,
+            clip: Some([0.0, 1.0]),
+            steps: 5,
+            step_size: None,
+            random_start: true,
+            batch_size: 10,
+            compare: vec![],
+            classifier: AttackClassifier::Last,
+        };
+        assert_eq!(a.config(), AttackConfig::Pgd { eps: 0.2, lo: -1.0, hi: 1.0, steps: 5, step_size: 0.05, random_start: true });
+    }
 }

@@ -7,9 +7,9 @@
 //! behind "differs". A run is an id or unique prefix in the store, or the path of a run
 //! record (`runs/<id>.json`), so that runs made in two stores can be compared.
 
-use crate::cli::find_run;
-use crate::executor::{Manifest, RunRecord, RunStage};
-use crate::store::Store;
+use crate::audit::runs::find_run;
+use crate::engine::executor::{Manifest, RunRecord, RunStage};
+use crate::engine::store::Store;
 use crate::UserError;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -306,7 +306,9 @@ fn print(d: &Diff) {
     println!("  {same} of {} stages the same", d.stages.len());
 
     // Every round's errors are the headline; other numbers only where they moved.
-    let shown: Vec<&MetricDelta> = d.metrics.iter().filter(|m| m.stage.starts_with("evaluate") || m.a != m.b).collect();
+    let reporter = crate::methods::rounds_of(&d.a.record).reporter.name;
+    let reports_round = |stage: &str| d.a.record.stages.iter().chain(&d.b.record.stages).any(|s| s.stage == stage && s.kind == reporter);
+    let shown: Vec<&MetricDelta> = d.metrics.iter().filter(|m| reports_round(&m.stage) || m.a != m.b).collect();
     if !shown.is_empty() {
         let w = shown.iter().map(|m| m.metric.len()).max().unwrap_or(0).max(16);
         println!("\nmetrics{:<w$} {:>12} {:>12} {:>12}", "", "A", "B", "B - A", w = 10 + w);

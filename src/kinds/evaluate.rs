@@ -8,41 +8,89 @@
 //! for, and whether it still fools the classifier. This runs here, not in `train`, so
 //! training pays nothing for it.
 
-use super::{read_set, NetParams};
-use crate::executor::StageIo;
-use crate::table::{to_parquet, Column};
+use super::{read_set, Kind};
+use crate::engine::executor::StageIo;
+use crate::engine::graph::KindId;
+use crate::engine::table::{to_parquet, Column};
 use anyhow::Result;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
 use stages::evaluate::{logits, one_vs_all, predict, ClassErrors};
+use stages::nn::NetConfig;
 
-#[derive(Deserialize)]
-struct Params {
-    round: u32,
-    batch_size: usize,
-    net: NetParams,
-    evaluation: Evaluation,
+pub struct Evaluate;
+
+/// Inputs: the held-out sets.
+pub const VALIDATION: &str = "validation";
+pub const TEST: &str = "test";
+/// Output: error per split and class.
+pub const METRICS: &str = "metrics.parquet";
+/// Output (rounds with pseudo-negatives): how this round's classifier scores each one
+/// trained on so far.
+pub const SCORES: &str = "pseudo_negatives.parquet";
+/// Summary metrics: the error on each held-out set.
+pub const VALIDATION_ERROR: &str = "validation_error";
+pub const TEST_ERROR: &str = "test_error";
+
+/// Input: the classifier, or member k of a one-vs-all round (zero-padded: input order is
+/// class order).
+pub fn checkpoint(member: Option<u32>) -> String {
+    member.map_or(CHECKPOINT.to_string(), |k| format!("{CHECKPOINT}.c{k:04}"))
+}
+const CHECKPOINT: &str = "checkpoint";
+
+/// The net index of a checkpoint input's name (0 for a single net, k for member k).
+pub fn member_of_checkpoint(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(CHECKPOINT)?;
+    Some(rest.strip_prefix(".c").map_or(Some(0), |k| k.parse().ok())?)
 }
 
-#[derive(Deserialize)]
+/// Input: round r's pseudo-negatives (of member k).
+pub fn pseudo_negatives(member: Option<u32>, round: u32) -> String {
+    match member {
+        None => format!("{PSEUDO_NEGATIVES}{round:04}"),
+        Some(k) => format!("{PSEUDO_NEGATIVES}c{k:04}.{round:04}"),
+    }
+}
+const PSEUDO_NEGATIVES: &str = "pseudo_negatives.";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub round: u32,
+    pub batch_size: usize,
+    pub net: NetConfig,
+    pub evaluation: Evaluation,
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-enum Evaluation {
+pub enum Evaluation {
     Softmax,
     Binary { positive: u32 },
     OneVsAll,
 }
 
-pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
-    let p: Params = io.params()?;
+impl Kind for Evaluate {
+    const ID: KindId = KindId { name: "evaluate", version: 5 };
+    type Params = Params;
+    const OUTPUTS: &'static [&'static str] = &[METRICS];
+    fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+        run(p, io, device)
+    }
+}
+
+fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let nets = io
-        .input_names("checkpoint")
+        .input_names(CHECKPOINT)
         .iter()
-        .map(|name| p.net.load(&io.read(name)?, device))
+        .map(|name| Ok(p.net.load(&io.read(name)?, device)?))
         .collect::<Result<Vec<_>>>()?;
     let mut rows: (Vec<String>, Vec<i32>, Vec<f64>, Vec<u64>) = Default::default();
     let mut line = Vec::new();
-    for split in ["validation", "test"] {
+    for (split, metric) in [(VALIDATION, VALIDATION_ERROR), (TEST, TEST_ERROR)] {
         let (x, y) = read_set(io, split)?;
         let pb = io.progress(1, &format!("{split} error"));
         let (predicted, truth, classes) = match p.evaluation {
@@ -68,7 +116,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         for k in 0..classes {
             push(k as i32, e.class_error(k), e.count[k]);
         }
-        io.summary(&format!("{split}_error"), json!(e.error()));
+        io.summary(metric, json!(e.error()));
         line.push(format!("{split} error {:.2}%", 100.0 * e.error()));
     }
     io.summary("line", json!(line.join("  ")));
@@ -81,21 +129,21 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         ("value", Column::F64(rows.2)),
         ("count", Column::U64(rows.3)),
     ])?;
-    io.write("metrics.parquet", &table)?;
+    io.write(METRICS, &table)?;
     score_pseudo_negatives(io, &p, &nets, device)
 }
 
 /// Rows of the pseudo-negative table: inputs `pseudo_negatives.RRRR` (scored by the one
 /// net) or `pseudo_negatives.cKKKK.RRRR` (scored by one-vs-all net K).
 fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::nn::Classifier>], device: &Device) -> Result<()> {
-    let names = io.input_names("pseudo_negatives.");
+    let names = io.input_names(PSEUDO_NEGATIVES);
     if names.is_empty() {
         return Ok(());
     }
     // (made in round, sample id, class, net, logit, probability, fools)
     let mut rows: Vec<(u32, u32, u32, u32, f32, f32, bool)> = Vec::new();
     for name in &names {
-        let parts: Vec<&str> = name.trim_start_matches("pseudo_negatives.").split('.').collect();
+        let parts: Vec<&str> = name.trim_start_matches(PSEUDO_NEGATIVES).split('.').collect();
         let (net, made_in) = match parts.as_slice() {
             [r] => (0, r.parse::<u32>()?),
             [c, r] => (c.trim_start_matches('c').parse::<usize>()?, r.parse::<u32>()?),
@@ -105,7 +153,7 @@ fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::
         let f = logits(nets[net].as_ref(), &pn.images, p.net.shape(), p.batch_size, device)?;
         for (i, (row, &class)) in f.iter().zip(&pn.classes).enumerate() {
             // scored as synthesis scored it when it was made
-            let (logit, prob, fools) = stages::synthesize::class_score(row, class as usize, row.len() == 1);
+            let (logit, prob, fools) = stages::logits::class_score(row, class as usize, row.len() == 1);
             rows.push((made_in, i as u32, class, net as u32, logit, prob, fools));
         }
     }
@@ -113,7 +161,7 @@ fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::
     let fooling = rows.iter().filter(|r| r.6).count();
     io.summary("pseudo_negatives_fooling", json!(fooling as f64 / n.max(1) as f64));
     io.write(
-        "pseudo_negatives.parquet",
+        SCORES,
         &to_parquet(vec![
             ("round", Column::U32(vec![p.round; n])),
             ("made_in_round", Column::U32(rows.iter().map(|r| r.0).collect())),

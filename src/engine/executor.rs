@@ -2,13 +2,13 @@
 //! parameters and the *content digests* of its inputs, reuses committed stages, runs the
 //! rest through a [`Runner`] and commits each with a manifest written last.
 
-use crate::plan::{InputRef, StageDef};
-use crate::store::{digest_file, Digest, Store};
-use crate::timefmt;
+use crate::engine::graph::{stage_key, InputRef, StageDef};
+use crate::engine::store::{digest_file, Digest, Store};
+use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -43,12 +43,6 @@ pub struct Manifest {
     pub seconds: f64,
     /// Set when the stage continued from a checkpoint of an interrupted attempt.
     pub resumed: Option<Value>,
-}
-
-/// The key of a stage: blake3 over the canonical JSON (sorted keys) of what defines it.
-pub fn stage_key(stage: &StageDef, inputs: &BTreeMap<String, Digest>) -> String {
-    let canonical = json!({"kind": stage.kind, "version": stage.version, "params": stage.params, "inputs": inputs});
-    blake3::hash(canonical.to_string().as_bytes()).to_hex().to_string()
 }
 
 /// What is known about the graph while walking it.
@@ -158,11 +152,11 @@ pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(Sta
             .collect();
         let made_of = |key: Option<String>, state: &str, waits_for: Option<String>| StageStatus {
             stage: stage.id.clone(),
-            kind: stage.kind.into(),
+            kind: stage.kind.name.into(),
             key,
             state: state.into(),
             waits_for,
-            version: stage.version,
+            version: stage.kind.version,
             params: stage.params.clone(),
             inputs,
         };
@@ -265,7 +259,7 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
         known.add(stage, &manifest);
         record.stages.push(RunStage {
             stage: stage.id.clone(),
-            kind: stage.kind.into(),
+            kind: stage.kind.name.into(),
             key,
             status: status.into(),
             seconds,
@@ -304,8 +298,8 @@ fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, 
     let manifest = Manifest {
         key: key.to_string(),
         stage: stage.id.clone(),
-        kind: stage.kind.to_string(),
-        version: stage.version,
+        kind: stage.kind.name.to_string(),
+        version: stage.kind.version,
         params: stage.params.clone(),
         inputs,
         outputs: io.outputs,
@@ -333,10 +327,6 @@ pub struct StageIo<'a> {
 }
 
 impl StageIo<'_> {
-    pub fn params<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.stage.params.clone()).with_context(|| format!("parameters of stage {}", self.stage.id))
-    }
-
     /// Names of the stage's inputs starting with `prefix`, in order.
     pub fn input_names(&self, prefix: &str) -> Vec<String> {
         self.inputs.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
@@ -352,7 +342,7 @@ impl StageIo<'_> {
         match self.stage.inputs.get(name) {
             Some(InputRef::File(path)) => {
                 let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                if &crate::store::digest_bytes(&bytes) != digest {
+                if &crate::engine::store::digest_bytes(&bytes) != digest {
                     anyhow::bail!("{} changed while the pipeline was running; rerun it", path.display());
                 }
                 Ok(bytes)

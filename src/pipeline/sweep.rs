@@ -13,7 +13,7 @@
 //! the listed keys). Members are ordinary pipelines: they share every common stage
 //! through the store, because keys depend only on what a stage computes.
 
-use crate::spec::{self, Pipeline};
+use crate::pipeline::spec::{self, Pipeline};
 use crate::UserError;
 use anyhow::Result;
 use std::path::Path;

@@ -6,9 +6,13 @@
 //! the evaluate stages' `pseudo_negatives.parquet` how each later round's classifier scores
 //! it.
 
-use crate::executor::Manifest;
-use crate::store::Store;
-use crate::table::{read_parquet, to_parquet, Column};
+use crate::engine::executor::Manifest;
+use crate::kinds::evaluate::{self, Evaluate};
+use crate::kinds::synthesize;
+use crate::kinds::train::{self, Train};
+use crate::kinds::Kind;
+use crate::engine::store::Store;
+use crate::engine::table::{read_parquet, to_parquet, Column};
 use crate::UserError;
 use anyhow::{Context, Result};
 use arrow_array::{Array, BooleanArray, Float32Array, RecordBatch, StringArray, UInt32Array, UInt64Array};
@@ -109,13 +113,13 @@ impl Index {
 /// A checkpoint digest from a digest (or unique prefix) or `RUN:STAGE`.
 fn resolve(store: &Store, index: &Index, what: &str) -> Result<String> {
     if let Some((run, stage)) = what.split_once(':') {
-        let s = crate::cli::run_stage(store, run, stage)?;
-        return s.outputs.get("checkpoint.safetensors").map(|o| o.digest.clone()).ok_or_else(|| UserError(format!("{what} is a {} stage; lineage starts at a checkpoint (a train stage)", s.kind)).into());
+        let s = crate::audit::runs::run_stage(store, run, stage)?;
+        return s.outputs.get(train::CHECKPOINT).map(|o| o.digest.clone()).ok_or_else(|| UserError(format!("{what} is a {} stage; lineage starts at a checkpoint (a train stage)", s.kind)).into());
     }
-    let mut checkpoints: Vec<String> = index.manifests.iter().filter(|m| m.kind == "train").filter_map(|m| m.outputs.get("checkpoint.safetensors")).map(|o| o.digest.clone()).collect();
+    let mut checkpoints: Vec<String> = index.manifests.iter().filter(|m| m.kind == Train::ID.name).filter_map(|m| m.outputs.get(train::CHECKPOINT)).map(|o| o.digest.clone()).collect();
     checkpoints.sort();
     checkpoints.dedup();
-    crate::cli::unique_match(&checkpoints, what, "checkpoint")?
+    crate::audit::runs::unique_match(&checkpoints, what, "checkpoint")?
         .cloned()
         .ok_or_else(|| UserError(format!("no checkpoint `{what}` in {}: give a checkpoint digest (prefix) or RUN:train/N", store.root().display())).into())
 }
@@ -131,9 +135,9 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
     // the chain of warm starts, newest first while walking
     let mut trains: Vec<&Manifest> = Vec::new();
     let mut digest = checkpoint.clone();
-    while let Some(m) = index.made(&digest).filter(|m| m.kind == "train") {
+    while let Some(m) = index.made(&digest).filter(|m| m.kind == Train::ID.name) {
         trains.push(m);
-        match m.inputs.get("init") {
+        match m.inputs.get(train::INIT) {
             Some(init) => digest = init.clone(),
             None => break,
         }
@@ -143,10 +147,9 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
 
     // evaluate stages by the checkpoints they read, with the net index of each
     let mut evaluated: HashMap<&str, (&Manifest, u32)> = HashMap::new();
-    for m in index.manifests.iter().filter(|m| m.kind == "evaluate" && m.outputs.contains_key("pseudo_negatives.parquet")) {
+    for m in index.manifests.iter().filter(|m| m.kind == Evaluate::ID.name && m.outputs.contains_key(evaluate::SCORES)) {
         for (name, d) in &m.inputs {
-            if let Some(rest) = name.strip_prefix("checkpoint") {
-                let net = rest.trim_start_matches(".c").parse().unwrap_or(0);
+            if let Some(net) = evaluate::member_of_checkpoint(name) {
                 evaluated.entry(d.as_str()).or_insert((m, net));
             }
         }
@@ -159,11 +162,11 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
     let mut later: HashMap<(u32, u32), Vec<Later>> = HashMap::new();
     for m in &trains {
         let round = m.params["round"].as_u64().unwrap_or(0) as u32;
-        let ck = m.outputs.get("checkpoint.safetensors").map(|o| o.digest.clone()).unwrap_or_default();
+        let ck = m.outputs.get(train::CHECKPOINT).map(|o| o.digest.clone()).unwrap_or_default();
         let eval = evaluated.get(ck.as_str()).copied();
         chain.push(Link { stage: m.stage.clone(), key: m.key.clone(), round, checkpoint: ck, evaluated_by: eval.map(|(e, _)| e.key.clone()) });
         for (name, d) in &m.inputs {
-            if name == "train" && !datasets.iter().any(|x| x.digest == *d) {
+            if name == train::TRAIN_SET && !datasets.iter().any(|x| x.digest == *d) {
                 let load = index.made(d);
                 datasets.push(Dataset {
                     input: name.clone(),
@@ -173,11 +176,11 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
                     files: load.map(|l| l.inputs.clone()).unwrap_or_default(),
                 });
             }
-            if let Some(r) = name.strip_prefix("pseudo_negatives.") {
-                pn_inputs.insert(r.parse().with_context(|| format!("round of input {name}"))?, d.clone());
+            if let Some(r) = train::round_of_pseudo_negatives(name) {
+                pn_inputs.insert(r.with_context(|| format!("round of input {name}"))?, d.clone());
             }
         }
-        if let Some(batches) = index.table(store, m, "draws.parquet")? {
+        if let Some(batches) = index.table(store, m, train::DRAWS)? {
             for b in &batches {
                 let (r, id, n) = (col::<UInt32Array>(b, "made_in_round")?, col::<UInt32Array>(b, "sample_id")?, col::<UInt32Array>(b, "draws")?);
                 for i in 0..b.num_rows() {
@@ -186,7 +189,7 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
             }
         }
         if let Some((e, net)) = eval {
-            for b in index.table(store, e, "pseudo_negatives.parquet")?.unwrap_or_default() {
+            for b in index.table(store, e, evaluate::SCORES)?.unwrap_or_default() {
                 let (r, id, nt) = (col::<UInt32Array>(&b, "made_in_round")?, col::<UInt32Array>(&b, "sample_id")?, col::<UInt32Array>(&b, "net")?);
                 let (logit, prob, fools) = (col::<Float32Array>(&b, "logit")?, col::<Float32Array>(&b, "prob")?, col::<BooleanArray>(&b, "fools")?);
                 for i in (0..b.num_rows()).filter(|&i| nt.value(i) == net) {
@@ -199,7 +202,7 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
     let mut pseudo_negatives = Vec::new();
     for (made_in, digest) in &pn_inputs {
         let synth = index.made(digest).with_context(|| format!("no committed stage made the pseudo-negatives {digest} of round {made_in}"))?;
-        let batches = index.table(store, synth, "pseudo_negatives.parquet")?.with_context(|| format!("stage {} has no pseudo-negative table", synth.stage))?;
+        let batches = index.table(store, synth, synthesize::TABLE)?.with_context(|| format!("stage {} has no pseudo-negative table", synth.stage))?;
         for b in &batches {
             let id = col::<UInt32Array>(b, "sample_id")?;
             let class = col::<UInt32Array>(b, "class")?;

@@ -7,6 +7,7 @@
 //! partial/<key>/       checkpoints of a stage still running (resumption), removed on commit
 //! runs/<id>.json       one record per `pipe run`
 //! tmp/                 staging for atomic writes (same filesystem, so rename is atomic)
+//! layout               `pipe-store layout 1`: the version of this layout, checked on open
 //! ```
 //!
 //! Every write goes temp file -> fsync -> rename -> fsync(dir), so a crash leaves either the
@@ -69,20 +70,54 @@ pub struct Store {
     root: PathBuf,
 }
 
+/// The version of the layout above. A pipe refuses a store of another version rather
+/// than misread it; stores made before the file existed are version 1.
+pub const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_FILE: &str = "layout";
+
+fn layout_line(version: u32) -> String {
+    format!("pipe-store layout {version}\n")
+}
+
+/// Checks the layout file of a store, if it has one.
+fn check_layout(root: &Path) -> Result<()> {
+    let path = root.join(LAYOUT_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let version = text.trim().strip_prefix("pipe-store layout ").and_then(|v| v.parse::<u32>().ok());
+    match version {
+        Some(LAYOUT_VERSION) => Ok(()),
+        Some(v) => bail!(crate::UserError(format!(
+            "{} is a pipe store of layout {v}; this pipe reads layout {LAYOUT_VERSION} (use the pipe that made it, or another --store)",
+            root.display()
+        ))),
+        None => bail!(crate::UserError(format!("{}: expected `pipe-store layout N`, found {:?}", path.display(), text.trim()))),
+    }
+}
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
+        check_layout(root)?;
         for sub in ["objects", "stages", "partial", "runs", "tmp"] {
             fs::create_dir_all(root.join(sub)).with_context(|| format!("creating store directory {}", root.join(sub).display()))?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        let store = Store { root: root.to_path_buf() };
+        if !root.join(LAYOUT_FILE).is_file() {
+            store.write_atomic(&root.join(LAYOUT_FILE), layout_line(LAYOUT_VERSION).as_bytes())?;
+        }
+        Ok(store)
     }
 
     /// A store at `root` that may not exist yet; nothing is created (for `pipe status`).
-    pub fn at(root: &Path) -> Store {
-        Store { root: root.to_path_buf() }
+    pub fn at(root: &Path) -> Result<Store> {
+        check_layout(root)?;
+        Ok(Store { root: root.to_path_buf() })
     }
 
     /// Opens an existing store without creating anything (for read-only commands).
@@ -90,6 +125,7 @@ impl Store {
         if !root.join("objects").is_dir() {
             bail!(crate::UserError(format!("{} is not a pipe store (no objects/ directory); run `pipe run` first or pass --store", root.display())));
         }
+        check_layout(root)?;
         Ok(Store { root: root.to_path_buf() })
     }
 
@@ -318,6 +354,26 @@ mod tests {
         assert!(err.contains("corrupt"), "{err}");
         assert!(!store.verify(&d));
         assert!(store.read(&digest_bytes(b"absent")).unwrap_err().to_string().contains("missing"));
+        Ok(())
+    }
+
+    #[test]
+    fn layout_version_is_written_at_a_pinned_path_and_checked_on_open() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        Store::open(dir.path())?;
+        // the path and line other tools (and older stores) rely on
+        assert_eq!(fs::read_to_string(dir.path().join("layout"))?, "pipe-store layout 1\n");
+        assert!(Store::open(dir.path()).is_ok() && Store::open_existing(dir.path()).is_ok());
+        fs::write(dir.path().join("layout"), "pipe-store layout 2\n")?;
+        for e in [Store::open(dir.path()).err(), Store::open_existing(dir.path()).err(), Store::at(dir.path()).err()] {
+            let e = e.expect("another layout is refused");
+            assert!(e.downcast_ref::<crate::UserError>().is_some());
+            assert!(e.to_string().contains("layout 2") && e.to_string().contains("reads layout 1"), "{e}");
+        }
+        // a store made before the layout file existed is layout 1, and gets the file
+        fs::remove_file(dir.path().join("layout"))?;
+        Store::open(dir.path())?;
+        assert_eq!(fs::read_to_string(dir.path().join("layout"))?, "pipe-store layout 1\n");
         Ok(())
     }
 

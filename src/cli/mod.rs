@@ -1,12 +1,15 @@
 //! The `pipe` command line: run, status, ls, show.
 
-use crate::adapters::Adapters;
-use crate::executor::{self, Manifest, RunRecord, RunStage, Runner};
-use crate::plan::plan;
-use crate::spec;
-use crate::store::Store;
-use crate::table::format_parquet;
-use crate::{select, sweep, timefmt, UserError};
+pub mod bench;
+
+use crate::audit::runs::{new_record, run_stage, unique_match};
+use crate::engine::executor::{self, Manifest, RunRecord, Runner};
+use crate::engine::store::Store;
+use crate::engine::table::format_parquet;
+use crate::kinds::Kinds;
+use crate::methods::{self, plan, select, Rounds};
+use crate::pipeline::{spec, sweep};
+use crate::UserError;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -210,32 +213,32 @@ pub fn main() -> Result<()> {
         Command::Status { args, json } => status(&args, json),
         Command::Ls { store, json } => ls(&store.store, json),
         Command::Show { what, store, json } => show(&store.store, &what, json),
-        Command::Diff { run_a, run_b, store, json } => crate::diff::run(&store.store, &run_a, &run_b, json),
-        Command::Why { file, stage, set, store, json } => crate::why::run(&file, &set, &store.store, stage.as_deref(), json),
-        Command::Data(DataCommand::Fetch { dataset, dir }) => crate::fetch::run(&dataset, &dir),
+        Command::Diff { run_a, run_b, store, json } => crate::audit::diff::run(&store.store, &run_a, &run_b, json),
+        Command::Why { file, stage, set, store, json } => crate::audit::why::run(&file, &set, &store.store, stage.as_deref(), json),
+        Command::Data(DataCommand::Fetch { dataset, dir }) => crate::data::fetch::run(&dataset, &dir),
         Command::Data(DataCommand::Inspect { path, json }) => {
-            let i = crate::inspect::inspect(&path)?;
+            let i = crate::data::inspect::inspect(&path)?;
             if json {
                 println!("{}", serde_json::to_string(&i)?);
             } else {
-                crate::inspect::print(&i);
+                crate::data::inspect::print(&i);
             }
             Ok(())
         }
         Command::Bench { seconds, only, no_torch, json, out } => {
-            crate::bench::run(&crate::bench::Options { seconds, only, torch: !no_torch, json, out: &out }).map(|_| ())
+            bench::run(&bench::Options { seconds, only, torch: !no_torch, json, out: &out }).map(|_| ())
         }
         Command::Gc { keep_last, dry_run, partials, json, store } => crate::care::gc(&store.store, &crate::care::GcOptions { keep_last, dry_run, partials, json }),
         Command::Verify { repair, json, store } => crate::care::verify(&store.store, repair, json),
-        Command::Export { out, store } => crate::report::export(&store.store, out.as_deref()),
-        Command::Report { pipeline, store } => crate::report::report(&store.store, pipeline.as_deref()),
+        Command::Export { out, store } => crate::audit::report::export(&store.store, out.as_deref()),
+        Command::Report { pipeline, store } => crate::audit::report::report(&store.store, pipeline.as_deref()),
     }
 }
 
 fn run(a: &PipelineArgs) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
-    crate::study::check(&members)?;
-    let runners = members.iter().map(|m| Adapters::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
+    crate::audit::study::check(&members)?;
+    let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     let mut records = Vec::new();
@@ -246,58 +249,36 @@ fn run(a: &PipelineArgs) -> Result<()> {
         records.push(run_pipeline(&store, runner, &m.pipeline)?);
     }
     if members.len() > 1 {
-        crate::study::report(&store, &members, &records)?;
+        crate::audit::study::report(&store, &members, &records)?;
     }
     Ok(())
 }
 
-/// A fresh record for a run of `pipeline` (under `name`), with a new unique id.
-pub(crate) fn new_record(name: &str, pipeline: &spec::Pipeline, runner: &Adapters) -> RunRecord {
-    let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);
-    RunRecord {
-        id,
-        pipeline: name.to_string(),
-        file: pipeline.file.display().to_string(),
-        overrides: pipeline.overrides.clone(),
-        spec: serde_json::to_value(&pipeline.spec).unwrap_or_default(),
-        started_at: timefmt::now_iso(),
-        finished_at: None,
-        status: "running".into(),
-        error: None,
-        device: runner.device(),
-        seconds: 0.0,
-        stages: Vec::new(),
-        stopped_early: None,
-        selected: None,
-        pipe_version: Some(env!("CARGO_PKG_VERSION").to_string()),
-    }
-}
-
-fn run_pipeline(store: &Store, runner: &Adapters, pipeline: &spec::Pipeline) -> Result<RunRecord> {
-    let stages = plan(pipeline);
-    let mut record = new_record(&pipeline.name, pipeline, runner);
+fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline) -> Result<RunRecord> {
+    let graph = plan(pipeline);
+    let stages = graph.stages;
+    let rounds = graph.rounds;
+    let mut record = new_record(&pipeline.name, pipeline, runner.device());
     let id = record.id.clone();
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
-    let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, p));
+    let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, &rounds, p));
     executor::run(store, &stages, runner, &mut record, &stop)?;
-    record.selected = select::selection(&record.stages);
+    record.selected = select::selection(&record.stages, &rounds);
     store.write_run(&record.id, &record)?;
     let ran = record.stages.iter().filter(|s| s.status == "ran").count();
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
-    print_errors(&record);
+    print_errors(&record, &rounds);
     Ok(record)
 }
 
-/// Validation and test error per round, from the evaluate stages' summaries.
-fn print_errors(record: &RunRecord) {
-    let rows: Vec<String> = record
-        .stages
-        .iter()
-        .filter(|s| s.kind == "evaluate")
-        .map(|s| {
+/// The selection and reported metric per round (validation and test error for ICN), from
+/// the summaries of the stages that report rounds.
+fn print_errors(record: &RunRecord, rounds: &Rounds) {
+    let rows: Vec<String> = select::reporters(&record.stages, rounds)
+        .map(|(round, s)| {
             let pct = |k: &str| s.summary.get(k).and_then(Value::as_f64).map(|v| format!("{:>7.2}%", 100.0 * v)).unwrap_or_else(|| "       ?".into());
-            format!("  {:<6} {}  {}", s.stage.trim_start_matches("evaluate/"), pct("validation_error"), pct("test_error"))
+            format!("  {:<6} {}  {}", round, pct(rounds.select_on), pct(rounds.reported))
         })
         .collect();
     if !rows.is_empty() {
@@ -308,21 +289,21 @@ fn print_errors(record: &RunRecord) {
     }
     if let Some(sel) = &record.selected {
         let pct = |k: &str| sel.get(k).and_then(Value::as_f64).map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "?".into());
-        println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct("validation_error"), pct("test_error"));
+        println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct(rounds.select_on), pct(rounds.reported));
     }
 }
 
 fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
-    crate::study::check(&members)?;
-    let store = Store::at(&a.store.store);
+    crate::audit::study::check(&members)?;
+    let store = Store::at(&a.store.store)?;
     let (mut cached_all, mut total_all) = (0, 0);
     // stages shared by members (same key) are one piece of work; a stage whose key is not
     // known yet counts as its own
     let (mut distinct, mut distinct_cached, mut unknown) = (std::collections::HashSet::new(), std::collections::HashSet::new(), 0);
     let mut docs = Vec::new();
     for m in &members {
-        let rows = executor::status(&store, &plan(&m.pipeline))?;
+        let rows = executor::status(&store, &plan(&m.pipeline).stages)?;
         let cached = rows.iter().filter(|r| r.state == "cached").count();
         cached_all += cached;
         total_all += rows.len();
@@ -372,7 +353,7 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     if members.len() > 1 {
         let later = if unknown > 0 { format!("; {unknown} more wait for upstream outputs to get a key") } else { String::new() };
         println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached; {} distinct stage keys (shared ones once), {} cached{later}", members.len(), distinct.len(), distinct_cached.len());
-        let two_way = crate::study::two_way_stage_count(&members);
+        let two_way = crate::audit::study::two_way_stage_count(&members);
         if two_way > 0 {
             println!("then {two_way} two-way attack stages, after the members (their keys depend on the members' classifiers)");
         }
@@ -384,15 +365,15 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
 
 fn lineage(root: &Path, what: &str, format: &str, out: Option<PathBuf>, rows: usize) -> Result<()> {
     let store = Store::open_existing(root)?;
-    let l = crate::lineage::lineage(&store, what)?;
+    let l = crate::audit::lineage::lineage(&store, what)?;
     match format {
-        "json" => println!("{}", serde_json::to_string_pretty(&crate::lineage::to_json(&l))?),
+        "json" => println!("{}", serde_json::to_string_pretty(&crate::audit::lineage::to_json(&l))?),
         "parquet" => {
             let path = out.unwrap_or_else(|| PathBuf::from(format!("lineage-{}.parquet", &l.checkpoint[..12])));
-            std::fs::write(&path, crate::lineage::to_table(&l)?).map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
+            std::fs::write(&path, crate::audit::lineage::to_table(&l)?).map_err(|e| UserError(format!("cannot write {}: {e}", path.display())))?;
             println!("{} pseudo-negatives of checkpoint {} -> {}", l.pseudo_negatives.len(), &l.checkpoint[..12], path.display());
         }
-        _ => crate::lineage::print(&l, rows),
+        _ => crate::audit::lineage::print(&l, rows),
     }
     Ok(())
 }
@@ -427,49 +408,6 @@ fn ls(root: &Path, json: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The one item of `items` equal to `what` or, failing that, the only one it prefixes.
-pub(crate) fn unique_match<'a>(items: &'a [String], what: &str, kind: &str) -> Result<Option<&'a String>> {
-    if let Some(exact) = items.iter().find(|i| i.as_str() == what) {
-        return Ok(Some(exact));
-    }
-    let hits: Vec<&String> = items.iter().filter(|i| i.starts_with(what)).collect();
-    match hits.len() {
-        0 => Ok(None),
-        1 => Ok(Some(hits[0])),
-        n => Err(UserError(format!("`{what}` matches {n} {kind}s; give more characters")).into()),
-    }
-}
-
-/// The id of the run `what` names (an id or a unique prefix of one); otherwise a user
-/// error that lists the newest runs.
-pub(crate) fn find_run(store: &Store, what: &str) -> Result<String> {
-    let ids = store.run_ids()?;
-    let found = unique_match(&ids, what, "run")?.cloned();
-    found.ok_or_else(|| {
-        let listed = if ids.is_empty() { "it has no runs".to_string() } else { format!("its runs: {}", last_few(&ids)) };
-        UserError(format!("no run `{what}` in {}; {listed} (see `pipe ls`)", store.root().display())).into()
-    })
-}
-
-/// The newest ten ids, and how many more there are.
-fn last_few(ids: &[String]) -> String {
-    let tail = &ids[ids.len().saturating_sub(10)..];
-    let more = if ids.len() > tail.len() {
-        format!("... ({} more), ", ids.len() - tail.len())
-    } else {
-        String::new()
-    };
-    format!("{more}{}", tail.join(", "))
-}
-
-/// A stage of a run, as `RUN:STAGE` names it.
-pub(crate) fn run_stage(store: &Store, run: &str, stage: &str) -> Result<RunStage> {
-    let id = find_run(store, run)?;
-    let record: RunRecord = store.run(&id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
-    let names: Vec<String> = record.stages.iter().map(|s| s.stage.clone()).collect();
-    record.stages.into_iter().find(|s| s.stage == stage).ok_or_else(|| UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", "))).into())
 }
 
 fn show(root: &Path, what: &str, json: bool) -> Result<()> {
@@ -512,7 +450,7 @@ fn show_run(store: &Store, id: &str, json: bool) -> Result<()> {
         let line = s.summary.get("line").and_then(Value::as_str).unwrap_or("");
         println!("  {:<7} {:<14} {}  {:>8.2}s  {line}", s.status, s.stage, &s.key[..12], s.seconds);
     }
-    print_errors(&r);
+    print_errors(&r, &methods::rounds_of(&r));
     Ok(())
 }
 
@@ -521,7 +459,7 @@ fn show_stage(store: &Store, key: &str, json: bool) -> Result<()> {
     fn table_json(bytes: Vec<u8>, max_rows: usize) -> Result<Value> {
         use arrow_array::Array;
         use arrow_cast::display::{ArrayFormatter, FormatOptions};
-        let batches = crate::table::read_parquet(bytes)?;
+        let batches = crate::engine::table::read_parquet(bytes)?;
         let total: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut rows = Vec::new();
         for b in &batches {

@@ -8,9 +8,13 @@
 //! them with lazy queries. The columns are documented in docs/schemas.md (a test keeps the
 //! two in step).
 
-use crate::executor::{RunRecord, RunStage};
-use crate::store::Store;
-use crate::table::{read_parquet, to_parquet, Column};
+use crate::engine::executor::{RunRecord, RunStage};
+use crate::engine::store::Store;
+use crate::engine::table::{read_parquet, to_parquet, Column};
+use crate::kinds::attack::Attack;
+use crate::kinds::evaluate::{self, Evaluate};
+use crate::kinds::Kind;
+use crate::methods::Rounds;
 use crate::UserError;
 use anyhow::{Context, Result};
 use arrow_array::cast::AsArray;
@@ -71,7 +75,7 @@ fn leaves(prefix: &str, v: &Value, class: Option<u32>, out: &mut Vec<(String, Op
 /// the overall ones): (`<split>_<metric>`, class, value). A missing object gives none:
 /// the export should still describe a store whose objects were pruned.
 fn class_errors(store: &Store, s: &RunStage) -> Result<Vec<(String, Option<u32>, f64)>> {
-    let Some(o) = s.outputs.get("metrics.parquet").filter(|o| store.object_path(&o.digest).exists()) else {
+    let Some(o) = s.outputs.get(evaluate::METRICS).filter(|o| store.object_path(&o.digest).exists()) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -102,7 +106,7 @@ pub fn metrics(root: &Path) -> Result<Metrics> {
             let (round, member) = round_and_member(&s.stage);
             let mut found = vec![("seconds".to_string(), None, s.seconds)];
             leaves("", &s.summary, None, &mut found);
-            if s.kind == "evaluate" {
+            if s.kind == Evaluate::ID.name {
                 found.extend(class_errors(&store, s)?);
             }
             for (metric, class, value) in found {
@@ -194,7 +198,7 @@ impl Metrics {
 pub fn export(root: &Path, out: Option<&Path>) -> Result<()> {
     let m = metrics(root)?;
     let out: PathBuf = out.map(Path::to_path_buf).unwrap_or_else(|| root.join("export").join("metrics.parquet"));
-    Store::at(root).write_atomic(&out, &m.to_parquet()?)?;
+    Store::at(root)?.write_atomic(&out, &m.to_parquet()?)?;
     println!("{} rows ({} runs) -> {}", m.rows.len(), m.runs.len(), out.display());
     Ok(())
 }
@@ -228,7 +232,8 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
         let ok = runs.iter().filter(|r| r.status == "ok").count();
         println!("== {name}: runs {}, ok {ok}\n", runs.len());
         let lf = all.clone().filter(col("pipeline").eq(lit(name)));
-        let (errors, selected, attacks, time) = summaries(lf);
+        let rounds = runs.first().map_or(crate::methods::icn::ROUNDS, |r| crate::methods::rounds_of(r));
+        let (errors, selected, attacks, time) = summaries(lf, &rounds);
         // a table with no rows (a two-way record has no evaluate stages) says nothing
         for (title, q) in [
             ("error per round, % (latest ok run per seed; mean and sd over seeds)", errors),
@@ -247,7 +252,7 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
 
 /// The lazy queries of a report over one pipeline's rows: errors per round, the selected
 /// round, attacks per round, time per stage kind.
-pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame, LazyFrame) {
+pub fn summaries(lf: LazyFrame, rounds: &Rounds) -> (LazyFrame, LazyFrame, LazyFrame, LazyFrame) {
     // Run ids start with their UTC start time, so the greatest id of a group is its latest
     // run: a rerun of a seed (after a fix, say) replaces that seed's numbers, not adds to them.
     let latest = lf.clone().filter(col("status").eq(lit("ok"))).group_by([col("setting"), col("seed")]).agg([col("run").max()]);
@@ -255,19 +260,19 @@ pub fn summaries(lf: LazyFrame) -> (LazyFrame, LazyFrame, LazyFrame, LazyFrame) 
     let pct = |metric: &str| (col("value") * lit(100.0)).filter(col("metric").eq(lit(metric)));
     let errors = kept
         .clone()
-        .filter(col("kind").eq(lit("evaluate")).and(col("class").is_null()))
+        .filter(col("kind").eq(lit(rounds.reporter.name)).and(col("class").is_null()))
         .group_by([col("setting"), col("round")])
         .agg([
-            pct("test_error").count().alias("runs"),
-            pct("validation_error").mean().alias("val_err"),
-            pct("validation_error").std(1).alias("val_sd"),
-            pct("test_error").mean().alias("test_err"),
-            pct("test_error").std(1).alias("test_sd"),
+            pct(rounds.reported).count().alias("runs"),
+            pct(rounds.select_on).mean().alias("val_err"),
+            pct(rounds.select_on).std(1).alias("val_sd"),
+            pct(rounds.reported).mean().alias("test_err"),
+            pct(rounds.reported).std(1).alias("test_sd"),
         ])
         .sort(["setting", "round"], SortMultipleOptions::default());
     let attacks = kept
         .clone()
-        .filter(col("kind").eq(lit("attack")).and(col("round").is_not_null()))
+        .filter(col("kind").eq(lit(Attack::ID.name)).and(col("round").is_not_null()))
         .group_by([col("setting"), col("round")])
         .agg([
             pct("adversarial_error").count().alias("runs"),
@@ -335,7 +340,7 @@ mod tests {
             "seconds" => vec![Some(1.0); n],
             "cached" => (0..n).map(|i| Some(i / 2 == 1)).collect::<Vec<_>>(),
         )?;
-        let (errors, _, _, time) = summaries(frame.lazy());
+        let (errors, _, _, time) = summaries(frame.lazy(), &crate::methods::icn::ROUNDS);
         let errors = errors.collect()?;
         let get = |df: &DataFrame, c: &str| -> Result<Column> { Ok(df.column(c)?.clone()) };
         assert_eq!(get(&errors, "runs")?.u32()?.get(0), Some(2));

@@ -6,11 +6,13 @@
 //! Keys come from the executor as `pipe status` computes them; the old side is the last
 //! run record of the file and the manifests it names, so nothing here re-derives a key.
 
-use crate::diff::{changed, flatten, short, show_value};
-use crate::executor::{self, Manifest, RunRecord, StageStatus};
-use crate::plan::{plan, InputRef, StageDef};
-use crate::store::{Digest, Store};
-use crate::{sweep, UserError};
+use crate::audit::diff::{changed, flatten, short, show_value};
+use crate::engine::executor::{self, Manifest, RunRecord, StageStatus};
+use crate::engine::graph::{InputRef, StageDef};
+use crate::methods::plan;
+use crate::engine::store::{Digest, Store};
+use crate::pipeline::sweep;
+use crate::UserError;
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -141,7 +143,7 @@ pub fn run(file: &Path, sets: &[String], root: &Path, only: Option<&str>, json: 
     let canonical = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
     let mut reports = Vec::new();
     for m in &members {
-        let stages = plan(&m.pipeline);
+        let stages = plan(&m.pipeline).stages;
         if let Some(s) = only {
             if !stages.iter().any(|d| d.id == s) {
                 let ids: Vec<&str> = stages.iter().map(|d| d.id.as_str()).collect();
@@ -223,7 +225,7 @@ fn explain(store: &Store, stages: &[StageDef], last: Option<&RunRecord>, only: O
         let text = reasons.iter().map(Reason::text).collect();
         rerun.push(StageWhy {
             stage: def.id.clone(),
-            kind: def.kind.into(),
+            kind: def.kind.name.into(),
             state: st.state.clone(),
             key: st.key.clone(),
             last_key: prev.map(|p| p.key.clone()),
@@ -289,14 +291,14 @@ fn reasons(
         return Ok(vec![Reason::LastManifestGone { key: prev.key.clone() }]);
     };
     let mut out = Vec::new();
-    if m.kind != def.kind {
+    if m.kind != def.kind.name {
         out.push(Reason::StageKind {
             old: m.kind.clone(),
-            new: def.kind.into(),
+            new: def.kind.name.into(),
         });
     }
-    if m.version != def.version {
-        out.push(Reason::Version { old: m.version, new: def.version });
+    if m.version != def.kind.version {
+        out.push(Reason::Version { old: m.version, new: def.kind.version });
     }
     for (path, old, new) in changed(&flatten(&m.params), &flatten(&def.params)) {
         out.push(Reason::Param { path, old, new });

@@ -11,8 +11,8 @@
 //! objects: a crash at any point leaves garbage for the next gc, never a committed stage
 //! whose outputs are gone.
 
-use crate::executor::{Manifest, RunRecord};
-use crate::store::{digest_file, Digest, Store};
+use crate::engine::executor::{Manifest, RunRecord};
+use crate::engine::store::{digest_file, Digest, Store};
 use crate::UserError;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -444,7 +444,7 @@ fn print_verify(r: &VerifyReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::{OutputInfo, RunStage};
+    use crate::engine::executor::{OutputInfo, RunStage};
     use serde_json::json;
 
     fn manifest(key: &str, stage: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Manifest {
@@ -511,7 +511,7 @@ mod tests {
     }
 
     fn digest_bytes_of(s: &str) -> Digest {
-        crate::store::digest_bytes(s.as_bytes())
+        crate::engine::store::digest_bytes(s.as_bytes())
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! same workloads in PyTorch on the same cores (when `python3 -c "import torch"` works),
 //! as a table, as JSON lines and as Parquet.
 
-use crate::table::{to_parquet, Column};
+use crate::engine::table::{to_parquet, Column};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::HashMap;

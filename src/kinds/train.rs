@@ -4,59 +4,69 @@
 //! state goes to a resumption checkpoint, so a killed stage restarts at its last epoch
 //! and ends with the same bytes as an uninterrupted one.
 
-use super::{read_set, NetParams};
-use crate::executor::StageIo;
-use crate::table::{to_parquet, Column};
-use anyhow::{Context, Result};
+use super::{read_set, Kind};
+use crate::engine::executor::StageIo;
+use crate::engine::graph::KindId;
+use crate::engine::table::{to_parquet, Column};
+use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
 use stages::checkpoint;
 use stages::codec::decode_pseudo_negatives;
 use stages::loss::Objective;
-use stages::optim::{Adam, Optimizer, SgdMomentum};
+use stages::nn::NetConfig;
+use stages::optim::OptimizerConfig;
 use stages::rng::Rng;
 use stages::train::{train_epoch, TrainSet};
 
-#[derive(Deserialize)]
-struct OptParams {
-    kind: String,
-    lr: f64,
-    #[serde(default)]
-    momentum: f64,
-    #[serde(default)]
-    beta1: f64,
-    #[serde(default)]
-    beta2: f64,
+pub struct Train;
+
+/// Input: the warm start (round t-1's checkpoint); absent in round 0.
+pub const INIT: &str = "init";
+/// Input: the real training set.
+pub const TRAIN_SET: &str = "train";
+/// Output: weights, optimizer state and RNG state after the last epoch.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+/// Output: one row per epoch.
+pub const LOG: &str = "train_log.parquet";
+/// Output (rounds with pseudo-negatives): how often each was drawn into a batch.
+pub const DRAWS: &str = "draws.parquet";
+
+/// Input: round r's pseudo-negatives; zero-padded so names sort in round order.
+pub fn pseudo_negatives(round: u32) -> String {
+    format!("{PSEUDO_NEGATIVES}{round:04}")
+}
+const PSEUDO_NEGATIVES: &str = "pseudo_negatives.";
+
+/// The round of a pseudo-negative input's name (`None`: not such an input; `Some(None)`:
+/// one whose round does not parse).
+pub fn round_of_pseudo_negatives(name: &str) -> Option<Option<u32>> {
+    name.strip_prefix(PSEUDO_NEGATIVES).map(|r| r.parse().ok())
 }
 
-#[derive(Deserialize)]
-struct Params {
-    round: u32,
-    net: NetParams,
-    optimizer: OptParams,
-    batch_size: usize,
-    epochs: u32,
-    objective: ObjectiveParams,
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub round: u32,
+    pub net: NetConfig,
+    /// The optimizer of this round (a warm start keeps the moments, takes this lr).
+    pub optimizer: OptimizerConfig,
+    pub batch_size: usize,
+    pub epochs: u32,
+    pub objective: Objective,
     /// Pad-crop-flip augmentation of real samples (0: none).
-    #[serde(default)]
-    augment_pad: usize,
-    /// How pseudo-negatives enter batches (absent: the union).
-    #[serde(default)]
-    sampling: Option<Sampling>,
-    seed: u64,
+    pub augment_pad: usize,
+    /// How pseudo-negatives enter batches; absent exactly when the stage has none (a
+    /// pseudo-negative input without it is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<Sampling>,
+    pub seed: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
-enum ObjectiveParams {
-    Softmax { alpha: f64 },
-    Binary { positive: u32 },
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-enum Sampling {
+pub enum Sampling {
     Union,
     /// Half of each batch pseudo-negatives, a round-r one drawn with weight decay^(t - r).
     Balanced { decay: f64 },
@@ -82,29 +92,30 @@ struct Progress {
     draws: Vec<u32>,
 }
 
+/// The resumption checkpoint (in the stage's partial/ folder).
 const PARTIAL: &str = "checkpoint.safetensors";
 
-fn optimizer(p: &OptParams) -> Result<Box<dyn Optimizer>> {
-    Ok(match p.kind.as_str() {
-        "sgd" => Box::new(SgdMomentum::new(p.lr, p.momentum)),
-        "adam" => Box::new(Adam::new(p.lr, p.beta1, p.beta2, 1e-8)),
-        other => anyhow::bail!("unknown optimizer `{other}`"),
-    })
+impl Kind for Train {
+    const ID: KindId = KindId { name: "train", version: 4 };
+    type Params = Params;
+    const OUTPUTS: &'static [&'static str] = &[CHECKPOINT, LOG];
+    fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+        run(p, io, device)
+    }
 }
 
-pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
-    let p: Params = io.params()?;
+fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let mut rng = Rng::new(p.seed);
     let net = p.net.build(&mut rng, device)?;
-    let mut opt = optimizer(&p.optimizer)?;
-    if io.has_input("init") {
-        let init = checkpoint::decode(&io.read("init")?, device)?;
+    let mut opt = p.optimizer.build();
+    if io.has_input(INIT) {
+        let init = checkpoint::decode(&io.read(INIT)?, device)?;
         net.load_tensors(&init.model)?;
         opt.load_state(&net.vars(), &init.optim)?;
-        opt.set_learning_rate(p.optimizer.lr);
+        opt.set_learning_rate(p.optimizer.lr());
     }
 
-    let (real_x, real_y) = read_set(io, "train")?;
+    let (real_x, real_y) = read_set(io, TRAIN_SET)?;
     let (mut neg_x, mut neg_y, mut neg_w) = (Vec::new(), Vec::new(), Vec::new());
     // (round made, sample id) of each pseudo-negative, for the draws table
     let mut neg_id: Vec<(u32, u32)> = Vec::new();
@@ -112,9 +123,11 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         Some(Sampling::Balanced { decay }) => Some(decay),
         Some(Sampling::Union) | None => None,
     };
-    for name in io.input_names("pseudo_negatives.") {
+    let negative_inputs = io.input_names(PSEUDO_NEGATIVES);
+    ensure!(negative_inputs.is_empty() || p.sampling.is_some(), "stage {}: pseudo-negative inputs but no `sampling` parameter", io.stage_id());
+    for name in negative_inputs {
         let pn = decode_pseudo_negatives(&io.read(&name)?).with_context(|| format!("input {name}"))?;
-        let made_in: u32 = name.trim_start_matches("pseudo_negatives.").parse().with_context(|| format!("round of input {name}"))?;
+        let made_in: u32 = name.trim_start_matches(PSEUDO_NEGATIVES).parse().with_context(|| format!("round of input {name}"))?;
         let weight = decay.map_or(1.0, |d| d.powi(p.round.saturating_sub(made_in) as i32));
         neg_w.extend(std::iter::repeat_n(weight, pn.classes.len()));
         neg_id.extend((0..pn.classes.len() as u32).map(|i| (made_in, i)));
@@ -142,10 +155,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         io.note_resumed(json!(format!("epoch {}", progress.epochs_done)));
     }
 
-    let objective = match p.objective {
-        ObjectiveParams::Softmax { alpha } => Objective::Softmax { alpha },
-        ObjectiveParams::Binary { positive } => Objective::Binary { positive },
-    };
+    let objective = p.objective;
     let samples = real_y.len() + neg_y.len();
     for epoch in progress.epochs_done..p.epochs {
         let pb = io.progress(samples as u64, &format!("epoch {}/{}", epoch + 1, p.epochs));
@@ -159,7 +169,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
     }
 
     let meta = json!({"round": p.round, "epochs": p.epochs}).to_string();
-    io.write("checkpoint.safetensors", &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta)?)?;
+    io.write(CHECKPOINT, &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta)?)?;
     let log = &progress.log;
     let table = to_parquet(vec![
         ("round", Column::U32(vec![p.round; log.len()])),
@@ -169,7 +179,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
         ("negatives_fooling", Column::F64(log.iter().map(|r| r.negatives_fooling).collect())),
         ("lr", Column::F64(log.iter().map(|r| r.lr).collect())),
     ])?;
-    io.write("train_log.parquet", &table)?;
+    io.write(LOG, &table)?;
     if !neg_id.is_empty() {
         let draws = to_parquet(vec![
             ("round", Column::U32(vec![p.round; neg_id.len()])),
@@ -177,7 +187,7 @@ pub fn run(io: &mut StageIo, device: &Device) -> Result<()> {
             ("sample_id", Column::U32(neg_id.iter().map(|r| r.1).collect())),
             ("draws", Column::U32(progress.draws.clone())),
         ])?;
-        io.write("draws.parquet", &draws)?;
+        io.write(DRAWS, &draws)?;
     }
     let last = log.last().context("no epoch ran")?;
     io.summary("real", json!(real_y.len()));

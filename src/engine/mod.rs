@@ -1,0 +1,8 @@
+//! The engine core: the stage graph and keys, the content-addressed store, the executor
+//! that walks the graph against the store, and the Parquet tables stages write.
+
+pub mod executor;
+pub mod graph;
+pub mod store;
+pub mod table;
+pub mod timefmt;

@@ -1,0 +1,203 @@
+//! `load`: raw files -> train / validation / test image sets, split by a seeded permutation.
+
+use super::Kind;
+use crate::engine::executor::StageIo;
+use crate::engine::graph::KindId;
+use crate::UserError;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stages::candle::Device;
+use stages::codec::encode_image_set;
+use stages::data::mnist::load_pair;
+use stages::data::{cifar, folder, parquet, svhn, DataError, ImageSet};
+use stages::rng::Rng;
+use std::path::{Path, PathBuf};
+
+pub struct Load;
+
+/// The `data.format` setting: how the raw files are laid out.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// IDX files (`train-images-idx3-ubyte[.gz]`, ...) in one directory.
+    Mnist,
+    /// CIFAR-10 binary batches (`data_batch_1.bin` .. `data_batch_5.bin`, `test_batch.bin`).
+    Cifar10,
+    /// SVHN cropped digits (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`).
+    Svhn,
+    /// An image folder: one sub-folder per class (PNG or JPEG), e.g. `face/` and `nonface/`.
+    /// The test set is split off like the validation set (`test_size`).
+    Folder,
+    /// Hugging Face style Parquet shards (`train*.parquet`, `test*.parquet`, in the folder
+    /// or its `data/`): an `image` column of PNG/JPEG bytes and a `label` column.
+    Parquet,
+}
+
+
+/// Outputs: the three splits as image sets.
+pub const TRAIN: &str = "train.safetensors";
+pub const VALIDATION: &str = "validation.safetensors";
+pub const TEST: &str = "test.safetensors";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    pub format: DataFormat,
+    /// Image folders and Parquet images: 1 (grey) or 3 (RGB).
+    pub channels: usize,
+    pub train_size: usize,
+    pub validation_size: usize,
+    pub test_size: usize,
+    pub balanced: bool,
+    /// Seeds the validation split and the `train_size` draw.
+    pub seed: u64,
+}
+
+impl Kind for Load {
+    const ID: KindId = KindId { name: "load", version: 1 };
+    type Params = Params;
+    const OUTPUTS: &'static [&'static str] = &[TRAIN, VALIDATION, TEST];
+    fn run(p: Params, io: &mut StageIo, _device: &Device) -> Result<()> {
+        run(p, io)
+    }
+}
+
+/// The four files of an MNIST directory, by input name.
+const MNIST_FILES: [(&str, &str); 4] = [
+    ("train_images", "train-images-idx3-ubyte"),
+    ("train_labels", "train-labels-idx1-ubyte"),
+    ("test_images", "t10k-images-idx3-ubyte"),
+    ("test_labels", "t10k-labels-idx1-ubyte"),
+];
+/// Inputs of multi-file formats: `train.N` / `test.N`, concatenated in order.
+const TRAIN_FILES: &str = "train.";
+const TEST_FILES: &str = "test.";
+/// Input of formats read as a whole directory.
+const FOLDER: &str = "folder";
+const PARQUET: &str = "parquet";
+
+/// The files a `load` stage reads, by input name, or the name of the first one missing.
+pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::result::Result<Vec<(String, PathBuf)>, String> {
+    let need = |name: String, file: &str| {
+        let p = dir.join(file);
+        if p.is_file() { Ok((name, p)) } else { Err(file.to_string()) }
+    };
+    match format {
+        DataFormat::Mnist => MNIST_FILES
+            .iter()
+            .map(|(name, base)| {
+                [dir.join(base), dir.join(format!("{base}.gz"))]
+                    .into_iter()
+                    .find(|p| p.is_file())
+                    .map(|p| (name.to_string(), p))
+                    .ok_or_else(|| format!("{base} (or {base}.gz)"))
+            })
+            .collect(),
+        DataFormat::Cifar10 => (1..=5)
+            .map(|i| need(format!("{TRAIN_FILES}{i}"), &format!("data_batch_{i}.bin")))
+            .chain([need(format!("{TEST_FILES}1"), "test_batch.bin")])
+            .collect(),
+        DataFormat::Folder => Ok(vec![(FOLDER.to_string(), dir.to_path_buf())]),
+        DataFormat::Parquet => {
+            for split in ["train", "test"] {
+                stages::data::parquet::split_files(dir, split).map_err(|_| format!("{split}*.parquet shards"))?;
+            }
+            Ok(vec![(PARQUET.to_string(), dir.to_path_buf())])
+        }
+        DataFormat::Svhn => {
+            let mut files = vec![need(format!("{TRAIN_FILES}1"), "train_32x32.mat")];
+            if svhn_extra {
+                files.push(need(format!("{TRAIN_FILES}2"), "extra_32x32.mat"));
+            }
+            files.push(need(format!("{TEST_FILES}1"), "test_32x32.mat"));
+            files.into_iter().collect()
+        }
+    }
+}
+
+fn concat(io: &StageIo, prefix: &str, load: fn(&Path) -> std::result::Result<ImageSet, DataError>) -> Result<ImageSet> {
+    let sets = io.input_names(prefix).iter().map(|name| Ok(load(&io.file(name)?)?)).collect::<Result<Vec<_>>>()?;
+    ImageSet::concat(&sets).context("data files of different image shapes")
+}
+
+fn run(p: Params, io: &mut StageIo) -> Result<()> {
+    let (full, test) = match p.format {
+        DataFormat::Mnist => {
+            let file = |i: usize| io.file(MNIST_FILES[i].0);
+            (load_pair(&file(0)?, &file(1)?)?, load_pair(&file(2)?, &file(3)?)?)
+        }
+        DataFormat::Cifar10 => (concat(io, TRAIN_FILES, cifar::read_batch)?, concat(io, TEST_FILES, cifar::read_batch)?),
+        DataFormat::Svhn => (concat(io, TRAIN_FILES, svhn::load_svhn)?, concat(io, TEST_FILES, svhn::load_svhn)?),
+        DataFormat::Parquet => {
+            let dir = io.file(PARQUET)?;
+            (parquet::load_split(&dir, "train", p.channels)?, parquet::load_split(&dir, "test", p.channels)?)
+        }
+        DataFormat::Folder => {
+            // One folder, no official test split: test examples are drawn like validation.
+            let f = folder::load_folder(&io.file(FOLDER)?, p.channels)?;
+            io.summary("classes", json!(f.classes));
+            let n = f.set.len();
+            if p.test_size == 0 || p.test_size >= n {
+                return Err(UserError(format!("data.test_size = {}: an image folder needs a test split between 1 and {} images", p.test_size, n - 1)).into());
+            }
+            let mut test_idx = Rng::new(p.seed ^ 0x7e57).permutation(n);
+            let mut rest = test_idx.split_off(p.test_size);
+            test_idx.sort_unstable();
+            rest.sort_unstable();
+            (f.set.select(&rest), f.set.select(&test_idx))
+        }
+    };
+    let n = full.len();
+    if p.validation_size >= n {
+        return Err(UserError(format!("data.validation_size = {} leaves no training example: the training files hold {n}", p.validation_size)).into());
+    }
+    let train_n = if p.train_size == 0 { n - p.validation_size } else { p.train_size };
+    if p.validation_size + train_n > n {
+        return Err(UserError(format!(
+            "data.train_size = {} plus data.validation_size = {} exceeds the {n} examples of the training files",
+            p.train_size, p.validation_size
+        ))
+        .into());
+    }
+    if p.test_size > test.len() {
+        return Err(UserError(format!("data.test_size = {} exceeds the {} examples of the test files", p.test_size, test.len())).into());
+    }
+    let perm = Rng::new(p.seed).permutation(n);
+    let pick = |range: std::ops::Range<usize>| {
+        let mut idx = perm[range].to_vec();
+        idx.sort_unstable(); // file order inside a split: easier to read, same content
+        full.select(&idx)
+    };
+    let validation = pick(0..p.validation_size);
+    let train = if p.balanced && p.train_size > 0 {
+        // the first train_size / K of each class in the permutation (after validation)
+        let classes = full.labels.iter().max().map_or(0, |m| *m as usize + 1);
+        let per_class = train_n / classes.max(1);
+        let mut taken = vec![0usize; classes];
+        let mut idx: Vec<usize> = perm[p.validation_size..]
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let c = full.labels[i] as usize;
+                taken[c] += 1;
+                taken[c] <= per_class
+            })
+            .collect();
+        if let Some(c) = taken.iter().position(|&t| t < per_class) {
+            return Err(UserError(format!("data.balanced: class {c} has {} training examples, fewer than the {per_class} that train_size = {} asks per class", taken[c], p.train_size)).into());
+        }
+        idx.sort_unstable();
+        full.select(&idx)
+    } else {
+        pick(p.validation_size..p.validation_size + train_n)
+    };
+    let test = if p.test_size == 0 { test } else { test.select(&(0..p.test_size).collect::<Vec<_>>()) };
+    for (name, output, set) in [("train", TRAIN, &train), ("validation", VALIDATION, &validation), ("test", TEST, &test)] {
+        io.write(output, &encode_image_set(set)?)?;
+        let classes = full.labels.iter().max().map_or(0, |m| *m as usize + 1);
+        io.summary(name, json!({"count": set.len(), "class_counts": set.class_counts(classes)}));
+    }
+    io.summary("line", json!(format!("train {}  validation {}  test {}", train.len(), validation.len(), test.len())));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Stage kinds. Each kind is one typed unit in one file: its name and version, its
+//! parameter struct (the very struct a method places into the graph, serialized into the
+//! key, and read back by its run), its named inputs and outputs, and its run, a thin
+//! adapter between the engine (bytes, parameters) and the ML library (tensors).
+//!
+//! Adding a kind: its file here, one line in [`REGISTRY`], and the method builder that
+//! places it.
+
+pub mod attack;
+pub mod evaluate;
+pub mod load;
+pub mod synthesize;
+pub mod train;
+
+use crate::engine::executor::{Runner, StageIo};
+use crate::engine::graph::{InputRef, KindId, StageDef};
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use stages::candle::Device;
+
+/// A stage kind.
+pub trait Kind {
+    const ID: KindId;
+    /// Every setting that can change the outputs, and nothing else (no `serde(default)`
+    /// on them: a stage read back without a field is an error naming it).
+    type Params: Serialize + DeserializeOwned;
+    /// The outputs every run writes; some kinds write more (named in their docs).
+    const OUTPUTS: &'static [&'static str];
+    fn run(params: Self::Params, io: &mut StageIo, device: &Device) -> Result<()>;
+}
+
+/// A stage of kind `K` at `id`: its parameters are serialized here, once.
+pub fn place<K: Kind>(id: String, params: &K::Params, inputs: Vec<(String, InputRef)>) -> StageDef {
+    StageDef {
+        id,
+        kind: K::ID,
+        params: serde_json::to_value(params).expect("stage parameters serialize"),
+        inputs: inputs.into_iter().collect(),
+    }
+}
+
+/// A kind as the registry holds it.
+pub struct Entry {
+    pub id: KindId,
+    pub outputs: &'static [&'static str],
+    run: fn(&Value, &mut StageIo, &Device) -> Result<()>,
+}
+
+const fn entry<K: Kind>() -> Entry {
+    Entry { id: K::ID, outputs: K::OUTPUTS, run: run_kind::<K> }
+}
+
+fn run_kind<K: Kind>(params: &Value, io: &mut StageIo, device: &Device) -> Result<()> {
+    let p = read_params::<K::Params>(params).with_context(|| format!("parameters of stage {} ({} v{})", io.stage_id(), K::ID.name, K::ID.version))?;
+    K::run(p, io, device)
+}
+
+/// Parameters read back from a plan or a manifest; a missing field is an error naming it.
+pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
+    Ok(P::deserialize(params)?)
+}
+
+/// Every kind this `pipe` runs.
+pub static REGISTRY: [Entry; 5] = [entry::<load::Load>(), entry::<train::Train>(), entry::<synthesize::Synthesize>(), entry::<evaluate::Evaluate>(), entry::<attack::Attack>()];
+
+/// The registry's entry of a kind, by name (as manifests and run records store it).
+pub fn by_name(name: &str) -> Option<&'static Entry> {
+    REGISTRY.iter().find(|e| e.id.name == name)
+}
+
+/// Runs stages on one candle device.
+pub struct Kinds {
+    pub device: Device,
+}
+
+impl Kinds {
+    pub fn cpu() -> Self {
+        Kinds { device: Device::Cpu }
+    }
+
+    /// The runner for a `device` setting: `cpu`, or `cuda` / `cuda:N` in a build with the
+    /// `cuda` feature. A device this build cannot use is a user error.
+    pub fn for_device(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(Kinds::cpu()),
+            _ if name == "cuda" || name.starts_with("cuda:") => {
+                let ordinal: usize = name.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| crate::UserError(format!("device `{name}`: expected cuda:N with N a GPU number")))?;
+                if cfg!(feature = "cuda") {
+                    Ok(Kinds { device: Device::new_cuda(ordinal).map_err(|e| crate::UserError(format!("device `{name}`: {e}")))? })
+                } else {
+                    Err(crate::UserError(format!("device `{name}`: this pipe was built without CUDA; rebuild with `cargo build --release --features cuda`")).into())
+                }
+            }
+            other => Err(crate::UserError(format!("device `{other}`: expected `cpu` or `cuda:N`")).into()),
+        }
+    }
+}
+
+impl Runner for Kinds {
+    fn run(&self, stage: &StageDef, io: &mut StageIo) -> Result<()> {
+        let entry = REGISTRY.iter().find(|e| e.id == stage.kind).with_context(|| format!("stage {}: no kind {} v{} in this pipe", stage.id, stage.kind.name, stage.kind.version))?;
+        (entry.run)(&stage.params, io, &self.device)
+    }
+
+    fn device(&self) -> String {
+        match self.device.location() {
+            stages::candle::DeviceLocation::Cpu => "cpu".into(),
+            stages::candle::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// The decoded image set of an input, as floats in [-1, 1] and labels.
+fn read_set(io: &StageIo, name: &str) -> Result<(Vec<f32>, Vec<u32>)> {
+    let set = stages::codec::decode_image_set(&io.read(name)?)?;
+    Ok((set.to_unit_range(), set.labels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_missing_a_field_are_an_error_naming_it() {
+        let mut v = serde_json::to_value(train::Params {
+            round: 1,
+            net: stages::nn::NetConfig { arch: stages::nn::Arch::Cnn4, norm: stages::nn::Normalization::None, width: 1.0, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10 },
+            optimizer: stages::optim::OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9 },
+            batch_size: 64,
+            epochs: 5,
+            objective: stages::loss::Objective::Softmax { alpha: 0.5 },
+            augment_pad: 0,
+            sampling: None,
+            seed: 3,
+        })
+        .unwrap();
+        assert!(read_params::<train::Params>(&v).is_ok());
+        v["optimizer"].as_object_mut().unwrap().remove("momentum");
+        let e = read_params::<train::Params>(&v).err().expect("a missing momentum is refused").to_string();
+        assert!(e.contains("momentum"), "{e}");
+        v.as_object_mut().unwrap().remove("augment_pad");
+        let e = read_params::<train::Params>(&v).err().unwrap().to_string();
+        assert!(e.contains("augment_pad") || e.contains("momentum"), "{e}");
+    }
+
+    #[test]
+    fn every_kind_has_one_registry_line_and_a_unique_name() {
+        let mut names: Vec<&str> = REGISTRY.iter().map(|e| e.id.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
+        assert!(REGISTRY.iter().all(|e| by_name(e.id.name).is_some_and(|f| f.id == e.id)));
+    }
+}

@@ -1,0 +1,132 @@
+//! `synthesize`: round t's pseudo-negatives from round t-1's classifier, `per_class` for
+//! each class k (increase logit k from p0 noise), with one table row per sample and a PNG
+//! grid (a row per class).
+
+use super::Kind;
+use crate::engine::executor::StageIo;
+use crate::engine::graph::KindId;
+use crate::engine::table::{to_parquet, Column};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use stages::candle::Device;
+use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
+use stages::grid::encode_grid_png;
+use stages::nn::NetConfig;
+use stages::synthesize::{p0_samples, synthesize, Step, StopRule, SynthesisConfig, Target};
+
+pub struct Synthesize;
+
+/// Input: the classifier samples are synthesized from (none for p0 noise).
+pub const CHECKPOINT: &str = "checkpoint";
+/// Output: the samples with their classes.
+pub const PSEUDO_NEGATIVES: &str = "pseudo_negatives.safetensors";
+/// Output: one row per sample: seed, steps, stop reason, final logit.
+pub const TABLE: &str = "pseudo_negatives.parquet";
+/// Output: a picture, a row per class.
+pub const GRID: &str = "grid.png";
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Params {
+    pub round: u32,
+    pub net: NetConfig,
+    /// Which samples to make.
+    pub targets: Targets,
+    pub per_class: usize,
+    pub init_std: f64,
+    /// How: ascent on f_k, or the p0 samples themselves.
+    #[serde(flatten)]
+    pub method: Method,
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Targets {
+    /// `per_class` for each class of a softmax net.
+    PerClass,
+    /// `per_class` for the positive class of a one-logit net.
+    Binary { class: u32 },
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum Method {
+    /// Gradient ascent on the class logit from p0 noise (ICN).
+    Synthesis { batch_size: usize, lr: f64, max_steps: u32, step: Step, stop: StopRule },
+    /// The p0 samples themselves (ICN-noise): no classifier involved.
+    Noise,
+}
+
+impl Kind for Synthesize {
+    const ID: KindId = KindId { name: "synthesize", version: 3 };
+    type Params = Params;
+    const OUTPUTS: &'static [&'static str] = &[PSEUDO_NEGATIVES, TABLE, GRID];
+    fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+        run(p, io, device)
+    }
+}
+
+/// Pictures per class in the grid.
+const GRID_COLUMNS: usize = 10;
+
+/// The seed of sample i of a stage: recorded per sample, so any one can be remade alone.
+fn sample_seed(stage_seed: u64, i: usize) -> u64 {
+    crate::engine::graph::derive_seed(&format!("pipe-sample/{stage_seed}/{i}"))
+}
+
+fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
+    let (classes, binary): (Vec<u32>, bool) = match p.targets {
+        Targets::PerClass => ((0..p.net.num_classes as u32).collect(), false),
+        Targets::Binary { class } => (vec![class], true),
+    };
+    let k = classes.len();
+    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
+    let out = match p.method {
+        Method::Noise => p0_samples(&targets, p.net.shape(), p.init_std),
+        Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
+            let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
+            let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop };
+            let pb = io.progress(targets.len() as u64, "pseudo-negatives");
+            let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |n| pb.inc(n as u64))?;
+            pb.finish_and_clear();
+            out
+        }
+    };
+    let shape = p.net.shape();
+    let d = shape.0 * shape.1 * shape.2;
+    let classes: Vec<u32> = out.records.iter().map(|r| r.class).collect();
+    io.write(PSEUDO_NEGATIVES, &encode_pseudo_negatives(&PseudoNegatives { images: out.images.clone(), classes, shape })?)?;
+
+    let r = &out.records;
+    let table = to_parquet(vec![
+        ("sample_id", Column::U32((0..r.len() as u32).collect())),
+        ("round", Column::U32(vec![p.round; r.len()])),
+        ("class", Column::U32(r.iter().map(|s| s.class).collect())),
+        ("seed", Column::U64(r.iter().map(|s| s.seed).collect())),
+        ("steps", Column::U32(r.iter().map(|s| s.steps).collect())),
+        ("stop_reason", Column::Str(r.iter().map(|s| s.stop_reason.as_str().to_string()).collect())),
+        ("final_logit", Column::F32(r.iter().map(|s| s.final_logit).collect())),
+        ("final_prob", Column::F32(r.iter().map(|s| s.final_prob).collect())),
+        ("classified", Column::Bool(r.iter().map(|s| s.classified).collect())),
+    ])?;
+    io.write(TABLE, &table)?;
+
+    let columns = p.per_class.min(GRID_COLUMNS);
+    let mut tiles = Vec::with_capacity(k * columns * d);
+    for row in 0..k {
+        for j in 0..columns {
+            let i = row * p.per_class + j;
+            tiles.extend_from_slice(&out.images[i * d..(i + 1) * d]);
+        }
+    }
+    io.write(GRID, &encode_grid_png(&tiles, k * columns, shape.0, shape.1, shape.2, columns, 2)?)?;
+
+    let classified = r.iter().filter(|s| s.classified).count();
+    let mean_steps = r.iter().map(|s| s.steps as f64).sum::<f64>() / r.len().max(1) as f64;
+    io.summary("count", json!(r.len()));
+    io.summary("classified", json!(classified));
+    io.summary("mean_steps", json!(mean_steps));
+    io.summary("line", json!(format!("{} samples, {classified} classified as their class, mean {mean_steps:.1} steps", r.len())));
+    Ok(())
+}
