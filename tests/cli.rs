@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::*;
+#[path = "../stages/tests/support/mat_writer.rs"]
+mod mat_writer;
 
 #[test]
 fn unchanged_rerun_runs_nothing_and_is_fast() {
@@ -305,7 +307,7 @@ fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
     let svhn = dir.path().join("svhn");
     std::fs::create_dir_all(&svhn).unwrap();
     for (name, n, seed) in [("train_32x32.mat", 40, 1), ("extra_32x32.mat", 30, 2), ("test_32x32.mat", 25, 3)] {
-        stages::data::svhn::write_svhn_mat(&svhn.join(name), &rgb_set(n, seed), true, true).unwrap();
+        mat_writer::write_svhn_mat(&svhn.join(name), &rgb_set(n, seed), true, true).unwrap();
     }
     let store = dir.path().join("store");
     for (format, data, train, test) in [("cifar10", &cifar, 80, 30), ("svhn", &svhn, 50, 25)] {
