@@ -264,8 +264,8 @@ pub fn summaries(lf: LazyFrame, rounds: &Rounds) -> (LazyFrame, LazyFrame, LazyF
         .group_by([col("setting"), col("round")])
         .agg([
             pct(rounds.reported).count().alias("runs"),
-            pct(rounds.select_on).mean().alias("val_err"),
-            pct(rounds.select_on).std(1).alias("val_sd"),
+            pct(rounds.select_on.unwrap_or_default()).mean().alias("val_err"),
+            pct(rounds.select_on.unwrap_or_default()).std(1).alias("val_sd"),
             pct(rounds.reported).mean().alias("test_err"),
             pct(rounds.reported).std(1).alias("test_sd"),
         ])

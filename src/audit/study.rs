@@ -91,7 +91,7 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
         let rounds = crate::methods::rounds_of(r);
         for (round, s) in crate::methods::select::reporters(&r.stages, &rounds) {
             let get = |k: &str| s.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-            rows.push(Row { member, run: r.id.clone(), round, validation_error: get(rounds.select_on), test_error: get(rounds.reported), selected: selected == Some(round as u64) });
+            rows.push(Row { member, run: r.id.clone(), round, validation_error: rounds.select_on.map_or(f64::NAN, get), test_error: get(rounds.reported), selected: selected == Some(round as u64) });
         }
     }
     let keys: Vec<String> = members[0].values.iter().map(|(k, _)| k.clone()).collect();

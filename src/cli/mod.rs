@@ -278,7 +278,7 @@ fn print_errors(record: &RunRecord, rounds: &Rounds) {
     let rows: Vec<String> = select::reporters(&record.stages, rounds)
         .map(|(round, s)| {
             let pct = |k: &str| s.summary.get(k).and_then(Value::as_f64).map(|v| format!("{:>7.2}%", 100.0 * v)).unwrap_or_else(|| "       ?".into());
-            format!("  {:<6} {}  {}", round, pct(rounds.select_on), pct(rounds.reported))
+            format!("  {:<6} {}  {}", round, rounds.select_on.map_or("       -".into(), pct), pct(rounds.reported))
         })
         .collect();
     if !rows.is_empty() {
@@ -289,7 +289,10 @@ fn print_errors(record: &RunRecord, rounds: &Rounds) {
     }
     if let Some(sel) = &record.selected {
         let pct = |k: &str| sel.get(k).and_then(Value::as_f64).map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "?".into());
-        println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct(rounds.select_on), pct(rounds.reported));
+        match rounds.select_on {
+            Some(metric) => println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct(metric), pct(rounds.reported)),
+            None => println!("kept: the last round, {} ({} {})", sel["round"], rounds.reported, pct(rounds.reported)),
+        }
     }
 }
 

@@ -365,6 +365,11 @@ impl StageIo<'_> {
         Ok(())
     }
 
+    /// Whether the stage has written output `name`.
+    pub fn wrote(&self, name: &str) -> bool {
+        self.outputs.contains_key(name)
+    }
+
     /// A value for the manifest's summary; `line` is also shown after the stage's line.
     pub fn summary(&mut self, key: &str, value: Value) {
         self.summary.insert(key.to_string(), value);

@@ -100,7 +100,11 @@ impl Kinds {
 impl Runner for Kinds {
     fn run(&self, stage: &StageDef, io: &mut StageIo) -> Result<()> {
         let entry = REGISTRY.iter().find(|e| e.id == stage.kind).with_context(|| format!("stage {}: no kind {} v{} in this pipe", stage.id, stage.kind.name, stage.kind.version))?;
-        (entry.run)(&stage.params, io, &self.device)
+        (entry.run)(&stage.params, io, &self.device)?;
+        // a kind that forgot a declared output is a bug: nothing of it is committed
+        let missing: Vec<&str> = entry.outputs.iter().copied().filter(|o| !io.wrote(o)).collect();
+        anyhow::ensure!(missing.is_empty(), "stage {}: kind {} did not write its output(s) {}", stage.id, stage.kind.name, missing.join(", "));
+        Ok(())
     }
 
     fn device(&self) -> String {

@@ -30,7 +30,7 @@ use stages::nn::NetConfig;
 /// How ICN rounds are reported and chosen: `evaluate/t`'s validation error.
 pub const ROUNDS: Rounds = Rounds {
     reporter: Evaluate::ID,
-    select_on: evaluate::VALIDATION_ERROR,
+    select_on: Some(evaluate::VALIDATION_ERROR),
     reported: evaluate::TEST_ERROR,
     model: (Train::ID, train::CHECKPOINT),
 };

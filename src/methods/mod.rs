@@ -13,8 +13,9 @@ use crate::pipeline::spec::Pipeline;
 pub struct Rounds {
     /// The kind of the stage that reports a round's metrics (one per round, `kind/t`).
     pub reporter: KindId,
-    /// The summary metric of the reporter a round is chosen by (lower is better).
-    pub select_on: &'static str,
+    /// The summary metric of the reporter a round is chosen by (lower is better); none:
+    /// the run keeps its last round.
+    pub select_on: Option<&'static str>,
     /// The summary metric reported for the chosen round.
     pub reported: &'static str,
     /// The kind and output that hold a round's model (one per net of the round).
