@@ -295,7 +295,7 @@ pub fn print(l: &Lineage, rows: usize) {
     if p.len() > rows {
         println!("  ... {} more rows (--rows N, or --format parquet|json for all)", p.len() - rows);
     }
-    println!("  (* = still classified as its class by that round's classifier)");
+    println!("  (* = still fools that round's classifier: f_k > 0)");
 }
 
 pub fn to_json(l: &Lineage) -> Value {

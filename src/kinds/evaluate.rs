@@ -74,7 +74,9 @@ pub enum Evaluation {
 }
 
 impl Kind for Evaluate {
-    const ID: KindId = KindId { name: "evaluate", version: 5 };
+    // 6: a pseudo-negative fools while f_k > 0 and its prob is sigmoid(f_k) (was: argmax
+    // and softmax)
+    const ID: KindId = KindId { name: "evaluate", version: 6 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[METRICS];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -153,8 +155,8 @@ fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::
         let f = logits(nets[net].as_ref(), &pn.images, p.net.shape(), p.batch_size, device)?;
         for (i, (row, &class)) in f.iter().zip(&pn.classes).enumerate() {
             // scored as synthesis scored it when it was made
-            let (logit, prob, fools) = stages::logits::class_score(row, class as usize, row.len() == 1);
-            rows.push((made_in, i as u32, class, net as u32, logit, prob, fools));
+            let s = stages::logits::class_score(row, class as usize, row.len() == 1);
+            rows.push((made_in, i as u32, class, net as u32, s.logit, s.prob, s.positive));
         }
     }
     let n = rows.len();

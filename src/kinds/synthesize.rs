@@ -59,7 +59,9 @@ pub enum Method {
 }
 
 impl Kind for Synthesize {
-    const ID: KindId = KindId { name: "synthesize", version: 3 };
+    // 4: `classified` and `probability` stop on f_k (f_k > 0, sigmoid(f_k) > threshold), not
+    // on argmax and softmax; tables record sigmoid(f_k) and whether k is the top class
+    const ID: KindId = KindId { name: "synthesize", version: 4 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[PSEUDO_NEGATIVES, TABLE, GRID];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -109,6 +111,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         ("final_logit", Column::F32(r.iter().map(|s| s.final_logit).collect())),
         ("final_prob", Column::F32(r.iter().map(|s| s.final_prob).collect())),
         ("classified", Column::Bool(r.iter().map(|s| s.classified).collect())),
+        ("top_class", Column::Bool(r.iter().map(|s| s.top).collect())),
     ])?;
     io.write(TABLE, &table)?;
 
@@ -127,6 +130,14 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     io.summary("count", json!(r.len()));
     io.summary("classified", json!(classified));
     io.summary("mean_steps", json!(mean_steps));
-    io.summary("line", json!(format!("{} samples, {classified} classified as their class, mean {mean_steps:.1} steps", r.len())));
+    // f_k where synthesis stopped: how much a sample can still teach the net (its loss
+    // term is ln(1 + exp(f_k))); none for p0 noise, which no net scored
+    let scored: Vec<f64> = r.iter().map(|s| s.final_logit as f64).filter(|f| f.is_finite()).collect();
+    let mean_logit = (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64);
+    if let Some(m) = mean_logit {
+        io.summary("mean_final_logit", json!(m));
+    }
+    let logit = mean_logit.map(|m| format!(", mean f_k {m:.2}")).unwrap_or_default();
+    io.summary("line", json!(format!("{} samples, {classified} with f_k > 0, mean {mean_steps:.1} steps{logit}", r.len())));
     Ok(())
 }

@@ -96,7 +96,8 @@ struct Progress {
 const PARTIAL: &str = "checkpoint.safetensors";
 
 impl Kind for Train {
-    const ID: KindId = KindId { name: "train", version: 4 };
+    // 5: the log's negatives_fooling counts f_k > 0 (was: argmax)
+    const ID: KindId = KindId { name: "train", version: 5 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[CHECKPOINT, LOG];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {

@@ -183,7 +183,9 @@ pub fn build(p: &Pipeline) -> Graph {
                 optimizer: t.optimizer(round),
                 batch_size: t.batch_size,
                 epochs: t.epochs_per_round,
-                objective: c.objective,
+                // the baseline is what a user trains without introspection: plain
+                // cross-entropy every round, not (1 - alpha) x cross-entropy
+                objective: if method == Method::Baseline { c.objective0 } else { c.objective },
                 augment_pad,
                 sampling,
                 seed: seed(&id),

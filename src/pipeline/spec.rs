@@ -47,7 +47,8 @@ pub struct PipelineSection {
     /// Introspection rounds after the plain classifier of round 0.
     pub rounds: u32,
     /// `icn` (pseudo-negatives by synthesis), `icn-noise` (pseudo-negatives are plain p0
-    /// noise) or `baseline` (no pseudo-negatives; the same training budget).
+    /// noise) or `baseline` (no pseudo-negatives: plain cross-entropy every round, the same
+    /// epochs, batch size and learning-rate schedule).
     #[serde(default)]
     pub method: Method,
     /// `softmax` (one net, K logits, Eq. 9), `binary` (Algorithm 1: one net, class
@@ -215,12 +216,16 @@ impl Default for TrainSection {
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopChoice {
-    /// Stop option (1): once classified as the target class.
+    /// Stop option (1): once classified as positive, f_k(x) > 0 (each class is its own
+    /// binary problem in Eq. 9).
     Classified,
-    /// Stop option (2): once the target class's probability exceeds `stop_probability`.
+    /// Stop option (2): once sigmoid(f_k(x)) exceeds `stop_probability`.
     Probability,
     /// Stop option (3): a fixed number of steps (`max_steps`).
     Steps,
+    /// Not the papers': once k is the top class, argmax_j f_j(x) = k. Much weaker after a
+    /// few rounds (it holds with f_k deeply negative); for comparison only.
+    Argmax,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -638,6 +643,7 @@ impl SynthesizeSection {
             StopChoice::Classified => StopRule::Classified,
             StopChoice::Probability => StopRule::Probability { threshold: self.stop_probability },
             StopChoice::Steps => StopRule::Steps,
+            StopChoice::Argmax => StopRule::Argmax,
         }
     }
 }

@@ -40,6 +40,12 @@ impl Objective {
         }
     }
 
+    /// Whether a pseudo-negative made for `class` still fools the net: f_k(x) > 0, the
+    /// per-class view its loss term ln(1 + exp(f_k)) takes.
+    pub fn fooled_by(&self, row: &[f32], class: u32) -> bool {
+        crate::logits::class_score(row, class as usize, matches!(self, Objective::Binary { .. })).positive
+    }
+
     /// Whether a real sample of class `label` is classified correctly.
     pub fn correct(&self, row: &[f32], label: u32) -> bool {
         match *self {

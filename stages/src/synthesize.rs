@@ -15,10 +15,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StopRule {
-    /// Stop option (1): once the classifier assigns the sample to its target class.
+    /// Stop option (1): once the sample is classified as positive, f_k(x) > 0 (the
+    /// per-class binary view of Eq. 9; see [`crate::logits::ClassScore`]).
     Classified,
-    /// Stop option (2): once the softmax probability of the target class exceeds this.
+    /// Stop option (2): once sigmoid(f_k(x)) exceeds this.
     Probability { threshold: f64 },
+    /// Not in the papers: once k is the net's top class, argmax_j f_j(x) = k. After a few
+    /// rounds this holds with f_k deeply negative, so the samples teach the net nothing;
+    /// kept, named, for comparison.
+    Argmax,
     /// Stop option (3): always run `max_steps` steps.
     Steps,
 }
@@ -27,6 +32,7 @@ pub enum StopRule {
 pub enum StopReason {
     Classified,
     Probability,
+    Argmax,
     MaxSteps,
     /// Not synthesized: a p0 sample as it was drawn (ICN-noise).
     Noise,
@@ -37,6 +43,7 @@ impl StopReason {
         match self {
             StopReason::Classified => "classified",
             StopReason::Probability => "probability",
+            StopReason::Argmax => "argmax",
             StopReason::MaxSteps => "max_steps",
             StopReason::Noise => "noise",
         }
@@ -95,10 +102,12 @@ pub struct SampleRecord {
     pub stop_reason: StopReason,
     /// f_k(x) of the returned sample.
     pub final_logit: f32,
-    /// Softmax probability of class k for the returned sample.
+    /// sigmoid(f_k(x)) of the returned sample.
     pub final_prob: f32,
-    /// Whether the classifier assigns the returned sample to class k.
+    /// f_k(x) > 0 for the returned sample.
     pub classified: bool,
+    /// argmax_j f_j(x) = k for the returned sample.
+    pub top: bool,
 }
 
 /// Pseudo-negatives (N x C x H x W, row-major, in [-1, 1]) and one record per sample.
@@ -119,7 +128,7 @@ pub fn p0_samples(targets: &[Target], shape: Shape3, std: f64) -> Synthesized {
     let images = targets.iter().flat_map(|t| initial_sample(t.seed, d, std)).collect();
     let records = targets
         .iter()
-        .map(|t| SampleRecord { class: t.class, seed: t.seed, steps: 0, stop_reason: StopReason::Noise, final_logit: f32::NAN, final_prob: f32::NAN, classified: false })
+        .map(|t| SampleRecord { class: t.class, seed: t.seed, steps: 0, stop_reason: StopReason::Noise, final_logit: f32::NAN, final_prob: f32::NAN, classified: false, top: false })
         .collect();
     Synthesized { images, records }
 }
@@ -201,10 +210,11 @@ pub fn synthesize(
             // Decide who stops before stepping: the returned sample is the one just scored.
             let mut keep = Vec::with_capacity(active.len());
             for (j, &i) in active.iter().enumerate() {
-                let (logit, prob, classified) = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
+                let score = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
                 let reason = match cfg.stop {
-                    StopRule::Classified if classified => Some(StopReason::Classified),
-                    StopRule::Probability { threshold } if prob as f64 > threshold => Some(StopReason::Probability),
+                    StopRule::Classified if score.positive => Some(StopReason::Classified),
+                    StopRule::Probability { threshold } if score.prob as f64 > threshold => Some(StopReason::Probability),
+                    StopRule::Argmax if score.top => Some(StopReason::Argmax),
                     _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
                     _ => None,
                 };
@@ -216,9 +226,10 @@ pub fn synthesize(
                             seed: targets[i].seed,
                             steps: step,
                             stop_reason: reason,
-                            final_logit: logit,
-                            final_prob: prob,
-                            classified,
+                            final_logit: score.logit,
+                            final_prob: score.prob,
+                            classified: score.positive,
+                            top: score.top,
                         });
                     }
                     None => keep.push(j),
@@ -257,6 +268,73 @@ mod tests {
     use crate::logits::argmax;
     use crate::nn::{Cnn4, Cnn4Config};
 
+    /// The logits of a sample's image.
+    fn logits_of(net: &dyn Classifier, image: &[f32], dev: &Device) -> Result<Vec<f32>> {
+        let x = Tensor::from_vec(image.to_vec(), (1, 1, 28, 28), dev)?;
+        Ok(net.forward(&x)?.to_vec2::<f32>()?.remove(0))
+    }
+
+    #[test]
+    fn each_stop_rule_stops_at_the_first_step_where_it_holds() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(9), &dev)?;
+        let targets: Vec<Target> = (0..10).map(|i| Target { class: i as u32, seed: 700 + i as u64 }).collect();
+        let holds = |rule: StopRule, row: &[f32], k: usize| {
+            let f = row[k] as f64;
+            match rule {
+                StopRule::Classified => f > 0.0,
+                StopRule::Probability { threshold } => 1.0 / (1.0 + (-f).exp()) > threshold,
+                StopRule::Argmax => argmax(row) == k,
+                StopRule::Steps => false,
+            }
+        };
+        let mut stopped_by_rule = 0;
+        for rule in [StopRule::Classified, StopRule::Probability { threshold: 0.8 }, StopRule::Argmax] {
+            // one sample per batch, so that the rerun below computes exactly the same steps
+            let one = |rule, steps| SynthesisConfig { batch_size: 1, ..cfg(rule, steps) };
+            let out = synthesize(&net, (1, 28, 28), &targets, &one(rule, 60), &dev, &mut |_| {})?;
+            for (i, (t, r)) in targets.iter().zip(&out.records).enumerate() {
+                let k = t.class as usize;
+                let row = logits_of(&net, &out.images[i * 784..(i + 1) * 784], &dev)?;
+                if r.stop_reason == StopReason::MaxSteps {
+                    assert!(r.steps == 60 && !holds(rule, &row, k), "{rule:?}: ran out of steps only where the rule never held");
+                    continue;
+                }
+                stopped_by_rule += 1;
+                assert!(holds(rule, &row, k), "{rule:?} holds where it stopped: {row:?}");
+                assert_eq!((r.final_logit, r.classified, r.top), (row[k], row[k] > 0.0, argmax(&row) == k));
+                // the same sample one step earlier: the rule did not hold yet
+                if r.steps > 0 {
+                    let before = synthesize(&net, (1, 28, 28), &targets[i..=i], &one(StopRule::Steps, r.steps - 1), &dev, &mut |_| {})?;
+                    let row = logits_of(&net, &before.images, &dev)?;
+                    assert!(!holds(rule, &row, k), "{rule:?} already held at step {}: {row:?}", r.steps - 1);
+                }
+            }
+        }
+        assert!(stopped_by_rule >= 15, "the rules must be exercised, not only max_steps ({stopped_by_rule})");
+        Ok(())
+    }
+
+    #[test]
+    fn langevin_noise_has_variance_eps_annealed_by_decay() {
+        // zero gradient: x moves by the noise alone, N(0, eps) with eps = lr * decay^(step-1)
+        let c = SynthesisConfig { step: Step::Langevin { decay: 0.5 }, lr: 0.01, ..cfg(StopRule::Steps, 2) };
+        let n = 40_000;
+        let mut s = Running::new(17, n, 1e-9);
+        let zero = vec![0f32; n];
+        for (step, eps) in [(1u32, 0.01f64), (2, 0.005)] {
+            let before = s.x.clone();
+            s.update(&zero, &c, step);
+            let d: Vec<f64> = s.x.iter().zip(&before).map(|(a, b)| (a - b) as f64).collect();
+            let mean = d.iter().sum::<f64>() / n as f64;
+            let var = d.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1) as f64;
+            // sd of the sample variance is eps * sqrt(2/n) = 0.7% of eps: 4% is ~6 sd, and
+            // eps/2, eps^2 or sqrt(eps) miss it by far
+            assert!((var / eps - 1.0).abs() < 0.04, "step {step}: variance {var} for eps {eps}");
+            assert!(mean.abs() < 4.0 * (eps / n as f64).sqrt(), "step {step}: mean {mean}");
+        }
+    }
+
     fn cfg(stop: StopRule, max_steps: u32) -> SynthesisConfig {
         SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.05, max_steps, init_std: 0.3, batch_size: 3, stop }
     }
@@ -285,7 +363,7 @@ mod tests {
             let row = net.forward(&x)?.to_vec2::<f32>()?.remove(0);
             assert!((row[r.class as usize] - r.final_logit).abs() < 1e-4, "recorded logit is the sample's");
             if r.stop_reason == StopReason::Classified {
-                assert_eq!(argmax(&row), r.class as usize);
+                assert!(row[r.class as usize] > 0.0, "stopped at f_k > 0: {row:?}");
             } else {
                 assert_eq!(r.steps, 200);
             }

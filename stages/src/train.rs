@@ -136,7 +136,7 @@ pub fn train_epoch(
         for ((row, &y), &n) in logits.to_vec2::<f32>()?.iter().zip(&ys).zip(&negs) {
             if n > 0.0 {
                 neg_seen += 1;
-                neg_fool += objective.claims(row, y) as usize;
+                neg_fool += objective.fooled_by(row, y) as usize;
             } else {
                 real_seen += 1;
                 real_wrong += (!objective.correct(row, y)) as usize;
