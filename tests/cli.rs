@@ -343,7 +343,7 @@ fn binary_and_one_vs_all_icn() {
     let dir = tempfile::tempdir().unwrap();
     let file = tiny(dir.path(), 1, 300);
     let store = dir.path().join("store");
-    let out = run(&file, &store, &["pipeline.variant=binary", "pipeline.positive_class=3", "pipeline.rounds=1", "data.balanced=true"]);
+    let out = run(&file, &store, &["pipeline.variant=binary", "pipeline.positive_class=3", "pipeline.rounds=1", "data.balanced=true", "train.epochs=6", "train.epochs_per_round=2"]);
     let stages: Vec<String> = stage_lines(&out).into_iter().map(|(_, s)| s).collect();
     assert_eq!(stages, ["load", "train/0", "evaluate/0", "synthesize/1", "train/1", "evaluate/1"]);
     let rec = last_record(&store);
@@ -356,8 +356,10 @@ fn binary_and_one_vs_all_icn() {
     assert_eq!(arrow_array::Array::len(&classes), 3, "per_class samples of the positive class only");
     assert!(classes.iter().all(|c| c == Some(3)));
     let errors = |rec: &serde_json::Value| rec["stages"].as_array().unwrap().iter().filter(|s| s["kind"] == "evaluate").map(|s| s["summary"]["test_error"].as_f64().unwrap()).collect::<Vec<_>>();
-    // one class against nine: a binary net is right far more often than 10-way chance
-    assert!(errors(&rec).iter().all(|e| *e < 0.5), "{:?}", errors(&rec));
+    // one class against nine: the net must beat calling everything "not a 3", whose error
+    // is the share of 3s in the test set (about 0.1)
+    let threes = load["summary"]["test"]["class_counts"][3].as_f64().unwrap() / load["summary"]["test"]["count"].as_f64().unwrap();
+    assert!(errors(&rec).iter().all(|e| *e < threes), "{:?} against {threes} for the all-negative answer", errors(&rec));
 
     let ova = run(&file, &store, &["pipeline.variant=one-vs-all", "pipeline.rounds=1"]);
     let stages: Vec<String> = stage_lines(&ova).into_iter().map(|(_, s)| s).collect();
@@ -370,7 +372,8 @@ fn binary_and_one_vs_all_icn() {
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("stages").join(format!("{key}.json"))).unwrap()).unwrap();
     let inputs = manifest["inputs"].as_object().unwrap();
     assert_eq!(inputs.keys().filter(|k| k.starts_with("checkpoint.c")).count(), 10);
-    assert!(errors(&rec).iter().all(|e| *e < 0.9), "one-vs-all beats chance: {:?}", errors(&rec));
+    // chance is 0.9 and the most frequent class alone errs about as often: well below both
+    assert!(errors(&rec).iter().all(|e| *e < 0.6), "one-vs-all learned the digits: {:?}", errors(&rec));
     let selected = rec["selected"]["round"].as_u64().unwrap();
     assert_eq!(rec["selected"]["checkpoints"].as_array().unwrap().len(), 10, "one checkpoint per class net");
     assert!(rec["selected"]["test_error"].as_f64().unwrap() == errors(&rec)[selected as usize]);
@@ -380,6 +383,8 @@ fn binary_and_one_vs_all_icn() {
 fn binary_icn_on_an_image_folder_of_faces() {
     let faces = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces-lfw-subset");
     if !faces.is_dir() {
+        // CI has shared/ beside the clone: there a missing folder is a failure, not a skip
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{} is missing, and CI=true needs it", faces.display());
         eprintln!("skipped: {} not found", faces.display());
         return;
     }

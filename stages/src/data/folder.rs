@@ -401,15 +401,8 @@ mod tests {
         "/../../shared/data/textures/brick.png"
     );
 
-    /// `path` if it exists, or None (with a message) where this machine has no shared data.
     fn shared(test: &str, path: &str) -> Option<PathBuf> {
-        let p = PathBuf::from(path);
-        if p.exists() {
-            Some(p)
-        } else {
-            eprintln!("{test}: skipped, shared data not found at {}", p.display());
-            None
-        }
+        crate::data::testutil::shared_data(test, path)
     }
 
     use crate::data::testutil::{check_error_names, TempDir};

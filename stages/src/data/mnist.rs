@@ -323,15 +323,8 @@ mod tests {
     const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
     const SUBSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines/data/mnist");
 
-    /// The full MNIST, or None (with a message) where this machine has no shared data.
     fn shared_dir(test: &str) -> Option<PathBuf> {
-        let dir = PathBuf::from(SHARED);
-        if dir.is_dir() {
-            Some(dir)
-        } else {
-            eprintln!("{test}: skipped, full MNIST not found at {}", dir.display());
-            None
-        }
+        crate::data::testutil::shared_data(test, SHARED)
     }
 
     use crate::data::testutil::{check_error_names, TempDir};

@@ -273,6 +273,19 @@ pub(crate) fn io_error(path: &Path, source: std::io::Error) -> DataError {
 #[cfg(test)]
 pub(crate) mod testutil {
     use std::path::PathBuf;
+
+    /// `path` from `../shared/data`, or None (with a message) where this machine lacks it.
+    /// Under CI=true a missing path fails the test: CI has shared/ beside the clone, so a
+    /// skip there would hide a broken path.
+    pub fn shared_data(test: &str, path: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(path);
+        if p.exists() {
+            return Some(p);
+        }
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: {} is missing, and CI=true needs it", p.display());
+        eprintln!("{test}: skipped, shared data not found at {}", p.display());
+        None
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh folder under the system temp dir, removed on drop.
