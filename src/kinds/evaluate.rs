@@ -43,7 +43,7 @@ const CHECKPOINT: &str = "checkpoint";
 /// The net index of a checkpoint input's name (0 for a single net, k for member k).
 pub fn member_of_checkpoint(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(CHECKPOINT)?;
-    Some(rest.strip_prefix(".c").map_or(Some(0), |k| k.parse().ok())?)
+    rest.strip_prefix(".c").map_or(Some(0), |k| k.parse().ok())
 }
 
 /// Input: round r's pseudo-negatives (of member k).

@@ -142,7 +142,7 @@ mod tests {
         .unwrap();
         assert!(read_params::<train::Params>(&v).is_ok());
         v["optimizer"].as_object_mut().unwrap().remove("momentum");
-        let e = read_params::<train::Params>(&v).err().expect("a missing momentum is refused").to_string();
+        let e = read_params::<train::Params>(&v).expect_err("a missing momentum is refused").to_string();
         assert!(e.contains("momentum"), "{e}");
         v.as_object_mut().unwrap().remove("augment_pad");
         let e = read_params::<train::Params>(&v).err().unwrap().to_string();

@@ -719,7 +719,7 @@ stop_probability = 0.8
 
     fn error(file: &Path, sets: &[&str]) -> String {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        let e = load(file, &sets).err().expect("refused");
+        let e = load(file, &sets).expect_err("refused");
         assert!(e.downcast_ref::<UserError>().is_some(), "a user error: {e}");
         e.to_string()
     }
