@@ -64,11 +64,6 @@ pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
 /// Every kind this `pipe` runs.
 pub static REGISTRY: [Entry; 5] = [entry::<load::Load>(), entry::<train::Train>(), entry::<synthesize::Synthesize>(), entry::<evaluate::Evaluate>(), entry::<attack::Attack>()];
 
-/// The registry's entry of a kind, by name (as manifests and run records store it).
-pub fn by_name(name: &str) -> Option<&'static Entry> {
-    REGISTRY.iter().find(|e| e.id.name == name)
-}
-
 /// Runs stages on one candle device.
 pub struct Kinds {
     pub device: Device,
@@ -155,6 +150,5 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), REGISTRY.len());
-        assert!(REGISTRY.iter().all(|e| by_name(e.id.name).is_some_and(|f| f.id == e.id)));
     }
 }

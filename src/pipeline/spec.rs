@@ -631,7 +631,7 @@ impl SynthesizeSection {
     /// How x moves.
     pub fn step(&self) -> Step {
         match self.optimizer {
-            SynthesisStep::Adam => Step::Adam { beta1: self.beta1, beta2: self.beta2, eps: 1e-8 },
+            SynthesisStep::Adam => Step::Adam { beta1: self.beta1, beta2: self.beta2, eps: stages::synthesize::ADAM_EPS },
             SynthesisStep::Sgd => Step::Sgd,
             SynthesisStep::Langevin => Step::Langevin { decay: self.langevin_decay },
         }

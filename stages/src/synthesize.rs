@@ -69,8 +69,11 @@ pub enum Step {
     Langevin { decay: f64 },
 }
 
+/// Adam's constant on x: a fixed part of the method, not a setting.
+pub const ADAM_EPS: f64 = 1e-8;
+
 fn adam_eps() -> f64 {
-    1e-8
+    ADAM_EPS
 }
 
 #[derive(Clone, Debug, PartialEq)]
