@@ -85,12 +85,7 @@ struct Index {
 
 impl Index {
     fn new(store: &Store) -> Result<Self> {
-        let mut manifests = Vec::new();
-        for key in store.stage_keys()? {
-            if let Some(m) = store.manifest::<Manifest>(&key)? {
-                manifests.push(m);
-            }
-        }
+        let manifests: Vec<Manifest> = store.intact_manifests()?;
         let mut producer = HashMap::new();
         for (i, m) in manifests.iter().enumerate() {
             for o in m.outputs.values() {

@@ -93,10 +93,7 @@ fn class_errors(store: &Store, s: &RunStage) -> Result<Vec<(String, Option<u32>,
 /// Reads every run record of the store at `root` into rows; no runs is a user error.
 pub fn metrics(root: &Path) -> Result<Metrics> {
     let store = Store::open_existing(root)?;
-    let mut runs = Vec::new();
-    for id in store.run_ids()? {
-        runs.extend(store.run::<RunRecord>(&id)?);
-    }
+    let runs: Vec<RunRecord> = store.intact_runs()?;
     if runs.is_empty() {
         return Err(UserError(format!("no runs in {}: nothing to export (run `pipe run` first)", root.display())).into());
     }

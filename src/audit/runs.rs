@@ -51,6 +51,16 @@ pub fn run_stage(store: &Store, run: &str, stage: &str) -> Result<RunStage> {
     record.stages.into_iter().find(|s| s.stage == stage).ok_or_else(|| UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", "))).into())
 }
 
+/// The status a run is shown with: a `running` record while no `pipe run` holds the store
+/// is a run that was killed (or could not write its end), so it is `interrupted`.
+pub fn shown_status(store: &Store, r: &RunRecord) -> String {
+    if r.status == "running" && !store.is_locked() {
+        "interrupted".into()
+    } else {
+        r.status.clone()
+    }
+}
+
 /// A fresh record for a run of `pipeline` (under `name`), with a new unique id.
 pub fn new_record(name: &str, pipeline: &spec::Pipeline, device: String) -> RunRecord {
     let id = format!("{}-{}", timefmt::now_compact(), &blake3::hash(format!("{}{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes()).to_hex()[..6]);

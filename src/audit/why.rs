@@ -133,13 +133,7 @@ pub struct Report {
 pub fn run(file: &Path, sets: &[String], root: &Path, only: Option<&str>, json: bool) -> Result<()> {
     let members = sweep::expand(file, sets)?;
     let store = Store::open_existing(root)?;
-    let mut records = Vec::new();
-    let ids = if store.root().join("runs").is_dir() { store.run_ids()? } else { Vec::new() };
-    for id in ids {
-        if let Some(r) = store.run::<RunRecord>(&id)? {
-            records.push(r);
-        }
-    }
+    let records: Vec<RunRecord> = if store.root().join("runs").is_dir() { store.intact_runs()? } else { Vec::new() };
     let canonical = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
     let mut reports = Vec::new();
     for m in &members {
@@ -273,9 +267,10 @@ fn reasons(
         return Ok(vec![Reason::NewStage { note }]);
     };
     if st.key.as_deref() == Some(prev.key.as_str()) {
-        let detail = match store.manifest::<Manifest>(&prev.key)? {
-            None => "its manifest is no longer in the store".to_string(),
-            Some(m) => match m.outputs.iter().find(|(_, o)| !store.object_path(&o.digest).exists()) {
+        let detail = match store.manifest::<Manifest>(&prev.key) {
+            Err(e) => format!("{e:#}"),
+            Ok(None) => "its manifest is no longer in the store".to_string(),
+            Ok(Some(m)) => match m.outputs.iter().find(|(_, o)| !store.object_path(&o.digest).exists()) {
                 Some((name, _)) => format!("its output {name} is missing from the store"),
                 None => "the store no longer holds it".to_string(),
             },
@@ -287,7 +282,7 @@ fn reasons(
         };
         return Ok(vec![Reason::NotInStore { detail }]);
     }
-    let Some(m) = store.manifest::<Manifest>(&prev.key)? else {
+    let Ok(Some(m)) = store.manifest::<Manifest>(&prev.key) else {
         return Ok(vec![Reason::LastManifestGone { key: prev.key.clone() }]);
     };
     let mut out = Vec::new();

@@ -12,6 +12,8 @@
 //! whose outputs are gone.
 
 use crate::engine::executor::{Manifest, RunRecord};
+use crate::engine::fault;
+use crate::engine::graph::key_of;
 use crate::engine::store::{digest_file, Digest, Store};
 use crate::UserError;
 use anyhow::{anyhow, bail, Context, Result};
@@ -262,18 +264,15 @@ pub struct VerifyReport {
     pub missing: Vec<BadObject>,
     pub bad_manifests: Vec<BadFile>,
     pub bad_runs: Vec<BadFile>,
-    /// With --repair: stages uncommitted (they rerun on the next `pipe run`) and corrupt
-    /// objects removed.
+    /// With --repair: damaged run records removed, stages uncommitted (they rerun on the
+    /// next `pipe run`) and corrupt objects removed.
+    pub removed_runs: Vec<String>,
     pub uncommitted: Vec<String>,
     pub removed_objects: Vec<Digest>,
     pub intact: bool,
 }
 
 impl VerifyReport {
-    /// Problems `--repair` cannot fix: run records are history, not recomputable.
-    fn unrepairable(&self) -> bool {
-        !self.bad_runs.is_empty()
-    }
 }
 
 /// `pipe verify`.
@@ -301,13 +300,7 @@ pub fn verify(root: &Path, repair: bool, json: bool) -> Result<()> {
         report.bad_manifests.len(),
         report.bad_runs.len()
     );
-    if !repair {
-        bail!("the store {} is damaged: {what}; `pipe verify --repair` uncommits the stages concerned so that the next `pipe run` remakes them", store.root().display());
-    }
-    if report.unrepairable() {
-        bail!("the store {} was damaged ({what}); stages were repaired, but run records that do not parse must be fixed or removed by hand", store.root().display());
-    }
-    Ok(())
+    bail!("the store {} is damaged: {what}; `pipe verify --repair` uncommits the stages concerned so that the next `pipe run` remakes them, and removes damaged run records", store.root().display());
 }
 
 /// Rehashes every object and checks every manifest and run record; changes nothing.
@@ -346,14 +339,22 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
     keys.sort();
     let mut bad_manifests = Vec::new();
     for key in &keys {
+        let bad = |error: String| BadFile { name: key.clone(), path: store.manifest_path(key).display().to_string(), error };
         let m: Manifest = match store.manifest(key) {
             Ok(Some(m)) => m,
             Ok(None) => continue,
             Err(e) => {
-                bad_manifests.push(BadFile { name: key.clone(), path: store.manifest_path(key).display().to_string(), error: format!("{e:#}") });
+                bad_manifests.push(bad(format!("{e:#}")));
                 continue;
             }
         };
+        // the seal proves the file is what was written; the key proves it describes the
+        // stage stored under it
+        let recomputed = key_of(&m.kind, m.version, &m.params, &m.inputs);
+        if recomputed != *key || m.key != *key {
+            bad_manifests.push(bad(format!("its kind, version, params and inputs make the key {recomputed}, not the key {key} it is stored under")));
+            continue;
+        }
         for (output, o) in &m.outputs {
             let referrer = Referrer { key: key.clone(), stage: m.stage.clone(), output: output.clone() };
             let state = match hashed.get(&o.digest) {
@@ -382,6 +383,7 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
         missing: missing.into_values().collect(),
         bad_manifests,
         bad_runs,
+        removed_runs: Vec::new(),
         uncommitted: Vec::new(),
         removed_objects: Vec::new(),
         intact,
@@ -392,18 +394,32 @@ fn bad_object(store: &Store, digest: &str, reason: String) -> BadObject {
     BadObject { digest: digest.to_string(), path: store.object_path(digest).display().to_string(), reason, referenced_by: Vec::new() }
 }
 
-/// Uncommits every stage that names a corrupt or missing output, or whose manifest does not
-/// parse, then removes the corrupt objects: the executor reruns an uncommitted stage, and
-/// with the same inputs it makes the same bytes again.
+/// Removes damaged run records, uncommits every stage that names a corrupt or missing
+/// output or whose manifest is damaged, then removes the corrupt objects: the executor
+/// reruns an uncommitted stage, and with the same inputs it makes the same bytes again.
+///
+/// A kill between any two steps is safe: each step is durable before the next, a manifest
+/// goes before its objects, and a corrupt object left behind is replaced, not trusted, when
+/// its stage is committed again (`Store::write` rehashes an existing object).
 fn repair_store(store: &Store, r: &mut VerifyReport) -> Result<()> {
     let mut keys: BTreeSet<String> = r.corrupt.iter().chain(&r.missing).flat_map(|o| o.referenced_by.iter().map(|x| x.key.clone())).collect();
     keys.extend(r.bad_manifests.iter().map(|b| b.name.clone()));
+    r.removed_runs = r.bad_runs.iter().map(|b| b.name.clone()).collect();
     r.uncommitted = keys.into_iter().collect();
     r.removed_objects = r.corrupt.iter().map(|o| o.digest.clone()).collect();
-    // manifests first: a crash in between leaves a missing object, never a committed corrupt one
-    store.remove_manifests(&r.uncommitted)?;
-    store.remove_objects(&r.removed_objects)?;
-    r.intact = !r.unrepairable();
+    for id in &r.removed_runs {
+        fault::point("repair");
+        store.remove_runs(std::slice::from_ref(id))?;
+    }
+    for key in &r.uncommitted {
+        fault::point("repair");
+        store.remove_manifests(std::slice::from_ref(key))?;
+    }
+    for d in &r.removed_objects {
+        fault::point("repair");
+        store.remove_objects(std::slice::from_ref(d))?;
+    }
+    r.intact = true;
     Ok(())
 }
 
@@ -425,7 +441,7 @@ fn print_verify(r: &VerifyReport) {
     };
     print_objects("corrupt objects (bytes differ from their name)", &r.corrupt);
     print_objects("missing objects (named by a manifest, absent)", &r.missing);
-    for (title, list) in [("manifests that do not parse", &r.bad_manifests), ("run records that do not parse", &r.bad_runs)] {
+    for (title, list) in [("damaged manifests", &r.bad_manifests), ("damaged run records", &r.bad_runs)] {
         if !list.is_empty() {
             println!("{title}:");
             for b in list {
@@ -433,8 +449,13 @@ fn print_verify(r: &VerifyReport) {
             }
         }
     }
-    if !r.uncommitted.is_empty() || !r.removed_objects.is_empty() {
-        println!("repaired: uncommitted {} stages (the next `pipe run` remakes them), removed {} corrupt objects", r.uncommitted.len(), r.removed_objects.len());
+    if !r.uncommitted.is_empty() || !r.removed_objects.is_empty() || !r.removed_runs.is_empty() {
+        println!(
+            "repaired: removed {} damaged run records, uncommitted {} stages (the next `pipe run` remakes them), removed {} corrupt objects",
+            r.removed_runs.len(),
+            r.uncommitted.len(),
+            r.removed_objects.len()
+        );
     }
     if r.corrupt.is_empty() && r.missing.is_empty() && r.bad_manifests.is_empty() && r.bad_runs.is_empty() {
         println!("{} objects, {} manifests, {} runs: all intact", r.objects, r.manifests, r.runs);
@@ -447,14 +468,16 @@ mod tests {
     use crate::engine::executor::{OutputInfo, RunStage};
     use serde_json::json;
 
-    fn manifest(key: &str, stage: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Manifest {
+    /// A manifest whose key is the real key of what it records.
+    fn manifest(stage: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Manifest {
+        let inputs: BTreeMap<String, String> = inputs.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect();
         Manifest {
-            key: key.into(),
+            key: key_of("k", 1, &json!({"stage": stage}), &inputs),
             stage: stage.into(),
             kind: "k".into(),
             version: 1,
-            params: json!({}),
-            inputs: inputs.iter().map(|(n, d)| (n.to_string(), d.to_string())).collect(),
+            params: json!({"stage": stage}),
+            inputs,
             outputs: outputs.iter().map(|(n, d)| (n.to_string(), OutputInfo { digest: d.to_string(), bytes: 1 })).collect(),
             summary: json!({}),
             device: "cpu".into(),
@@ -492,22 +515,28 @@ mod tests {
         GcOptions { keep_last, dry_run: false, partials, json: false }
     }
 
+    /// Keys of the stages of [`two_runs`].
+    struct Keys {
+        load: String,
+        t1: String,
+    }
+
     /// Two runs sharing `load`; run 2's `train` also read an object that is no stage's
     /// output in any kept run (an input-only object), which must survive.
-    fn two_runs(store: &Store) -> Result<(Digest, Digest, Digest, Digest)> {
+    fn two_runs(store: &Store) -> Result<(Digest, Digest, Digest, Digest, Keys)> {
         let shared = store.write(b"shared")?;
         let only1 = store.write(b"only run 1")?;
         let only2 = store.write(b"only run 2")?;
         let input_only = store.write(b"read by run 2, made by run 1")?;
-        let load = manifest("kload", "load", &[("raw", &digest_bytes_of("raw file"))], &[("data", &shared)]);
-        let t1 = manifest("ktrain1", "train/0", &[("data", &shared)], &[("ckpt", &only1), ("extra", &input_only)]);
-        let t2 = manifest("ktrain2", "train/0", &[("data", &shared), ("init", &input_only)], &[("ckpt", &only2)]);
+        let load = manifest("load", &[("raw", &digest_bytes_of("raw file"))], &[("data", &shared)]);
+        let t1 = manifest("train/0", &[("data", &shared)], &[("ckpt", &only1), ("extra", &input_only)]);
+        let t2 = manifest("train/0", &[("data", &shared), ("init", &input_only)], &[("ckpt", &only2)]);
         for m in [&load, &t1, &t2] {
             store.commit_manifest(&m.key, m)?;
         }
         store.write_run("2024a", &record("2024a", &[&load, &t1]))?;
         store.write_run("2024b", &record("2024b", &[&load, &t2]))?;
-        Ok((shared, only1, only2, input_only))
+        Ok((shared, only1, only2, input_only, Keys { load: load.key, t1: t1.key }))
     }
 
     fn digest_bytes_of(s: &str) -> Digest {
@@ -518,7 +547,7 @@ mod tests {
     fn keep_last_frees_what_only_old_runs_needed_and_keeps_inputs() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let (shared, only1, only2, input_only) = two_runs(&store)?;
+        let (shared, only1, only2, input_only, keys) = two_runs(&store)?;
         fs::write(store.tmp_dir().join("123-0.tmp"), b"debris")?;
         fs::create_dir_all(store.partial_dir("kinterrupted"))?;
         fs::write(store.partial_dir("kinterrupted").join("epoch"), b"12345")?;
@@ -529,7 +558,7 @@ mod tests {
 
         let r = collect(&store, &opts(Some(1), false))?;
         assert_eq!(r.removed_runs, ["2024a"]);
-        assert_eq!(r.removed_manifests, ["ktrain1"]);
+        assert_eq!(r.removed_manifests, [keys.t1.clone()]);
         assert_eq!(r.removed_objects, std::slice::from_ref(&only1));
         assert_eq!(r.partials, Tally { count: 1, bytes: 5 });
         assert_eq!(r.freed_bytes, r.runs.bytes + r.manifests.bytes + 10 + 6);
@@ -540,7 +569,7 @@ mod tests {
         assert!(!store.object_path(&only1).exists());
         assert_eq!(store.object_path(&only1).parent().unwrap().exists(), store.objects()?.iter().any(|d| d[..2] == only1[..2]), "no empty fan-out directory is left");
         assert_eq!(store.run_ids()?, ["2024b"]);
-        assert!(store.manifest::<Manifest>("ktrain1")?.is_none());
+        assert!(store.manifest::<Manifest>(&keys.t1)?.is_none());
         assert_eq!(fs::read_dir(store.tmp_dir())?.count(), 0);
         assert!(store.partial_dir("kinterrupted").is_dir(), "partials stay without --partials");
 
@@ -572,7 +601,7 @@ mod tests {
     fn verify_names_corrupt_and_missing_objects_and_repair_uncommits_their_stages() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let (shared, only1, _, _) = two_runs(&store)?;
+        let (shared, only1, _, _, keys) = two_runs(&store)?;
         let clean = check(&store)?;
         assert!(clean.intact);
         assert_eq!((clean.objects, clean.manifests, clean.runs), (4, 3, 2));
@@ -585,16 +614,18 @@ mod tests {
         assert_eq!(r.corrupt.len(), 1);
         assert_eq!(r.corrupt[0].digest, shared);
         assert!(r.corrupt[0].reason.contains(&digest_bytes_of("sharEd")));
-        assert_eq!(r.corrupt[0].referenced_by, [Referrer { key: "kload".into(), stage: "load".into(), output: "data".into() }]);
+        assert_eq!(r.corrupt[0].referenced_by, [Referrer { key: keys.load.clone(), stage: "load".into(), output: "data".into() }]);
         assert_eq!(r.missing.len(), 1);
         assert_eq!(r.missing[0].digest, only1);
-        assert_eq!(r.missing[0].referenced_by[0].key, "ktrain1");
+        assert_eq!(r.missing[0].referenced_by[0].key, keys.t1);
         assert_eq!(r.bad_manifests.len(), 1);
 
         let mut r = r;
         repair_store(&store, &mut r)?;
         assert!(r.intact);
-        assert_eq!(r.uncommitted, ["kbroken", "kload", "ktrain1"]);
+        let mut expected = vec!["kbroken".to_string(), keys.load.clone(), keys.t1.clone()];
+        expected.sort();
+        assert_eq!(r.uncommitted, expected);
         let after = check(&store)?;
         assert!(after.intact, "{after:?}");
         assert_eq!(after.manifests, 1);

@@ -2,7 +2,7 @@
 
 pub mod bench;
 
-use crate::audit::runs::{new_record, run_stage, unique_match};
+use crate::audit::runs::{new_record, run_stage, shown_status, unique_match};
 use crate::engine::executor::{self, Manifest, RunRecord, Runner};
 use crate::engine::store::Store;
 use crate::engine::table::format_parquet;
@@ -384,30 +384,45 @@ fn lineage(root: &Path, what: &str, format: &str, out: Option<PathBuf>, rows: us
 fn ls(root: &Path, json: bool) -> Result<()> {
     let store = Store::open_existing(root)?;
     let ids = store.run_ids()?;
+    // a damaged record is listed, not fatal: `pipe verify --repair` removes it
+    let records: Vec<(String, std::result::Result<RunRecord, String>)> = ids
+        .iter()
+        .filter_map(|id| match store.run::<RunRecord>(id) {
+            Ok(Some(r)) => Some((id.clone(), Ok(r))),
+            Ok(None) => None,
+            Err(e) => Some((id.clone(), Err(format!("{e:#}")))),
+        })
+        .collect();
     if json {
-        let mut runs = Vec::new();
-        for id in &ids {
-            if let Some(r) = store.run::<RunRecord>(id)? {
-                let ran = r.stages.iter().filter(|s| s.status == "ran").count();
-                runs.push(serde_json::json!({
-                    "id": r.id, "pipeline": r.pipeline, "file": r.file, "status": r.status, "ran": ran, "cached": r.stages.len() - ran,
-                    "seconds": r.seconds, "started_at": r.started_at, "finished_at": r.finished_at, "device": r.device, "overrides": r.overrides,
-                    "error": r.error, "selected": r.selected,
-                }));
-            }
-        }
+        let runs: Vec<Value> = records
+            .iter()
+            .map(|(id, r)| match r {
+                Ok(r) => {
+                    let ran = r.stages.iter().filter(|s| s.status == "ran").count();
+                    serde_json::json!({
+                        "id": r.id, "pipeline": r.pipeline, "file": r.file, "status": shown_status(&store, r), "ran": ran, "cached": r.stages.len() - ran,
+                        "seconds": r.seconds, "started_at": r.started_at, "finished_at": r.finished_at, "device": r.device, "overrides": r.overrides,
+                        "error": r.error, "selected": r.selected,
+                    })
+                }
+                Err(e) => serde_json::json!({"id": id, "status": "damaged", "error": e}),
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"store": root, "runs": runs}))?);
         return Ok(());
     }
-    if ids.is_empty() {
+    if records.is_empty() {
         println!("no runs in {}", root.display());
         return Ok(());
     }
-    println!("{:<27} {:<16} {:<8} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
-    for id in ids {
-        if let Some(r) = store.run::<RunRecord>(&id)? {
-            let ran = r.stages.iter().filter(|s| s.status == "ran").count();
-            println!("{:<27} {:<16} {:<8} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, r.status, ran, r.stages.len() - ran, r.seconds, r.started_at);
+    println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
+    for (id, r) in &records {
+        match r {
+            Ok(r) => {
+                let ran = r.stages.iter().filter(|s| s.status == "ran").count();
+                println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, shown_status(&store, r), ran, r.stages.len() - ran, r.seconds, r.started_at);
+            }
+            Err(e) => println!("{id:<27} {:<16} {:<11}  {e} (`pipe verify --repair` removes it)", "?", "damaged"),
         }
     }
     Ok(())
@@ -438,7 +453,7 @@ fn show_run(store: &Store, id: &str, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("run       {}\npipeline  {} ({})\nstatus    {}\nstarted   {}\nseconds   {:.2}\ndevice    {}", r.id, r.pipeline, r.file, r.status, r.started_at, r.seconds, r.device);
+    println!("run       {}\npipeline  {} ({})\nstatus    {}\nstarted   {}\nseconds   {:.2}\ndevice    {}", r.id, r.pipeline, r.file, shown_status(store, &r), r.started_at, r.seconds, r.device);
     if !r.overrides.is_empty() {
         println!("overrides {}", r.overrides.join(" "));
     }

@@ -3,7 +3,7 @@
 //! rest through a [`Runner`] and commits each with a manifest written last.
 
 use crate::engine::graph::{stage_key, InputRef, StageDef};
-use crate::engine::store::{digest_file, Digest, Store};
+use crate::engine::store::{digest_file, Damaged, Digest, Store};
 use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -100,9 +100,18 @@ fn complete(digests: &InputDigests) -> Option<BTreeMap<String, Digest>> {
     digests.iter().map(|(name, d)| Some((name.clone(), d.clone()?))).collect()
 }
 
-/// A committed manifest whose outputs are all present (a missing object means rerun).
+/// A committed manifest of `key` whose outputs are all present at their size: anything
+/// less (a missing object, a damaged manifest) means the stage runs again.
 fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
-    Ok(store.manifest::<Manifest>(key)?.filter(|m| m.outputs.values().all(|o| store.object_path(&o.digest).exists())))
+    let manifest = match store.manifest::<Manifest>(key) {
+        Ok(m) => m,
+        Err(e) if e.downcast_ref::<Damaged>().is_some() => {
+            eprintln!("warning: {e:#}; the stage is recomputed");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(manifest.filter(|m| m.key == key && m.outputs.values().all(|o| std::fs::metadata(store.object_path(&o.digest)).is_ok_and(|f| f.len() == o.bytes))))
 }
 
 /// How a stage stands before a run.
@@ -226,7 +235,7 @@ pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
 pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
     let t_run = Instant::now();
-    store.write_run(&record.id, record)?;
+    store.write_run(&record.id, record).context("writing the run record")?;
     let result = run_stages(store, stages, runner, record, stop);
     record.seconds = t_run.elapsed().as_secs_f64();
     record.finished_at = Some(timefmt::now_iso());
@@ -237,8 +246,15 @@ pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut
             record.error = Some(format!("{e:#}"));
         }
     }
-    store.write_run(&record.id, record)?;
-    result
+    match (store.write_run(&record.id, record), result) {
+        (Ok(()), result) => result,
+        (Err(w), Ok(())) => Err(w.context("writing the run record")),
+        // the first failure is the one to report (a full disk fails both)
+        (Err(w), Err(e)) => {
+            eprintln!("warning: the run record could not be marked failed ({w:#}); `pipe ls` will show the run as interrupted");
+            Err(e)
+        }
+    }
 }
 
 fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
@@ -266,7 +282,7 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
             outputs: manifest.outputs.clone(),
             summary: manifest.summary.clone(),
         });
-        store.write_run(&record.id, record)?;
+        store.write_run(&record.id, record).with_context(|| format!("writing the run record after stage {}", stage.id))?;
         if let Some(reason) = stop(&record.stages) {
             println!("stopping: {reason}");
             record.stopped_early = Some(reason);
@@ -375,19 +391,20 @@ impl StageIo<'_> {
         self.summary.insert(key.to_string(), value);
     }
 
-    /// The last resumption checkpoint `name` of an interrupted attempt of this very stage.
+    /// The last resumption checkpoint `name` of an interrupted attempt of this very stage,
+    /// checked against its digest (a damaged one is discarded: the stage starts over).
     pub fn read_partial(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.store.partial_dir(&self.key).join(name);
-        match std::fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+        self.store.read_partial(&self.key, name)
     }
 
     /// Saves a resumption checkpoint atomically (a kill mid-write keeps the previous one).
     pub fn write_partial(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.store.write_atomic(&self.store.partial_dir(&self.key).join(name), bytes)
+        self.store.write_partial(&self.key, name, bytes)
+    }
+
+    /// Removes resumption checkpoint `name` (one that is readable but unusable).
+    pub fn discard_partial(&self, name: &str) -> Result<()> {
+        self.store.discard_partial(&self.key, name)
     }
 
     pub fn note_resumed(&mut self, what: Value) {

@@ -100,11 +100,16 @@ fn write_canonical(v: &Value, out: &mut String) {
 /// The key of a stage: blake3 over the canonical JSON of its kind, version, parameters and
 /// the content digests of its inputs.
 pub fn stage_key(stage: &StageDef, inputs: &BTreeMap<String, String>) -> String {
+    key_of(stage.kind.name, stage.kind.version, &stage.params, inputs)
+}
+
+/// [`stage_key`] from its parts, as a manifest records them (`pipe verify` recomputes it).
+pub fn key_of(kind: &str, version: u32, params: &Value, inputs: &BTreeMap<String, String>) -> String {
     let mut doc = serde_json::Map::new();
     doc.insert("inputs".into(), serde_json::to_value(inputs).expect("strings"));
-    doc.insert("kind".into(), Value::String(stage.kind.name.into()));
-    doc.insert("params".into(), stage.params.clone());
-    doc.insert("version".into(), Value::from(stage.kind.version));
+    doc.insert("kind".into(), Value::String(kind.into()));
+    doc.insert("params".into(), params.clone());
+    doc.insert("version".into(), Value::from(version));
     blake3::hash(canonical_json(&Value::Object(doc)).as_bytes()).to_hex().to_string()
 }
 

@@ -2,6 +2,7 @@
 //! that walks the graph against the store, and the Parquet tables stages write.
 
 pub mod executor;
+pub mod fault;
 pub mod graph;
 pub mod store;
 pub mod table;

@@ -11,11 +11,16 @@
 //! ```
 //!
 //! Every write goes temp file -> fsync -> rename -> fsync(dir), so a crash leaves either the
-//! old state or the new one, never a torn file. Every object read is rehashed: a corrupt
-//! object is an error, never silently used.
+//! old state or the new one, never a torn file, and a failed write removes its temp file.
+//! Nothing is trusted unchecked: every object read is rehashed, an object path that already
+//! exists is rehashed before a commit relies on it, manifests and run records are sealed
+//! with a digest of their own content, and resumption checkpoints carry a digest trailer.
 
+use crate::engine::fault;
+use crate::engine::graph::canonical_json;
 use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -137,11 +142,17 @@ impl Store {
         self.root.join("objects").join(&digest[..2]).join(&digest[2..])
     }
 
-    /// Stores bytes and returns their digest; storing existing content is a no-op.
+    /// Stores bytes and returns their digest. An object already at that path is kept only
+    /// if it still holds these bytes: a corrupt one left by an interrupted repair (or a
+    /// bad disk) is replaced, never committed again.
     pub fn write(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = digest_bytes(bytes);
         let path = self.object_path(&digest);
-        if !path.exists() {
+        let intact = match fs::metadata(&path) {
+            Ok(m) => m.len() == bytes.len() as u64 && digest_file(&path).is_ok_and(|d| d == digest),
+            Err(_) => false,
+        };
+        if !intact {
             self.write_atomic(&path, bytes)?;
         }
         Ok(digest)
@@ -163,20 +174,40 @@ impl Store {
         self.read(digest).is_ok()
     }
 
-    /// Writes `bytes` at `path` so that readers see the old file or the whole new one.
+    /// Writes `bytes` at `path` so that readers see the old file or the whole new one. A
+    /// failure (a full disk) names `path` and leaves no temp file behind.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let dir = path.parent().context("path has no parent")?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp_dir().join(format!("{}-{}.tmp", std::process::id(), n));
-        {
-            let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        let staged = (|| -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            let room = fault::disk_room(bytes.len());
+            f.write_all(&bytes[..room])?;
+            if room < bytes.len() {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if let Err(e) = staged {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()));
         }
-        fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
         File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
         Ok(())
+    }
+
+    /// Writes a JSON record sealed with the digest of its canonical content, so that an
+    /// edit (or a torn disk block) is found on read.
+    fn write_sealed<T: Serialize>(&self, path: &Path, record: &T) -> Result<()> {
+        let mut value = serde_json::to_value(record)?;
+        let map = value.as_object_mut().context("a sealed record is a JSON object")?;
+        map.remove(SEAL);
+        let seal = digest_bytes(canonical_json(&Value::Object(map.clone())).as_bytes());
+        map.insert(SEAL.into(), Value::String(seal));
+        self.write_atomic(path, &serde_json::to_vec_pretty(&value)?)
     }
 
     /// Staging area of atomic writes; anything left in it is debris of a killed writer.
@@ -219,14 +250,15 @@ impl Store {
         self.root.join("stages").join(format!("{key}.json"))
     }
 
-    /// The committed manifest of a stage key, if the stage has finished.
+    /// The committed manifest of a stage key, if the stage has finished; a manifest whose
+    /// seal does not match its content is a [`Damaged`] error.
     pub fn manifest<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        read_json_opt(&self.manifest_path(key))
+        read_sealed(&self.manifest_path(key))
     }
 
     /// Commits a stage: its outputs must already be stored.
     pub fn commit_manifest<T: Serialize>(&self, key: &str, manifest: &T) -> Result<()> {
-        self.write_atomic(&self.manifest_path(key), &serde_json::to_vec_pretty(manifest)?)?;
+        self.write_sealed(&self.manifest_path(key), manifest)?;
         fs::remove_dir_all(self.partial_dir(key)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
         Ok(())
     }
@@ -260,16 +292,79 @@ impl Store {
         self.root.join("partial").join(key)
     }
 
+    /// Saves resumption checkpoint `name` of stage `key` atomically, with a blake3 trailer
+    /// over its bytes so that a resume can tell it is the file that was written.
+    pub fn write_partial(&self, key: &str, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut sealed = Vec::with_capacity(bytes.len() + PARTIAL_TRAILER);
+        sealed.extend_from_slice(bytes);
+        sealed.extend_from_slice(blake3::hash(bytes).as_bytes());
+        self.write_atomic(&self.partial_dir(key).join(name), &sealed)
+    }
+
+    pub fn discard_partial(&self, key: &str, name: &str) -> Result<()> {
+        remove_file_if_present(&self.partial_dir(key).join(name))
+    }
+
+    /// Resumption checkpoint `name` of stage `key`: `Ok(None)` when there is none, and
+    /// when the one there does not match its trailer (it is then removed, with a message,
+    /// and the stage starts over).
+    pub fn read_partial(&self, key: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.partial_dir(key).join(name);
+        let mut bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let body = bytes.len().saturating_sub(PARTIAL_TRAILER);
+        if bytes.len() < PARTIAL_TRAILER || blake3::hash(&bytes[..body]).as_bytes() != &bytes[body..] {
+            eprintln!("warning: the resumption checkpoint {} is damaged (its bytes do not match their digest); discarding it, the stage starts over", path.display());
+            remove_file_if_present(&path)?;
+            return Ok(None);
+        }
+        bytes.truncate(body);
+        Ok(Some(bytes))
+    }
+
     pub fn run_path(&self, id: &str) -> PathBuf {
         self.root.join("runs").join(format!("{id}.json"))
     }
 
     pub fn write_run<T: Serialize>(&self, id: &str, record: &T) -> Result<()> {
-        self.write_atomic(&self.run_path(id), &serde_json::to_vec_pretty(record)?)
+        self.write_sealed(&self.run_path(id), record)
     }
 
+    /// A run record; one whose seal does not match its content is a [`Damaged`] error.
     pub fn run<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
-        read_json_opt(&self.run_path(id))
+        read_sealed(&self.run_path(id))
+    }
+
+    /// Every run record that reads back intact, oldest first; damaged ones are skipped
+    /// with a warning (`pipe ls` lists them, `pipe verify --repair` removes them).
+    pub fn intact_runs<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for id in self.run_ids()? {
+            out.extend(skip_damaged(self.run(&id))?);
+        }
+        Ok(out)
+    }
+
+    /// Every committed manifest that reads back intact; damaged ones are skipped with a
+    /// warning (the next `pipe run` recomputes their stages).
+    pub fn intact_manifests<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for key in self.stage_keys()? {
+            out.extend(skip_damaged(self.manifest(&key))?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a `pipe run` (or gc, or repair) holds the writer lock now.
+    pub fn is_locked(&self) -> bool {
+        let Ok(f) = File::open(self.root.join("lock")) else { return false };
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own. A shared lock is refused exactly while
+        // a writer holds the exclusive one; ours ends when `f` is dropped.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
     }
 
     /// Run ids, oldest first (ids start with a UTC timestamp).
@@ -318,12 +413,49 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }
 
-fn read_json_opt<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid JSON", path.display()))?)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+/// The field of a sealed record that holds the digest of the rest.
+const SEAL: &str = "seal";
+/// Bytes of the blake3 trailer of a resumption checkpoint.
+const PARTIAL_TRAILER: usize = 32;
+
+/// A manifest or run record whose bytes are not what pipe wrote: unparsable, unsealed, or
+/// edited since. Callers treat it as absent-and-damaged, never as data.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is damaged: {reason}", path.display())]
+pub struct Damaged {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// A read of a sealed record, with a damaged record reported and treated as absent.
+fn skip_damaged<T>(read: Result<Option<T>>) -> Result<Option<T>> {
+    match read {
+        Err(e) if e.downcast_ref::<Damaged>().is_some() => {
+            eprintln!("warning: {e:#}; skipped");
+            Ok(None)
+        }
+        other => other,
     }
+}
+
+fn read_sealed<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let damaged = |reason: String| Damaged { path: path.to_path_buf(), reason };
+    let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("not valid JSON ({e})")))?;
+    let map = value.as_object_mut().ok_or_else(|| damaged("not a JSON object".into()))?;
+    let seal = match map.remove(SEAL) {
+        Some(Value::String(s)) => s,
+        _ => return Err(damaged(format!("no `{SEAL}` seal (written by an older pipe, or edited)")).into()),
+    };
+    let actual = digest_bytes(canonical_json(&value).as_bytes());
+    if actual != seal {
+        return Err(damaged(format!("its content hashes to {actual}, not to its seal {seal}: it was edited or corrupted")).into());
+    }
+    Ok(Some(T::deserialize(value).map_err(|e| damaged(format!("unexpected content ({e})")))?))
 }
 
 fn list_json_stems(dir: &Path) -> Result<Vec<String>> {
