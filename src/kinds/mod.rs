@@ -132,6 +132,7 @@ mod tests {
             objective: stages::loss::Objective::Softmax { alpha: 0.5 },
             augment_pad: 0,
             sampling: None,
+            rollback: None,
             seed: 3,
         })
         .unwrap();

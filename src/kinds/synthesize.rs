@@ -13,7 +13,7 @@ use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::grid::encode_grid_png;
 use stages::nn::NetConfig;
-use stages::synthesize::{p0_samples, synthesize, Step, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{p0_samples, synthesize, Step, StopReason, StopRule, SynthesisConfig, Target};
 
 pub struct Synthesize;
 
@@ -78,12 +78,12 @@ fn sample_seed(stage_seed: u64, i: usize) -> u64 {
 }
 
 fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
-    let (classes, binary): (Vec<u32>, bool) = match p.targets {
+    let (classes_made, binary): (Vec<u32>, bool) = match p.targets {
         Targets::PerClass => ((0..p.net.num_classes as u32).collect(), false),
         Targets::Binary { class } => (vec![class], true),
     };
-    let k = classes.len();
-    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
+    let k = classes_made.len();
+    let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes_made[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
     let out = match p.method {
         Method::Noise => p0_samples(&targets, p.net.shape(), p.init_std),
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
@@ -97,10 +97,21 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     };
     let shape = p.net.shape();
     let d = shape.0 * shape.1 * shape.2;
-    let classes: Vec<u32> = out.records.iter().map(|r| r.class).collect();
-    io.write(PSEUDO_NEGATIVES, &encode_pseudo_negatives(&PseudoNegatives { images: out.images.clone(), classes, shape })?)?;
+    // A sample that went non-finite is dropped, never stored: its seed is listed in the
+    // summary, and the others keep their order (sample_id is the index in the output).
+    let (mut images, mut records, mut dropped) = (Vec::with_capacity(out.images.len()), Vec::with_capacity(out.records.len()), Vec::new());
+    for (i, rec) in out.records.into_iter().enumerate() {
+        if rec.stop_reason == StopReason::NonFinite {
+            dropped.push(rec.seed);
+        } else {
+            images.extend_from_slice(&out.images[i * d..(i + 1) * d]);
+            records.push(rec);
+        }
+    }
+    let classes: Vec<u32> = records.iter().map(|r| r.class).collect();
+    io.write(PSEUDO_NEGATIVES, &encode_pseudo_negatives(&PseudoNegatives { images: images.clone(), classes, shape })?)?;
 
-    let r = &out.records;
+    let r = &records;
     let table = to_parquet(vec![
         ("sample_id", Column::U32((0..r.len() as u32).collect())),
         ("round", Column::U32(vec![p.round; r.len()])),
@@ -117,10 +128,14 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
 
     let columns = p.per_class.min(GRID_COLUMNS);
     let mut tiles = Vec::with_capacity(k * columns * d);
-    for row in 0..k {
-        for j in 0..columns {
-            let i = row * p.per_class + j;
-            tiles.extend_from_slice(&out.images[i * d..(i + 1) * d]);
+    for &class in &classes_made {
+        let mut row: Vec<usize> = (0..r.len()).filter(|&i| r[i].class == class).take(columns).collect();
+        row.resize(columns, usize::MAX); // a dropped sample leaves a blank tile
+        for i in row {
+            match i {
+                usize::MAX => tiles.extend(std::iter::repeat_n(-1.0f32, d)),
+                i => tiles.extend_from_slice(&images[i * d..(i + 1) * d]),
+            }
         }
     }
     io.write(GRID, &encode_grid_png(&tiles, k * columns, shape.0, shape.1, shape.2, columns, 2)?)?;
@@ -128,6 +143,10 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let classified = r.iter().filter(|s| s.classified).count();
     let mean_steps = r.iter().map(|s| s.steps as f64).sum::<f64>() / r.len().max(1) as f64;
     io.summary("count", json!(r.len()));
+    if !dropped.is_empty() {
+        eprintln!("warning: {}: {} pseudo-negatives went non-finite during synthesis and were dropped (their seeds are in the stage summary)", io.stage_id(), dropped.len());
+        io.summary("dropped_non_finite", json!(dropped));
+    }
     io.summary("classified", json!(classified));
     io.summary("mean_steps", json!(mean_steps));
     // f_k where synthesis stopped: how much a sample can still teach the net (its loss
@@ -138,6 +157,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         io.summary("mean_final_logit", json!(m));
     }
     let logit = mean_logit.map(|m| format!(", mean f_k {m:.2}")).unwrap_or_default();
-    io.summary("line", json!(format!("{} samples, {classified} with f_k > 0, mean {mean_steps:.1} steps{logit}", r.len())));
+    let dropped = if dropped.is_empty() { String::new() } else { format!(", {} dropped (non-finite)", dropped.len()) };
+    io.summary("line", json!(format!("{} samples, {classified} with f_k > 0, mean {mean_steps:.1} steps{logit}{dropped}", r.len())));
     Ok(())
 }

@@ -61,7 +61,30 @@ pub struct Params {
     /// pseudo-negative input without it is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<Sampling>,
+    /// What a non-finite loss, gradient or weight does: absent, the stage fails; present,
+    /// the epoch restarts at a lower learning rate. Absent from the key when absent, so
+    /// stages that never opted in keep their keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
     pub seed: u64,
+}
+
+/// Restart a diverged epoch from its start with the learning rate times `lr_factor`, at
+/// most `retries` times in the stage (the JEM authors' advice, done by the program).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Rollback {
+    pub lr_factor: f64,
+    pub retries: u32,
+}
+
+/// One rollback, as the summary and the resumption state record it.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct RollbackRow {
+    epoch: u32,
+    batch: usize,
+    cause: String,
+    lr_from: f64,
+    lr_to: f64,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
@@ -90,6 +113,8 @@ struct Progress {
     /// Batch draws of each pseudo-negative so far, in input order.
     #[serde(default)]
     draws: Vec<u32>,
+    #[serde(default)]
+    rollbacks: Vec<RollbackRow>,
 }
 
 /// The resumption checkpoint (in the stage's partial/ folder).
@@ -146,27 +171,61 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         count_draws: true,
     };
 
-    let mut progress = Progress { epochs_done: 0, log: Vec::new(), draws: vec![0; neg_y.len()] };
+    let mut progress = Progress { epochs_done: 0, log: Vec::new(), draws: vec![0; neg_y.len()], rollbacks: Vec::new() };
     if let Some(bytes) = io.read_partial(PARTIAL)? {
         let saved = checkpoint::decode(&bytes, device).context("reading the resumption checkpoint")?;
         net.load_tensors(&saved.model)?;
         opt.load_state(&net.vars(), &saved.optim)?;
         rng = saved.rng.context("resumption checkpoint without RNG state")?;
         progress = serde_json::from_str(&saved.meta)?;
+        if let (Some(last), false) = (progress.log.last(), progress.rollbacks.is_empty()) {
+            opt.set_learning_rate(last.lr); // lowered by a rollback before the kill
+        }
         io.note_resumed(json!(format!("epoch {}", progress.epochs_done)));
     }
 
     let objective = p.objective;
     let samples = real_y.len() + neg_y.len();
-    for epoch in progress.epochs_done..p.epochs {
+    // the state at the start of the current epoch: what a rollback returns to
+    let mut good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), "{}")?;
+    let mut epoch = progress.epochs_done;
+    while epoch < p.epochs {
         let pb = io.progress(samples as u64, &format!("epoch {}/{}", epoch + 1, p.epochs));
         let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, objective, &mut rng, device, &mut |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
+        if let Some(d) = &stats.diverged {
+            let lr = opt.learning_rate();
+            let at = format!("diverged in round {}, epoch {} of {}: {d} (learning rate {})", p.round, epoch + 1, p.epochs, num(lr));
+            let kept = if progress.epochs_done > 0 { format!("; the last good state (after epoch {}) stays in the store's partial/ folder", progress.epochs_done) } else { String::new() };
+            match p.rollback {
+                Some(rb) if progress.rollbacks.len() < rb.retries as usize => {
+                    let saved = checkpoint::decode(&good, device)?;
+                    net.load_tensors(&saved.model)?;
+                    opt.load_state(&net.vars(), &saved.optim)?;
+                    rng = saved.rng.context("rollback state without RNG state")?;
+                    let lr_to = lr * rb.lr_factor;
+                    opt.set_learning_rate(lr_to);
+                    progress.rollbacks.push(RollbackRow { epoch: epoch + 1, batch: d.batch, cause: d.to_string(), lr_from: lr, lr_to });
+                    eprintln!("{} {at}; rolling back to the start of the epoch with learning rate {} (rollback {} of {})", io.stage_id(), num(lr_to), progress.rollbacks.len(), rb.retries);
+                    continue;
+                }
+                Some(rb) => anyhow::bail!(
+                    "{at}, after {} rollbacks; nothing of the stage is committed{kept}. The settings, not bad luck, diverge: lower train.lr (now {}) or raise train.batch_size",
+                    rb.retries,
+                    num(p.optimizer.lr())
+                ),
+                None => anyhow::bail!(
+                    "{at}; nothing of the stage is committed{kept}. Try a lower train.lr (e.g. {}), or train.on_divergence = \"rollback\" to restart a diverged epoch at a lower learning rate",
+                    num(lr / 10.0)
+                ),
+            }
+        }
         progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate() });
         progress.epochs_done = epoch + 1;
         progress.draws.iter_mut().zip(&stats.neg_draws).for_each(|(total, d)| *total += d);
-        let bytes = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
-        io.write_partial(PARTIAL, &bytes)?;
+        good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
+        io.write_partial(PARTIAL, &good)?;
+        epoch += 1;
     }
 
     let meta = json!({"round": p.round, "epochs": p.epochs}).to_string();
@@ -194,6 +253,22 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     io.summary("real", json!(real_y.len()));
     io.summary("pseudo_negatives", json!(neg_y.len()));
     io.summary("final_loss", json!(last.loss));
-    io.summary("line", json!(format!("{} real + {} pseudo-negatives, loss {:.4}, train error {:.2}%", real_y.len(), neg_y.len(), last.loss, 100.0 * last.real_error)));
+    if !progress.rollbacks.is_empty() {
+        io.summary("rollbacks", serde_json::to_value(&progress.rollbacks)?);
+    }
+    let rolled = match progress.rollbacks.len() {
+        0 => String::new(),
+        n => format!(", {n} rollback(s), lr now {}", num(last.lr)),
+    };
+    io.summary("line", json!(format!("{} real + {} pseudo-negatives, loss {:.4}, train error {:.2}%{rolled}", real_y.len(), neg_y.len(), last.loss, 100.0 * last.real_error)));
     Ok(())
+}
+
+/// A learning rate as a person writes it: 0.025, 1e30, 1e-5.
+fn num(v: f64) -> String {
+    if v != 0.0 && !(1e-3..1e4).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
 }

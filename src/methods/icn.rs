@@ -144,6 +144,7 @@ pub fn build(p: &Pipeline) -> Graph {
             objective: c.objective0,
             augment_pad,
             sampling: None,
+            rollback: t.rollback(),
             seed: seed(&id),
         };
         stages.push(place::<Train>(id, &params, vec![(train::TRAIN_SET.into(), data(load::TRAIN))]));
@@ -188,6 +189,7 @@ pub fn build(p: &Pipeline) -> Graph {
                 objective: if method == Method::Baseline { c.objective0 } else { c.objective },
                 augment_pad,
                 sampling,
+                rollback: t.rollback(),
                 seed: seed(&id),
             };
             stages.push(place::<Train>(id, &params, inputs));

@@ -4,6 +4,7 @@
 
 pub use crate::kinds::load::DataFormat;
 use crate::kinds::load::data_files;
+use crate::kinds::train;
 use crate::UserError;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -184,6 +185,21 @@ pub struct TrainSection {
     /// CIFAR-10 augmentation of the real training images: pad 4, random crop, random
     /// horizontal flip.
     pub augment: bool,
+    /// A non-finite loss, gradient or weight: `stop` (the run fails with exit 1, naming the
+    /// stage, round, epoch and batch; nothing of the stage is committed) or `rollback`
+    /// (the epoch restarts from its first batch with the learning rate times
+    /// `rollback_lr_factor`, at most `rollback_retries` times per stage; each rollback is
+    /// recorded in the stage's summary and its log's `lr` column).
+    pub on_divergence: OnDivergence,
+    pub rollback_lr_factor: f64,
+    pub rollback_retries: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDivergence {
+    Stop,
+    Rollback,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -209,6 +225,9 @@ impl Default for TrainSection {
             sampling: Sampling::Union,
             recency_decay: 0.5,
             augment: false,
+            on_divergence: OnDivergence::Stop,
+            rollback_lr_factor: 0.5,
+            rollback_retries: 3,
         }
     }
 }
@@ -529,6 +548,10 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
     Some(text[..offset.min(text.len())].matches('\n').count() + 1)
 }
 
+/// Rollbacks allowed per train stage: each halves (by default) the learning rate, so more
+/// than this means the settings, not bad luck, are at fault.
+const MAX_ROLLBACKS: u32 = 20;
+
 /// Records each setting that is out of range: `need(ok, key, expected)`.
 type Need<'a> = dyn FnMut(bool, &str, &str) + 'a;
 
@@ -601,6 +624,13 @@ impl TrainSection {
         need(self.recency_decay > 0.0 && self.recency_decay <= 1.0, "train.recency_decay", "a factor in (0, 1]");
         need(self.lr_drop_factor > 0.0 && self.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
         need(self.lr_drop_round.is_none_or(|r| r >= 1), "train.lr_drop_round", "a round >= 1");
+        need(self.rollback_lr_factor > 0.0 && self.rollback_lr_factor < 1.0, "train.rollback_lr_factor", "a factor in (0, 1) (it lowers the learning rate)");
+        need((1..=MAX_ROLLBACKS).contains(&self.rollback_retries), "train.rollback_retries", &format!("1 to {MAX_ROLLBACKS} rollbacks per stage"));
+    }
+
+    /// The divergence policy of the train stages; `None` is stop.
+    pub fn rollback(&self) -> Option<train::Rollback> {
+        (self.on_divergence == OnDivergence::Rollback).then_some(train::Rollback { lr_factor: self.rollback_lr_factor, retries: self.rollback_retries })
     }
 
     /// The optimizer of a round: the learning rate after the drop, if there is one.

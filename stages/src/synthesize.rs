@@ -36,6 +36,9 @@ pub enum StopReason {
     MaxSteps,
     /// Not synthesized: a p0 sample as it was drawn (ICN-noise).
     Noise,
+    /// The sample or its logit went NaN or infinite; it must not be used (the caller
+    /// drops it).
+    NonFinite,
 }
 
 impl StopReason {
@@ -46,6 +49,7 @@ impl StopReason {
             StopReason::Argmax => "argmax",
             StopReason::MaxSteps => "max_steps",
             StopReason::Noise => "noise",
+            StopReason::NonFinite => "non_finite",
         }
     }
 }
@@ -214,7 +218,9 @@ pub fn synthesize(
             let mut keep = Vec::with_capacity(active.len());
             for (j, &i) in active.iter().enumerate() {
                 let score = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
+                let finite = score.logit.is_finite() && state[j].x.iter().all(|v| v.is_finite());
                 let reason = match cfg.stop {
+                    _ if !finite => Some(StopReason::NonFinite),
                     StopRule::Classified if score.positive => Some(StopReason::Classified),
                     StopRule::Probability { threshold } if score.prob as f64 > threshold => Some(StopReason::Probability),
                     StopRule::Argmax if score.top => Some(StopReason::Argmax),

@@ -78,6 +78,47 @@ fn batch_indices(set: &TrainSet, batch_size: usize, rng: &mut Rng) -> Vec<Vec<us
     }
 }
 
+/// Where an epoch went non-finite; the epoch stopped there, before the step that would have
+/// written the value into the weights (or, for `Weights`, after its last step).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Divergence {
+    /// 1-based batch of the epoch.
+    pub batch: usize,
+    pub what: NonFinite,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NonFinite {
+    Loss(f32),
+    /// The sum of every gradient entry (one fused reduction per tensor, no copy).
+    Gradient(f32),
+    Weights,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.what {
+            NonFinite::Loss(v) => write!(f, "the loss is {v} at batch {}", self.batch),
+            NonFinite::Gradient(v) => write!(f, "the gradient sums to {v} at batch {}", self.batch),
+            NonFinite::Weights => write!(f, "the weights hold a non-finite value after batch {}", self.batch),
+        }
+    }
+}
+
+/// Sum of every entry of `tensors`, reduced on their device; non-finite iff some entry is
+/// (short of an overflow of the sum itself, at magnitudes no healthy net reaches).
+pub fn finite_sum(tensors: &[Tensor]) -> Result<f32> {
+    let mut total: Option<Tensor> = None;
+    for t in tensors {
+        let s = t.sum_all()?.to_dtype(candle_core::DType::F32)?;
+        total = Some(match total {
+            Some(acc) => (acc + s)?,
+            None => s,
+        });
+    }
+    total.map_or(Ok(0.0), |t| t.to_scalar::<f32>())
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EpochStats {
     /// Mean loss over batches.
@@ -90,6 +131,9 @@ pub struct EpochStats {
     /// Times each pseudo-negative was drawn into a batch this epoch (lineage: which
     /// samples shaped the weights, and how much).
     pub neg_draws: Vec<u32>,
+    /// Set when the epoch stopped on a non-finite loss, gradient or weight: the other
+    /// fields then cover the batches before it, and the weights must not be kept.
+    pub diverged: Option<Divergence>,
 }
 
 /// One pass over `set` in an order drawn from `rng`; `on_batch` gets the samples done.
@@ -130,8 +174,20 @@ pub fn train_epoch(
         let x = Tensor::from_vec(xs, (batch.len(), c, h, w), device)?;
         let logits = model.forward(&x)?;
         let loss = objective.loss(&logits, &ys, &negs)?;
-        opt.step(&vars, &loss.backward()?)?;
-        stats.loss += loss.to_scalar::<f32>()? as f64;
+        let grads = loss.backward()?;
+        let value = loss.to_scalar::<f32>()?;
+        let what = if !value.is_finite() {
+            Some(NonFinite::Loss(value))
+        } else {
+            let g: Vec<Tensor> = vars.iter().filter_map(|v| grads.get(v.as_tensor()).cloned()).collect();
+            Some(finite_sum(&g)?).filter(|s| !s.is_finite()).map(NonFinite::Gradient)
+        };
+        if let Some(what) = what {
+            stats.diverged = Some(Divergence { batch: stats.batches + 1, what });
+            break;
+        }
+        opt.step(&vars, &grads)?;
+        stats.loss += value as f64;
         stats.batches += 1;
         for ((row, &y), &n) in logits.to_vec2::<f32>()?.iter().zip(&ys).zip(&negs) {
             if n > 0.0 {
@@ -143,6 +199,13 @@ pub fn train_epoch(
             }
         }
         on_batch(batch.len());
+    }
+    // a finite gradient times a huge learning rate can still overflow the weights
+    if stats.diverged.is_none() {
+        let w: Vec<Tensor> = model.named_tensors().into_iter().map(|(_, t)| t).collect();
+        if !finite_sum(&w)?.is_finite() {
+            stats.diverged = Some(Divergence { batch: stats.batches, what: NonFinite::Weights });
+        }
     }
     stats.loss /= stats.batches.max(1) as f64;
     stats.real_error = real_wrong as f64 / real_seen.max(1) as f64;
