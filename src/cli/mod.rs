@@ -10,7 +10,7 @@ use crate::kinds::Kinds;
 use crate::methods::{self, plan, select, Rounds};
 use crate::pipeline::{spec, sweep};
 use crate::UserError;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -239,6 +239,7 @@ fn run(a: &PipelineArgs) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
     crate::audit::study::check(&members)?;
     let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
+    let created = !a.store.store.exists();
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     let mut records = Vec::new();
@@ -246,7 +247,16 @@ fn run(a: &PipelineArgs) -> Result<()> {
         if members.len() > 1 {
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
-        records.push(run_pipeline(&store, runner, &m.pipeline)?);
+        match run_pipeline(&store, runner, &m.pipeline) {
+            Ok(r) => records.push(r),
+            Err(e) => {
+                // bad input found only once the data was read: as if refused up front
+                if is_user_error(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
+                    std::fs::remove_dir_all(store.root()).with_context(|| format!("removing the store {} this run created", store.root().display()))?;
+                }
+                return Err(e);
+            }
+        }
     }
     if members.len() > 1 {
         crate::audit::study::report(&store, &members, &records)?;
@@ -263,13 +273,23 @@ fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline) -> Res
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, &rounds, p));
-    executor::run(store, &stages, runner, &mut record, &stop)?;
+    if let Err(e) = executor::run(store, &stages, runner, &mut record, &stop) {
+        // exit 2 means nothing written: a run refused before any stage ran leaves no record
+        if is_user_error(&e) && record.stages.iter().all(|s| s.status != "ran") {
+            store.remove_runs(std::slice::from_ref(&record.id))?;
+        }
+        return Err(e);
+    }
     record.selected = select::selection(&record.stages, &rounds);
     store.write_run(&record.id, &record)?;
     let ran = record.stages.iter().filter(|s| s.status == "ran").count();
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
     print_errors(&record, &rounds);
     Ok(record)
+}
+
+fn is_user_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
 }
 
 /// The selection and reported metric per round (validation and test error for ICN), from

@@ -2,7 +2,7 @@
 //! parameters and the *content digests* of its inputs, reuses committed stages, runs the
 //! rest through a [`Runner`] and commits each with a manifest written last.
 
-use crate::engine::graph::{stage_key, InputRef, StageDef};
+use crate::engine::graph::{key_of, stage_key, InputRef, StageDef};
 use crate::engine::store::{digest_file, Damaged, Digest, Store};
 use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
@@ -111,7 +111,13 @@ fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
         }
         Err(e) => return Err(e),
     };
-    Ok(manifest.filter(|m| m.key == key && m.outputs.values().all(|o| std::fs::metadata(store.object_path(&o.digest)).is_ok_and(|f| f.len() == o.bytes))))
+    let Some(m) = manifest else { return Ok(None) };
+    // the seal says the file is as written; the key says it describes this stage
+    if m.key != key || key_of(&m.kind, m.version, &m.params, &m.inputs) != key {
+        eprintln!("warning: {} does not describe stage {key} (its kind, version, params or inputs make another key); the stage is recomputed", store.manifest_path(key).display());
+        return Ok(None);
+    }
+    Ok(Some(m).filter(|m| m.outputs.values().all(|o| std::fs::metadata(store.object_path(&o.digest)).is_ok_and(|f| f.len() == o.bytes))))
 }
 
 /// How a stage stands before a run.

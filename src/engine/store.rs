@@ -108,6 +108,9 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
+        if root.exists() && !root.is_dir() {
+            bail!(crate::UserError(format!("--store {}: is a file, not a store directory", root.display())));
+        }
         check_layout(root)?;
         for sub in ["objects", "stages", "partial", "runs", "tmp"] {
             fs::create_dir_all(root.join(sub)).with_context(|| format!("creating store directory {}", root.join(sub).display()))?;
@@ -298,7 +301,9 @@ impl Store {
         let mut sealed = Vec::with_capacity(bytes.len() + PARTIAL_TRAILER);
         sealed.extend_from_slice(bytes);
         sealed.extend_from_slice(blake3::hash(bytes).as_bytes());
-        self.write_atomic(&self.partial_dir(key).join(name), &sealed)
+        self.write_atomic(&self.partial_dir(key).join(name), &sealed)?;
+        fault::point("partial");
+        Ok(())
     }
 
     pub fn discard_partial(&self, key: &str, name: &str) -> Result<()> {
@@ -387,7 +392,8 @@ impl Store {
     pub fn lock(&self) -> Result<File> {
         match self.try_lock()? {
             Some(f) => Ok(f),
-            None => bail!(crate::UserError(format!("the store {} is in use by another `pipe run` (or `pipe gc`, `pipe verify --repair`); wait for it or use another --store", self.root.display()))),
+            // exit 1, as for gc: nothing the user typed is wrong, the store is busy
+            None => bail!("the store {} is in use by another `pipe run` (or `pipe gc`, `pipe verify --repair`); wait for it or use another --store", self.root.display()),
         }
     }
 

@@ -122,7 +122,32 @@ fn concat(io: &StageIo, prefix: &str, load: fn(&Path) -> std::result::Result<Ima
 }
 
 fn run(p: Params, io: &mut StageIo) -> Result<()> {
-    let (full, test) = match p.format {
+    let (full, test) = read(&p, io)?;
+    if (full.channels, full.height, full.width) != (test.channels, test.height, test.width) {
+        return Err(UserError(format!(
+            "the training files hold {}x{}x{} images and the test files {}x{}x{}; both splits must have one image shape",
+            full.channels, full.height, full.width, test.channels, test.height, test.width
+        ))
+        .into());
+    }
+    split(p, io, full, test)
+}
+
+/// The training and test files as image sets; a file that does not read as its format is
+/// bad input (exit 2, as `pipe data inspect` says of it), not a failure of pipe.
+fn read(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
+    let bad = |e: anyhow::Error| -> anyhow::Error {
+        if e.chain().any(|c| c.downcast_ref::<DataError>().is_some()) {
+            UserError(format!("{e:#}")).into()
+        } else {
+            e
+        }
+    };
+    read_files(p, io).map_err(bad)
+}
+
+fn read_files(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
+    Ok(match p.format {
         DataFormat::Mnist => {
             let file = |i: usize| io.file(MNIST_FILES[i].0);
             (load_pair(&file(0)?, &file(1)?)?, load_pair(&file(2)?, &file(3)?)?)
@@ -147,7 +172,10 @@ fn run(p: Params, io: &mut StageIo) -> Result<()> {
             rest.sort_unstable();
             (f.set.select(&rest), f.set.select(&test_idx))
         }
-    };
+    })
+}
+
+fn split(p: Params, io: &mut StageIo, full: ImageSet, test: ImageSet) -> Result<()> {
     let n = full.len();
     if p.validation_size >= n {
         return Err(UserError(format!("data.validation_size = {} leaves no training example: the training files hold {n}", p.validation_size)).into());

@@ -20,11 +20,10 @@ use std::path::{Path, PathBuf};
 pub struct Spec {
     pub pipeline: PipelineSection,
     pub data: DataSection,
-    #[serde(default)]
+    // Required, though each has defaults inside: a file cut short must not train with
+    // settings nobody wrote.
     pub net: NetSection,
-    #[serde(default)]
     pub train: TrainSection,
-    #[serde(default)]
     pub synthesize: SynthesizeSection,
     #[serde(default)]
     pub evaluate: EvaluateSection,
@@ -442,10 +441,21 @@ pub struct Pipeline {
     pub overrides: Vec<String>,
 }
 
+const REQUIRED_SECTIONS: [&str; 5] = ["pipeline", "data", "net", "train", "synthesize"];
+
 /// Reads, overrides and validates a pipeline file; every problem is a [`UserError`].
 pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
     let shown = file.display().to_string();
     let text = std::fs::read_to_string(file).map_err(|e| UserError(format!("{shown}: cannot read the pipeline file: {e}")))?;
+    if let Ok(table) = toml::from_str::<toml::Table>(&text) {
+        if let Some(missing) = REQUIRED_SECTIONS.iter().find(|s| !table.contains_key(**s)) {
+            return Err(UserError(format!(
+                "{shown}: no [{missing}] section; a pipeline file names all of {} (even empty, for the defaults), so that a file cut short is not run with settings nobody wrote",
+                REQUIRED_SECTIONS.map(|s| format!("[{s}]")).join(", ")
+            ))
+            .into());
+        }
+    }
     // Typed parse of the file as written: syntax, unknown keys and wrong types come with
     // the file's line and column from toml's own diagnostics.
     let spec: Spec = toml::from_str(&text).map_err(|e| UserError(format!("{shown}: {}", e.to_string().trim_end())))?;
@@ -509,11 +519,74 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
             Geometry { channels: spec.data.channels, height, width, num_classes }
         }
     };
+    if spec.data.format == DataFormat::Mnist {
+        check_idx(&spec.data, &data_path, &locate)?;
+    }
+    if spec.pipeline.method != Method::Baseline {
+        let per_round = match spec.pipeline.variant {
+            Variant::Binary => 1,
+            Variant::Softmax | Variant::OneVsAll => geometry.num_classes,
+        } as u64
+            * spec.synthesize.per_class as u64;
+        let bytes = per_round * spec.pipeline.rounds as u64 * (geometry.channels * geometry.height * geometry.width * 4) as u64;
+        if bytes > MAX_PSEUDO_NEGATIVE_BYTES {
+            return Err(UserError(format!(
+                "{}: {} rounds of {per_round} pseudo-negatives of {}x{}x{} are {:.1} GiB, which the last round's training holds in memory; at most {} GiB: fewer per class or fewer rounds",
+                locate("synthesize.per_class"),
+                spec.pipeline.rounds,
+                geometry.channels,
+                geometry.height,
+                geometry.width,
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_PSEUDO_NEGATIVE_BYTES >> 30
+            ))
+            .into());
+        }
+    }
     if spec.pipeline.positive_class as usize >= geometry.num_classes {
         return Err(UserError(format!("{}: expected a class below {}", locate("pipeline.positive_class"), geometry.num_classes)).into());
     }
     let name = spec.pipeline.name.clone().unwrap_or_else(|| file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
     Ok(Pipeline { file: file.to_path_buf(), spec, geometry, name, data_path, overrides: overrides.to_vec() })
+}
+
+/// MNIST files are checked from their headers before anything runs: 28x28 images in both
+/// splits, as many labels as images, and enough examples for the sizes asked.
+fn check_idx(data: &DataSection, dir: &Path, locate: &dyn Fn(&str) -> String) -> Result<()> {
+    let files: std::collections::BTreeMap<String, PathBuf> = data_files(DataFormat::Mnist, dir, false).map_err(|m| UserError(format!("{}: no {m}", locate("data.path"))))?.into_iter().collect();
+    let dims = |name: &str| -> Result<(PathBuf, Vec<usize>)> {
+        let path = files[name].clone();
+        let d = stages::data::mnist::idx_dims(&path).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?;
+        Ok((path, d))
+    };
+    let mut counts = Vec::new();
+    for split in ["train", "test"] {
+        let (images, d) = dims(&format!("{split}_images"))?;
+        let (labels, l) = dims(&format!("{split}_labels"))?;
+        match d.as_slice() {
+            [_, 28, 28] => {}
+            [_, h, w] => return Err(UserError(format!("{}: {} holds {h}x{w} images; the mnist format (and the net built for it) is 28x28", locate("data.path"), images.display())).into()),
+            _ => return Err(UserError(format!("{}: {} is not an IDX image file (count, rows, columns)", locate("data.path"), images.display())).into()),
+        }
+        if l.first() != d.first() {
+            return Err(UserError(format!("{}: {} declares {} labels for the {} images of {}", locate("data.path"), labels.display(), l.first().unwrap_or(&0), d[0], images.display())).into());
+        }
+        counts.push(d[0]);
+    }
+    let (train, test) = (counts[0], counts[1]);
+    if data.validation_size + data.train_size > train || data.validation_size >= train {
+        return Err(UserError(format!(
+            "{}: data.train_size = {} plus data.validation_size = {} exceeds the {train} examples of the training files",
+            locate(if data.train_size > 0 { "data.train_size" } else { "data.validation_size" }),
+            data.train_size,
+            data.validation_size
+        ))
+        .into());
+    }
+    if data.test_size > test {
+        return Err(UserError(format!("{}: data.test_size = {} exceeds the {test} examples of the test files", locate("data.test_size"), data.test_size)).into());
+    }
+    Ok(())
 }
 
 /// A `--set` value: TOML if it parses as a value (numbers, booleans, quoted strings,
@@ -562,12 +635,26 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
             problems.push(format!("{}: expected {expected}", locate(key)));
         }
     };
+    // every number of every section, whatever its own check says: NaN passes `x > 0.0`
+    // tests by failing them in the wrong direction, and inf passes most
+    if let Ok(toml::Value::Table(t)) = toml::Value::try_from(spec) {
+        for (section, v) in t.iter().filter(|(k, _)| k.as_str() != "sweep") {
+            for (key, x) in v.as_table().into_iter().flatten() {
+                let floats: Vec<f64> = match x {
+                    toml::Value::Float(f) => vec![*f],
+                    toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_float).collect(),
+                    _ => Vec::new(),
+                };
+                need(floats.iter().all(|f| f.is_finite()), &format!("{section}.{key}"), "a finite number");
+            }
+        }
+    }
     spec.pipeline.validate(&mut need);
     spec.data.validate(&mut need);
     spec.net.validate(&mut need);
     spec.train.validate(&mut need);
     spec.synthesize.validate(&mut need);
-    need(spec.evaluate.batch_size >= 1, "evaluate.batch_size", "at least 1");
+    need((1..=MAX_BATCH).contains(&spec.evaluate.batch_size), "evaluate.batch_size", &format!("1 to {MAX_BATCH}"));
     if let Some(a) = &spec.attack {
         a.validate(&mut need);
         need(spec.pipeline.variant == Variant::Softmax, "attack", "pipeline.variant = \"softmax\" (the attack follows the gradient of the softmax cross-entropy)");
@@ -579,8 +666,26 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     }
 }
 
+/// Bounds that keep a plan, a store and a run within what a machine can do; each says
+/// why in its message.
+const MAX_ROUNDS: u32 = 200;
+const MAX_NAME_CHARS: usize = 100;
+const MAX_BATCH: usize = 65_536;
+const MAX_EPOCHS: u32 = 10_000;
+const MAX_STEPS: u32 = 100_000;
+const MAX_PER_CLASS: usize = 1_000_000;
+/// Pseudo-negatives of every round are held in memory by the last train stage.
+const MAX_PSEUDO_NEGATIVE_BYTES: u64 = 8 << 30;
+/// 1/64: one channel in the first layer of CNN4 (64 at width 1).
+const MIN_WIDTH: f64 = 1.0 / 64.0;
+
 impl PipelineSection {
     fn validate(&self, need: &mut Need) {
+        need(self.rounds <= MAX_ROUNDS, "pipeline.rounds", &format!("at most {MAX_ROUNDS} rounds (each adds a train, a synthesize and an evaluate stage; the papers use a few dozen at most)"));
+        if let Some(name) = &self.name {
+            let ok = !name.is_empty() && name.chars().count() <= MAX_NAME_CHARS && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !name.starts_with('.');
+            need(ok, "pipeline.name", &format!("1 to {MAX_NAME_CHARS} letters, digits, `-`, `_` or `.` (it names files under sweeps/ and is shown in every listing)"));
+        }
         let d = &self.device;
         need(d == "cpu" || d == "cuda" || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()), "pipeline.device", "`cpu` or `cuda:N`");
         need(self.patience.is_none_or(|p| p >= 1), "pipeline.patience", "at least 1 round");
@@ -590,6 +695,9 @@ impl PipelineSection {
 impl DataSection {
     fn validate(&self, need: &mut Need) {
         need(self.channels == 1 || self.channels == 3, "data.channels", "1 or 3");
+        for (key, v) in [("data.train_size", self.train_size), ("data.validation_size", self.validation_size), ("data.test_size", self.test_size)] {
+            need(v <= 100_000_000, key, "at most 100,000,000 examples");
+        }
         need(self.validation_size >= 1, "data.validation_size", "at least 1 validation example");
     }
 }
@@ -597,7 +705,7 @@ impl DataSection {
 impl NetSection {
     fn validate(&self, need: &mut Need) {
         need(!(self.arch == Arch::Resnet32 && self.norm == Some(Normalization::None)), "net.norm", "`batch` or `layer` for resnet32");
-        need(self.width > 0.0 && self.width <= 8.0, "net.width", "a channel multiplier in (0, 8]");
+        need((MIN_WIDTH..=8.0).contains(&self.width), "net.width", &format!("a channel multiplier in [{MIN_WIDTH}, 8] (below it the narrowest layer of the paper's nets has no channel)"));
         need((0.0..1.0).contains(&self.leaky_slope), "net.leaky_slope", "a slope in [0, 1)");
     }
 
@@ -618,8 +726,9 @@ impl TrainSection {
         need((0.0..1.0).contains(&self.momentum), "train.momentum", "a momentum in [0, 1)");
         need((0.0..1.0).contains(&self.beta1), "train.beta1", "a value in [0, 1)");
         need((0.0..1.0).contains(&self.beta2), "train.beta2", "a value in [0, 1)");
-        need(self.batch_size >= 1, "train.batch_size", "at least 1");
-        need(self.epochs >= 1, "train.epochs", "at least 1 epoch for the round-0 classifier");
+        need((1..=MAX_BATCH).contains(&self.batch_size), "train.batch_size", &format!("1 to {MAX_BATCH}"));
+        need((1..=MAX_EPOCHS).contains(&self.epochs), "train.epochs", &format!("1 to {MAX_EPOCHS} epochs for the round-0 classifier"));
+        need(self.epochs_per_round <= MAX_EPOCHS, "train.epochs_per_round", &format!("at most {MAX_EPOCHS}"));
         need((0.0..=1.0).contains(&self.alpha), "train.alpha", "a weight in [0, 1]");
         need(self.recency_decay > 0.0 && self.recency_decay <= 1.0, "train.recency_decay", "a factor in (0, 1]");
         need(self.lr_drop_factor > 0.0 && self.lr_drop_factor.is_finite(), "train.lr_drop_factor", "a positive factor");
@@ -650,12 +759,13 @@ impl SynthesizeSection {
     fn validate(&self, need: &mut Need) {
         need(self.stop_probability > 0.0 && self.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");
         need(self.langevin_decay > 0.0 && self.langevin_decay <= 1.0, "synthesize.langevin_decay", "a factor in (0, 1]");
-        need(self.per_class >= 1, "synthesize.per_class", "at least 1 pseudo-negative per class");
+        need((1..=MAX_PER_CLASS).contains(&self.per_class), "synthesize.per_class", &format!("1 to {MAX_PER_CLASS} pseudo-negatives per class"));
+        need(self.max_steps <= MAX_STEPS, "synthesize.max_steps", &format!("at most {MAX_STEPS} steps"));
         need(self.lr > 0.0 && self.lr.is_finite(), "synthesize.lr", "a positive step size");
         need((0.0..1.0).contains(&self.beta1), "synthesize.beta1", "a value in [0, 1)");
         need((0.0..1.0).contains(&self.beta2), "synthesize.beta2", "a value in [0, 1)");
-        need(self.init_std > 0.0, "synthesize.init_std", "a positive standard deviation");
-        need(self.batch_size >= 1, "synthesize.batch_size", "at least 1");
+        need(self.init_std > 0.0 && self.init_std.is_finite(), "synthesize.init_std", "a positive standard deviation");
+        need((1..=MAX_BATCH).contains(&self.batch_size), "synthesize.batch_size", &format!("1 to {MAX_BATCH}"));
     }
 
     /// How x moves.
@@ -687,7 +797,8 @@ impl AttackSection {
         need(self.eps > 0.0 && self.eps < full, "attack.eps", &format!("a radius in (0, {full}) in the units of eps_unit"));
         need(self.steps >= 1, "attack.steps", "at least 1 step");
         need(self.step_size.is_none_or(|s| s > 0.0 && s.is_finite()), "attack.step_size", "a positive step");
-        need(self.batch_size >= 1, "attack.batch_size", "at least 1");
+        need((1..=MAX_BATCH).contains(&self.batch_size), "attack.batch_size", &format!("1 to {MAX_BATCH}"));
+        need(self.steps <= MAX_STEPS, "attack.steps", &format!("at most {MAX_STEPS}"));
         let range = match self.eps_unit {
             EpsUnit::MinusOneToOne => -1.0..=1.0,
             EpsUnit::ZeroToOne => 0.0..=1.0,
@@ -738,6 +849,8 @@ epochs = 1
 [synthesize]
 stop = "probability"
 stop_probability = 0.8
+
+[net]
 "#;
 
     fn write(dir: &Path, text: &str) -> PathBuf {
@@ -763,7 +876,7 @@ stop_probability = 0.8
         // every problem at once, each located; an override is named as written
         let e = error(&file, &["synthesize.per_class=0"]);
         assert!(e.contains(&format!("{shown}:9: train.lr: expected")), "{e}");
-        assert!(e.contains(&format!("{shown}: --set synthesize.per_class=0: expected at least 1")), "{e}");
+        assert!(e.contains(&format!("{shown}: --set synthesize.per_class=0: expected 1 to")), "{e}");
         // a wrong type or an unknown key: the parser's line and column
         let file = write(dir.path(), &BASE.replace("epochs = 1", "epochs = \"one\""));
         assert!(error(&file, &[]).contains("line 10"), "{}", error(&file, &[]));
@@ -772,6 +885,10 @@ stop_probability = 0.8
         let file = write(dir.path(), BASE);
         assert!(error(&file, &["train.lr=fast"]).contains("--set train.lr=fast"));
         assert!(error(&file, &["lr=0.1"]).contains("expected section.key"));
+        // a file cut short after [data] does not fall back to defaults
+        let cut = BASE.split("[train]").next().unwrap();
+        let e = error(&write(dir.path(), cut), &[]);
+        assert!(e.contains("no [net] section"), "{e}");
     }
 
     #[test]

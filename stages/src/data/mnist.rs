@@ -207,6 +207,31 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataError>
     Ok((dims, payload))
 }
 
+/// The dimensions an IDX file's header declares (count, rows, cols for images; count for
+/// labels), read without the payload: a check of geometry and size before any work.
+pub fn idx_dims(path: &Path) -> Result<Vec<usize>, DataError> {
+    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut first = [0u8; 2];
+    let n = read_up_to(&mut file, 2, path)?;
+    first[..n.len()].copy_from_slice(&n);
+    let rest = File::open(path).map_err(|e| io_error(path, e))?;
+    let mut reader: Box<dyn Read> = if first == GZIP_MAGIC { Box::new(MultiGzDecoder::new(io::BufReader::new(rest))) } else { Box::new(io::BufReader::new(rest)) };
+    let magic_bytes = read_up_to(&mut reader, 4, path)?;
+    if magic_bytes.len() < 4 {
+        return Err(DataError::Truncated { path: path.to_path_buf(), expected_bytes: 4, found_bytes: magic_bytes.len() as u64 });
+    }
+    let magic = be_u32(&magic_bytes);
+    if magic != IMAGES_MAGIC && magic != LABELS_MAGIC {
+        return Err(DataError::BadMagic { path: path.to_path_buf(), found: magic, expected: IMAGES_MAGIC });
+    }
+    let ndims = (magic & 0xff) as u64;
+    let dims = read_up_to(&mut reader, 4 * ndims, path)?;
+    if (dims.len() as u64) < 4 * ndims {
+        return Err(DataError::Truncated { path: path.to_path_buf(), expected_bytes: 4 + 4 * ndims, found_bytes: 4 + dims.len() as u64 });
+    }
+    Ok(dims.chunks_exact(4).map(|c| be_u32(c) as usize).collect())
+}
+
 /// Product of the dimensions in bytes, refusing values this machine cannot hold.
 fn payload_len(path: &Path, dims: &[usize]) -> Result<u64, DataError> {
     let product: u128 = dims.iter().map(|&d| d as u128).product();
