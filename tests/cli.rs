@@ -56,9 +56,9 @@ fn same_seed_gives_identical_digests_and_another_seed_does_not() {
     run(&file, &a, &[]);
     run(&file, &b, &[]);
     let da = output_digests(&a);
-    // load 3; round 0: checkpoint, log, metrics; rounds 1-2: those plus draws and the
-    // pseudo-negative scores, and synthesis's 3
-    assert_eq!(da.len(), 3 + 3 + 2 * (3 + 2) + 2 * 3, "{da:?}");
+    // load 3; round 0: checkpoint, log, metrics; rounds 1-2: those plus draws, the pool
+    // and the pseudo-negative scores, and synthesis's 3
+    assert_eq!(da.len(), 3 + 3 + 2 * (3 + 3) + 2 * 3, "{da:?}");
     assert_eq!(da, output_digests(&b));
     run(&file, &c, &["pipeline.seed=8"]);
     let dc = output_digests(&c);

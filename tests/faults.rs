@@ -407,3 +407,21 @@ fn malformed_pipelines_and_data_exit_2_with_a_reason_and_write_nothing() {
     assert_eq!(cmd(&existing, &["gc"], &[]).status.code(), Some(1));
     drop(lock);
 }
+
+#[test]
+fn the_plan_grows_linearly_with_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let inputs = |rounds: u32| -> (usize, usize) {
+        let out = pipe().arg("status").arg(&file).arg("--json").arg("--set").arg(format!("pipeline.rounds={rounds}")).arg("--store").arg(dir.path().join("none")).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let counts: Vec<usize> = doc["stages"].as_array().unwrap().iter().map(|s| s["inputs"].as_object().unwrap().len()).collect();
+        (counts.iter().sum(), *counts.iter().max().unwrap())
+    };
+    let (total_10, widest_10) = inputs(10);
+    let (total_200, widest_200) = inputs(200);
+    // a train stage reads the previous round's pool, not every earlier round's set
+    assert_eq!(widest_10, widest_200, "the widest stage does not grow with the rounds");
+    assert!(total_200 <= 21 * total_10, "{total_10} inputs at 10 rounds, {total_200} at 200");
+}

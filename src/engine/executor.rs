@@ -373,6 +373,19 @@ impl StageIo<'_> {
         }
     }
 
+    /// The content digest of input `name` (what the key holds for it).
+    pub fn input_digest(&self, name: &str) -> Result<&str> {
+        self.inputs.get(name).map(String::as_str).with_context(|| format!("stage {} has no input `{name}`", self.stage.id))
+    }
+
+    /// An object named by digest inside one of the stage's inputs (a pool of earlier
+    /// rounds' pseudo-negatives): the input's digest is in the key, and the digests it
+    /// lists fix the content of what it names, so the key covers these bytes too. Rehashed
+    /// on read like every object.
+    pub fn read_named(&self, digest: &str) -> Result<Vec<u8>> {
+        self.store.read(digest)
+    }
+
     /// The path of a file input (raw data outside the store).
     pub fn file(&self, name: &str) -> Result<PathBuf> {
         match self.stage.inputs.get(name) {

@@ -12,7 +12,7 @@ use super::{read_set, Kind};
 use crate::engine::executor::StageIo;
 use crate::engine::graph::KindId;
 use crate::engine::table::{to_parquet, Column};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
@@ -46,14 +46,15 @@ pub fn member_of_checkpoint(name: &str) -> Option<u32> {
     rest.strip_prefix(".c").map_or(Some(0), |k| k.parse().ok())
 }
 
-/// Input: round r's pseudo-negatives (of member k).
-pub fn pseudo_negatives(member: Option<u32>, round: u32) -> String {
+/// Input: the pool of net `member`'s train stage (every pseudo-negative set it trained on).
+pub fn pool(member: Option<u32>) -> String {
     match member {
-        None => format!("{PSEUDO_NEGATIVES}{round:04}"),
-        Some(k) => format!("{PSEUDO_NEGATIVES}c{k:04}.{round:04}"),
+        None => POOL.to_string(),
+        Some(k) => format!("{POOL}c{k:04}"),
     }
 }
-const PSEUDO_NEGATIVES: &str = "pseudo_negatives.";
+const POOL: &str = "pool.";
+
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -135,23 +136,27 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     score_pseudo_negatives(io, &p, &nets, device)
 }
 
-/// Rows of the pseudo-negative table: inputs `pseudo_negatives.RRRR` (scored by the one
-/// net) or `pseudo_negatives.cKKKK.RRRR` (scored by one-vs-all net K).
+/// Rows of the pseudo-negative table: the sets of input `pool.` (scored by the one net) or
+/// `pool.cKKKK` (scored by one-vs-all net K).
 fn score_pseudo_negatives(io: &mut StageIo, p: &Params, nets: &[Box<dyn stages::nn::Classifier>], device: &Device) -> Result<()> {
-    let names = io.input_names(PSEUDO_NEGATIVES);
+    let names = io.input_names(POOL);
     if names.is_empty() {
         return Ok(());
     }
+    // (net, made in round, digest) of every set, in input order
+    let mut sets: Vec<(usize, u32, String)> = Vec::new();
+    for name in &names {
+        let net = match name.trim_start_matches(POOL) {
+            "" => 0,
+            c => c.trim_start_matches('c').parse::<usize>().with_context(|| format!("unexpected input {name}"))?,
+        };
+        sets.extend(super::train::read_pool(io, name)?.into_iter().map(|e| (net, e.round, e.digest)));
+    }
     // (made in round, sample id, class, net, logit, probability, fools)
     let mut rows: Vec<(u32, u32, u32, u32, f32, f32, bool)> = Vec::new();
-    for name in &names {
-        let parts: Vec<&str> = name.trim_start_matches(PSEUDO_NEGATIVES).split('.').collect();
-        let (net, made_in) = match parts.as_slice() {
-            [r] => (0, r.parse::<u32>()?),
-            [c, r] => (c.trim_start_matches('c').parse::<usize>()?, r.parse::<u32>()?),
-            _ => anyhow::bail!("unexpected input {name}"),
-        };
-        let pn = stages::codec::decode_pseudo_negatives(&io.read(name)?)?;
+    for (net, made_in, digest) in &sets {
+        let (net, made_in) = (*net, *made_in);
+        let pn = stages::codec::decode_pseudo_negatives(&io.read_named(digest)?)?;
         let f = logits(nets[net].as_ref(), &pn.images, p.net.shape(), p.batch_size, device)?;
         for (i, (row, &class)) in f.iter().zip(&pn.classes).enumerate() {
             // scored as synthesis scored it when it was made

@@ -33,6 +33,23 @@ pub const LOG: &str = "train_log.parquet";
 /// Output (rounds with pseudo-negatives): how often each was drawn into a batch.
 pub const DRAWS: &str = "draws.parquet";
 
+/// Input (round t >= 2) and output (rounds with pseudo-negatives): every pseudo-negative set
+/// trained on so far, as a list of (round, digest). Round t reads round t-1's pool and its
+/// own round's set, so the plan grows linearly with the rounds, not quadratically.
+pub const POOL: &str = "pool.json";
+
+/// One set of a pool.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PoolEntry {
+    pub round: u32,
+    pub digest: String,
+}
+
+/// The sets a pool input lists, oldest round first.
+pub fn read_pool(io: &StageIo, name: &str) -> Result<Vec<PoolEntry>> {
+    serde_json::from_slice(&io.read(name)?).with_context(|| format!("input {name} is not a pool of pseudo-negative sets"))
+}
+
 /// Input: round r's pseudo-negatives; zero-padded so names sort in round order.
 pub fn pseudo_negatives(round: u32) -> String {
     format!("{PSEUDO_NEGATIVES}{round:04}")
@@ -122,7 +139,8 @@ const PARTIAL: &str = "checkpoint.safetensors";
 
 impl Kind for Train {
     // 5: the log's negatives_fooling counts f_k > 0 (was: argmax)
-    const ID: KindId = KindId { name: "train", version: 5 };
+    // 6: earlier rounds' pseudo-negatives come through the previous round's pool
+    const ID: KindId = KindId { name: "train", version: 6 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[CHECKPOINT, LOG];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -149,11 +167,16 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         Some(Sampling::Balanced { decay }) => Some(decay),
         Some(Sampling::Union) | None => None,
     };
-    let negative_inputs = io.input_names(PSEUDO_NEGATIVES);
-    ensure!(negative_inputs.is_empty() || p.sampling.is_some(), "stage {}: pseudo-negative inputs but no `sampling` parameter", io.stage_id());
-    for name in negative_inputs {
-        let pn = decode_pseudo_negatives(&io.read(&name)?).with_context(|| format!("input {name}"))?;
-        let made_in: u32 = name.trim_start_matches(PSEUDO_NEGATIVES).parse().with_context(|| format!("round of input {name}"))?;
+    // earlier rounds through the pool, then this stage's own inputs
+    let mut pool = if io.has_input(POOL) { read_pool(io, POOL)? } else { Vec::new() };
+    for name in io.input_names(PSEUDO_NEGATIVES) {
+        let round: u32 = name.trim_start_matches(PSEUDO_NEGATIVES).parse().with_context(|| format!("round of input {name}"))?;
+        pool.push(PoolEntry { round, digest: io.input_digest(&name)?.to_string() });
+    }
+    ensure!(pool.is_empty() || p.sampling.is_some(), "stage {}: pseudo-negative inputs but no `sampling` parameter", io.stage_id());
+    for entry in &pool {
+        let pn = decode_pseudo_negatives(&io.read_named(&entry.digest)?).with_context(|| format!("pseudo-negatives of round {}", entry.round))?;
+        let made_in = entry.round;
         let weight = decay.map_or(1.0, |d| d.powi(p.round.saturating_sub(made_in) as i32));
         neg_w.extend(std::iter::repeat_n(weight, pn.classes.len()));
         neg_id.extend((0..pn.classes.len() as u32).map(|i| (made_in, i)));
@@ -248,6 +271,9 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
             ("draws", Column::U32(progress.draws.clone())),
         ])?;
         io.write(DRAWS, &draws)?;
+    }
+    if !pool.is_empty() {
+        io.write(POOL, &serde_json::to_vec(&pool)?)?;
     }
     let last = log.last().context("no epoch ran")?;
     io.summary("real", json!(real_y.len()));

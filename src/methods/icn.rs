@@ -114,10 +114,8 @@ pub fn build(p: &Pipeline) -> Graph {
         for c in &chains {
             inputs.push((evaluate::checkpoint(c.member), InputRef::output(&c.id(Train::ID.name, round), train::CHECKPOINT)));
             // lineage: does each pseudo-negative trained on so far still fool this classifier?
-            if method != Method::Baseline {
-                for r in 1..=round {
-                    inputs.push((evaluate::pseudo_negatives(c.member, r), InputRef::output(&c.id(Synthesize::ID.name, r), synthesize::PSEUDO_NEGATIVES)));
-                }
+            if method != Method::Baseline && round >= 1 {
+                inputs.push((evaluate::pool(c.member), InputRef::output(&c.id(Train::ID.name, round), train::POOL)));
             }
         }
         let id = id::<Evaluate>(round);
@@ -173,8 +171,9 @@ pub fn build(p: &Pipeline) -> Graph {
             let mut inputs = vec![(train::INIT.to_string(), previous), (train::TRAIN_SET.to_string(), data(load::TRAIN))];
             let sampling = (method != Method::Baseline).then(|| sampling(t));
             if sampling.is_some() {
-                for r in 1..=round {
-                    inputs.push((train::pseudo_negatives(r), InputRef::output(&c.id(Synthesize::ID.name, r), synthesize::PSEUDO_NEGATIVES)));
+                inputs.push((train::pseudo_negatives(round), InputRef::output(&c.id(Synthesize::ID.name, round), synthesize::PSEUDO_NEGATIVES)));
+                if round >= 2 {
+                    inputs.push((train::POOL.into(), InputRef::output(&c.id(Train::ID.name, round - 1), train::POOL)));
                 }
             }
             let id = c.id(Train::ID.name, round);
