@@ -283,6 +283,34 @@ mod tests {
         Ok(net.forward(&x)?.to_vec2::<f32>()?.remove(0))
     }
 
+    /// f_j(x) = w_j * sum(x), with w_3 = NaN: class 3 cannot be synthesized finitely.
+    struct NanForClass3(Var);
+
+    impl Classifier for NanForClass3 {
+        fn forward_mode(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+            x.flatten_from(1)?.sum_keepdim(1)?.broadcast_mul(self.0.as_tensor())
+        }
+        fn named_vars(&self) -> Vec<(String, Var)> {
+            vec![("w".into(), self.0.clone())]
+        }
+    }
+
+    #[test]
+    fn a_sample_that_goes_non_finite_stops_as_such_and_the_others_do_not() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut w = vec![0.01f32; 10];
+        w[3] = f32::NAN;
+        let net = NanForClass3(Var::from_vec(w, (1, 10), &dev)?);
+        let targets: Vec<Target> = [0u32, 3, 5, 3].iter().enumerate().map(|(i, &class)| Target { class, seed: 40 + i as u64 }).collect();
+        let out = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 50), &dev, &mut |_| {})?;
+        let reasons: Vec<StopReason> = out.records.iter().map(|r| r.stop_reason).collect();
+        assert_eq!(reasons[1], StopReason::NonFinite);
+        assert_eq!(reasons[3], StopReason::NonFinite);
+        assert!(reasons[0] != StopReason::NonFinite && reasons[2] != StopReason::NonFinite, "{reasons:?}");
+        assert!(out.records[0].final_logit.is_finite());
+        Ok(())
+    }
+
     #[test]
     fn each_stop_rule_stops_at_the_first_step_where_it_holds() -> Result<()> {
         let dev = Device::Cpu;
