@@ -242,6 +242,7 @@ fn run(a: &PipelineArgs) -> Result<()> {
     let created = !a.store.store.exists();
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
+    store.clear_tmp()?;
     let mut records = Vec::new();
     for (i, (m, runner)) in members.iter().zip(&runners).enumerate() {
         if members.len() > 1 {

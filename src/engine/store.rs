@@ -192,6 +192,7 @@ impl Store {
                 return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
             }
             f.sync_all()?;
+            fault::point("write");
             fs::rename(&tmp, path)
         })();
         if let Err(e) = staged {
@@ -395,6 +396,15 @@ impl Store {
             // exit 1, as for gc: nothing the user typed is wrong, the store is busy
             None => bail!("the store {} is in use by another `pipe run` (or `pipe gc`, `pipe verify --repair`); wait for it or use another --store", self.root.display()),
         }
+    }
+
+    /// Removes what killed writers left in tmp/: called with the writer lock held, when no
+    /// write of this store can be in flight, so that debris never fills a disk for good.
+    pub fn clear_tmp(&self) -> Result<()> {
+        for entry in fs::read_dir(self.tmp_dir()).with_context(|| format!("listing {}", self.tmp_dir().display()))? {
+            remove_file_if_present(&entry?.path())?;
+        }
+        Ok(())
     }
 
     /// The writer lock, or None while another process holds it.
