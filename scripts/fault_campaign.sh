@@ -1,6 +1,6 @@
 #!/bin/bash
-# The fault campaign of issue 12, on a pipeline given as $1 (default: a 2-round reduction
-# of the quickstart), against a clean run of it:
+# The fault campaign of issue 12, on a pipeline given as $1 (default: the quickstart cut to
+# ROUNDS=2 rounds of one epoch after two for round 0), against a clean run of it:
 #   1. N random SIGKILLs (some back to back), each followed by a resume to completion;
 #   2. a SIGKILL at every atomic write (PIPE_FAULT_KILL=write:k), then a resume;
 # after each, the run's output digests and every object must equal the clean run's, and
@@ -11,7 +11,8 @@ set -u
 PIPE=${PIPE:-pipe}
 FILE=${1:-pipelines/quickstart.toml}
 N=${2:-30}
-SETS=(--set pipeline.rounds=2 --set train.epochs=2 --set train.epochs_per_round=1)
+ROUNDS=${ROUNDS:-2}
+SETS=(--set pipeline.rounds=$ROUNDS --set train.epochs=2 --set train.epochs_per_round=1)
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 

@@ -77,6 +77,11 @@ fn output_of(store: &Path, stage: &str, name: &str) -> String {
     output_digests(store).into_iter().find(|(s, n, _)| s == stage && n == name).unwrap_or_else(|| panic!("no {stage} {name}")).2
 }
 
+/// The key of `stage` in a run record.
+fn stage_key(record: &Value, stage: &str) -> String {
+    record["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap()["key"].as_str().unwrap().to_string()
+}
+
 fn flip_middle_byte(path: &Path) {
     let mut bytes = std::fs::read(path).unwrap();
     let i = bytes.len() / 2;
@@ -175,7 +180,7 @@ fn edited_manifests_and_run_records_are_found_and_a_damaged_manifest_is_recomput
     let file = small(dir.path(), 1);
     let (store, expected) = clean(dir.path(), &file);
     let rec = last_record(&store);
-    let key_of = |stage: &str| rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap()["key"].as_str().unwrap().to_string();
+    let key_of = |stage: &str| stage_key(&rec, stage);
     let manifest = |stage: &str| store.join("stages").join(format!("{}.json", key_of(stage)));
 
     // a metric edited by hand (the test_error 0.048 -> 0.018)
@@ -246,7 +251,7 @@ fn a_repair_killed_between_any_two_steps_never_leads_to_a_bad_commit() {
     let (store, expected) = clean(dir.path(), &file);
     // damage: two corrupt objects, an edited manifest, a truncated run record
     let rec = last_record(&store);
-    let key_of = |stage: &str| rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == stage).unwrap()["key"].as_str().unwrap().to_string();
+    let key_of = |stage: &str| stage_key(&rec, stage);
     let damaged_keys = [key_of("train/0"), key_of("evaluate/0"), key_of("evaluate/1")];
     flip_middle_byte(&object(&store, &output_of(&store, "train/0", "checkpoint.safetensors")));
     flip_middle_byte(&object(&store, &output_of(&store, "evaluate/0", "metrics.parquet")));

@@ -558,7 +558,7 @@ mod tests {
 
         let r = collect(&store, &opts(Some(1), false))?;
         assert_eq!(r.removed_runs, ["2024a"]);
-        assert_eq!(r.removed_manifests, [keys.t1.clone()]);
+        assert_eq!(r.removed_manifests, std::slice::from_ref(&keys.t1));
         assert_eq!(r.removed_objects, std::slice::from_ref(&only1));
         assert_eq!(r.partials, Tally { count: 1, bytes: 5 });
         assert_eq!(r.freed_bytes, r.runs.bytes + r.manifests.bytes + 10 + 6);
