@@ -528,3 +528,24 @@ fn parquet_image_shards_feed_a_pipeline() {
     let rec = last_record(&store);
     assert!(rec["selected"]["test_error"].as_f64().unwrap() < 0.6, "{text}");
 }
+
+#[test]
+fn lineage_out_writes_parquet_and_bench_refuses_unknown_workloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let store = dir.path().join("s");
+    run(&file, &store, &[]);
+    let id = last_record(&store)["id"].as_str().unwrap().to_string();
+    let out_file = dir.path().join("l.parquet");
+    let out = pipe().args(["lineage", &format!("{id}:train/1"), "--out"]).arg(&out_file).arg("--store").arg(&store).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(&std::fs::read(&out_file).unwrap()[..4], b"PAR1", "--out alone writes Parquet");
+    let json_out = pipe().args(["lineage", &format!("{id}:train/1"), "--json", "--out"]).arg(dir.path().join("x")).arg("--store").arg(&store).output().unwrap();
+    assert_eq!(json_out.status.code(), Some(2), "{}", text(&json_out));
+
+    let bench = pipe().args(["bench", "--no-torch", "--only", "cnn4_fgsm,bogus", "--out"]).arg(dir.path().join("b.parquet")).output().unwrap();
+    assert_eq!(bench.status.code(), Some(2), "{}", text(&bench));
+    let err = String::from_utf8_lossy(&bench.stderr);
+    assert!(err.contains("--only bogus") && err.contains("cnn4_train_pn_lineage") && err.contains("resnet32_train"), "{err}");
+    assert!(!dir.path().join("b.parquet").exists());
+}

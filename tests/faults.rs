@@ -430,3 +430,25 @@ fn the_plan_grows_linearly_with_rounds() {
     assert_eq!(widest_10, widest_200, "the widest stage does not grow with the rounds");
     assert!(total_200 <= 21 * total_10, "{total_10} inputs at 10 rounds, {total_200} at 200");
 }
+
+#[test]
+fn a_set_of_a_swept_key_is_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let sweep = dir.path().join("sweep.toml");
+    std::fs::write(&sweep, std::fs::read_to_string(&file).unwrap() + "\n[sweep]\n\"pipeline.seed\" = [0, 1]\ncases = [{ name = \"base\", \"pipeline.method\" = \"baseline\" }]\n").unwrap();
+    for (set, by) in [("pipeline.seed=5", "sweep.\"pipeline.seed\""), ("pipeline.method=icn", "sweep.cases")] {
+        for command in ["status", "run"] {
+            let out = pipe().arg(command).arg(&sweep).args(["--set", set, "--store"]).arg(dir.path().join("s")).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{command} --set {set}: {}", text(&out));
+            assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("is swept by {by}")), "{}", text(&out));
+        }
+    }
+    assert!(!dir.path().join("s").exists());
+    // a key the sweep does not touch applies to every member, and ls tells members apart
+    let store = dir.path().join("t");
+    let out = pipe().arg("run").arg(&sweep).args(["--set", "train.lr=0.04", "--store"]).arg(&store).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let ls = text(&pipe().arg("ls").arg("--store").arg(&store).output().unwrap());
+    assert!(ls.contains("base pipeline.seed=0") && ls.contains("base pipeline.seed=1"), "{ls}");
+}

@@ -80,6 +80,7 @@ pub fn new_record(name: &str, pipeline: &spec::Pipeline, device: String) -> RunR
         stopped_early: None,
         selected: None,
         pipe_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        member: None,
     }
 }
 

@@ -508,6 +508,7 @@ mod tests {
             stopped_early: None,
             selected: None,
             pipe_version: None,
+            member: None,
         }
     }
 

@@ -61,6 +61,9 @@ fn torch_numbers(o: &Options, threads: usize) -> Result<Option<HashMap<String, f
 }
 
 pub fn run(o: &Options) -> Result<Vec<Row>> {
+    if let Some(bad) = o.only.iter().find(|n| !stages::bench::WORKLOADS.contains(&n.as_str())) {
+        return Err(crate::UserError(format!("--only {bad}: no such workload; expected some of {}", stages::bench::WORKLOADS.join(", "))).into());
+    }
     let threads = rayon::current_num_threads();
     let keep = |n: &str| o.only.is_empty() || o.only.iter().any(|s| s == n);
     let peak = stages::bench::sgemm_gflops();

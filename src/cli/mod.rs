@@ -47,11 +47,14 @@ enum DataCommand {
     Fetch {
         /// mnist, svhn or cifar10
         dataset: String,
+        /// Where the files go (created if needed); point `data.path` at it.
         dir: PathBuf,
     },
     /// Format, splits, counts, image shape and class histogram of a file or directory
     /// (MNIST IDX, CIFAR-10 batches, SVHN .mat, an image folder or one image).
     Inspect {
+        /// A data set directory (MNIST, CIFAR-10, SVHN, Parquet shards, an image folder)
+        /// or one file.
         path: PathBuf,
         /// One JSON object instead of text.
         #[arg(long)]
@@ -102,6 +105,8 @@ enum Command {
     },
     /// Show a run (id or prefix), a stage (key or prefix) or RUN:STAGE.
     Show {
+        /// A run id (or unique prefix), a stage key (or prefix), or RUN:STAGE such as
+        /// 20261202-1:train/1.
         what: String,
         #[command(flatten)]
         store: StoreArg,
@@ -112,7 +117,9 @@ enum Command {
     /// Compare two runs (ids, prefixes or paths of run records): settings that differ,
     /// each stage's key and outputs, and the metric deltas.
     Diff {
+        /// The first run: an id, a unique prefix, or the path of a run record.
         run_a: String,
+        /// The second run, the same way.
         run_b: String,
         #[command(flatten)]
         store: StoreArg,
@@ -144,7 +151,8 @@ enum Command {
         /// Seconds measured per workload (after a warm-up step).
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Only these workloads (cnn4_train, cnn4_synthesis, cnn4_fgsm, resnet32_train).
+        /// Only these workloads (cnn4_train, cnn4_train_pn, cnn4_train_pn_lineage,
+        /// cnn4_synthesis, cnn4_fgsm, resnet32_train).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Skip the PyTorch reference.
@@ -248,7 +256,8 @@ fn run(a: &PipelineArgs) -> Result<()> {
         if members.len() > 1 {
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
-        match run_pipeline(&store, runner, &m.pipeline) {
+        let member = (members.len() > 1).then(|| m.label());
+        match run_pipeline(&store, runner, &m.pipeline, member) {
             Ok(r) => records.push(r),
             Err(e) => {
                 // bad input found only once the data was read: as if refused up front
@@ -265,11 +274,12 @@ fn run(a: &PipelineArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline) -> Result<RunRecord> {
+fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member: Option<String>) -> Result<RunRecord> {
     let graph = plan(pipeline);
     let stages = graph.stages;
     let rounds = graph.rounds;
     let mut record = new_record(&pipeline.name, pipeline, runner.device());
+    record.member = member;
     let id = record.id.clone();
     println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
@@ -388,6 +398,12 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
 }
 
 fn lineage(root: &Path, what: &str, format: &str, out: Option<PathBuf>, rows: usize) -> Result<()> {
+    // --out names a file, and only Parquet goes to one
+    let format = match (out.is_some(), format) {
+        (true, "table") => "parquet",
+        (true, "json") => return Err(UserError("--out writes the Parquet table; --format json (or --json) prints to stdout".into()).into()),
+        (_, f) => f,
+    };
     let store = Store::open_existing(root)?;
     let l = crate::audit::lineage::lineage(&store, what)?;
     match format {
@@ -423,7 +439,7 @@ fn ls(root: &Path, json: bool) -> Result<()> {
                     serde_json::json!({
                         "id": r.id, "pipeline": r.pipeline, "file": r.file, "status": shown_status(&store, r), "ran": ran, "cached": r.stages.len() - ran,
                         "seconds": r.seconds, "started_at": r.started_at, "finished_at": r.finished_at, "device": r.device, "overrides": r.overrides,
-                        "error": r.error, "selected": r.selected,
+                        "error": r.error, "selected": r.selected, "member": r.member,
                     })
                 }
                 Err(e) => serde_json::json!({"id": id, "status": "damaged", "error": e}),
@@ -436,12 +452,14 @@ fn ls(root: &Path, json: bool) -> Result<()> {
         println!("no runs in {}", root.display());
         return Ok(());
     }
-    println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9}  started", "run", "pipeline", "status", "ran", "cached", "seconds");
+    println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9}  {:<24}  member / overrides", "run", "pipeline", "status", "ran", "cached", "seconds", "started");
     for (id, r) in &records {
         match r {
             Ok(r) => {
                 let ran = r.stages.iter().filter(|s| s.status == "ran").count();
-                println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9.2}  {}", r.id, r.pipeline, shown_status(&store, r), ran, r.stages.len() - ran, r.seconds, r.started_at);
+                // a sweep member by its case and values; a single run by its --set overrides
+                let what = r.member.clone().unwrap_or_else(|| r.overrides.join(" "));
+                println!("{:<27} {:<16} {:<11} {:>4} {:>6} {:>9.2}  {:<24}  {what}", r.id, r.pipeline, shown_status(&store, r), ran, r.stages.len() - ran, r.seconds, r.started_at);
             }
             Err(e) => println!("{id:<27} {:<16} {:<11}  {e} (`pipe verify --repair` removes it)", "?", "damaged"),
         }

@@ -233,6 +233,9 @@ pub struct RunRecord {
     /// The `pipe` that ran it (absent in records of older versions).
     #[serde(default)]
     pub pipe_version: Option<String>,
+    /// The sweep member this run is (case and swept values), absent outside sweeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// Says, from the stages done so far, whether to stop the run early and why.

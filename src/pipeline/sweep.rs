@@ -67,6 +67,16 @@ pub fn expand(file: &Path, overrides: &[String]) -> Result<Vec<Member>> {
             _ => return Err(UserError(format!("{shown}: sweep.{key}: expected a non-empty list of values (or `cases`, a list of tables)")).into()),
         }
     }
+    // a --set of a swept key would be overridden by every member: refuse it, never ignore it
+    for o in overrides {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+        let swept_by_axis = axes.iter().any(|(k, _)| k == key);
+        let swept_by_case = cases.iter().any(|(_, settings)| settings.iter().any(|(k, _)| k == key));
+        if swept_by_axis || swept_by_case {
+            let by = if swept_by_axis { format!("sweep.\"{key}\"") } else { "sweep.cases".to_string() };
+            return Err(UserError(format!("{shown}: --set {o}: `{key}` is swept by {by}, which sets it for every member; change the [sweep] table instead (or run a copy of the file without it)")).into());
+        }
+    }
     let mut members = Vec::new();
     for (case, settings) in &cases {
         for combo in product(&axes) {

@@ -92,6 +92,9 @@ fn train_with_negatives(name: &'static str, net: Box<dyn Classifier>, shape: (us
 }
 
 /// The four workloads of the issue, filtered by name.
+/// Every workload [`workloads`] can make, by name.
+pub const WORKLOADS: [&str; 6] = ["cnn4_train", "cnn4_train_pn", "cnn4_train_pn_lineage", "cnn4_synthesis", "cnn4_fgsm", "resnet32_train"];
+
 pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
     let mut out = Vec::new();
     let cnn4_flops = cnn4()?.config.forward_flops();
