@@ -194,6 +194,9 @@ def main():
     ap.add_argument("--stop", choices=["classified", "argmax"], default="classified")
     ap.add_argument("--sampling", choices=["union", "balanced"], default="union")
     ap.add_argument("--recency-decay", type=float, default=0.5)
+    ap.add_argument("--init", choices=["torch", "he"], default="torch",
+                    help="torch: PyTorch's default init (what a user gets); he: He-normal with the "
+                         "LeakyReLU gain and zero biases, the scheme pipe uses (different draws)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write every round's numbers here")
     args = ap.parse_args()
@@ -203,6 +206,14 @@ def main():
 
     (tx, ty), (vx, vy), (sx, sy) = load_split(args.store, args.run)
     net = cnn4(width=args.width)
+    if args.init == "he":
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, m.in_features ** -0.5)
+                nn.init.zeros_(m.bias)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
     t0 = time.time()
     train_epochs(net, opt, tx, ty, None, None, args.epochs, 0.0, gen, args)
