@@ -24,3 +24,10 @@ pub mod pipeline;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UserError(pub String);
+
+impl UserError {
+    /// Whether `e`, or anything it wraps, is bad input (exit 2).
+    pub fn is_in(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
+    }
+}

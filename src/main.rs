@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             // Bad input (file, flags, names) is 2, like a usage error; anything else is 1.
-            if e.chain().any(|c| c.downcast_ref::<pipe::UserError>().is_some()) {
+            if pipe::UserError::is_in(&e) {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

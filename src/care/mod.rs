@@ -170,9 +170,7 @@ pub fn apply(store: &Store, r: &GcReport) -> Result<()> {
     store.remove_runs(&r.removed_runs)?;
     store.remove_manifests(&r.removed_manifests)?;
     store.remove_objects(&r.removed_objects)?;
-    for entry in fs::read_dir(store.tmp_dir()).with_context(|| format!("listing {}", store.tmp_dir().display()))? {
-        remove_any(&entry?.path())?;
-    }
+    store.clear_tmp()?;
     for key in &r.removed_partials {
         remove_any(&store.partial_dir(key))?;
     }

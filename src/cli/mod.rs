@@ -261,7 +261,7 @@ fn run(a: &PipelineArgs) -> Result<()> {
             Ok(r) => records.push(r),
             Err(e) => {
                 // bad input found only once the data was read: as if refused up front
-                if is_user_error(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
+                if UserError::is_in(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
                     std::fs::remove_dir_all(store.root()).with_context(|| format!("removing the store {} this run created", store.root().display()))?;
                 }
                 return Err(e);
@@ -286,7 +286,7 @@ fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, &rounds, p));
     if let Err(e) = executor::run(store, &stages, runner, &mut record, &stop) {
         // exit 2 means nothing written: a run refused before any stage ran leaves no record
-        if is_user_error(&e) && record.stages.iter().all(|s| s.status != "ran") {
+        if UserError::is_in(&e) && record.stages.iter().all(|s| s.status != "ran") {
             store.remove_runs(std::slice::from_ref(&record.id))?;
         }
         return Err(e);
@@ -297,10 +297,6 @@ fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
     print_errors(&record, &rounds);
     Ok(record)
-}
-
-fn is_user_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<UserError>().is_some())
 }
 
 /// The selection and reported metric per round (validation and test error for ICN), from

@@ -3,7 +3,7 @@
 //! rest through a [`Runner`] and commits each with a manifest written last.
 
 use crate::engine::graph::{key_of, stage_key, InputRef, StageDef};
-use crate::engine::store::{digest_file, Damaged, Digest, Store};
+use crate::engine::store::{absent_if_damaged, digest_file, Digest, Store};
 use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -103,15 +103,7 @@ fn complete(digests: &InputDigests) -> Option<BTreeMap<String, Digest>> {
 /// A committed manifest of `key` whose outputs are all present at their size: anything
 /// less (a missing object, a damaged manifest) means the stage runs again.
 fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
-    let manifest = match store.manifest::<Manifest>(key) {
-        Ok(m) => m,
-        Err(e) if e.downcast_ref::<Damaged>().is_some() => {
-            eprintln!("warning: {e:#}; the stage is recomputed");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let Some(m) = manifest else { return Ok(None) };
+    let Some(m) = absent_if_damaged(store.manifest::<Manifest>(key), "the stage is recomputed")? else { return Ok(None) };
     // the seal says the file is as written; the key says it describes this stage
     if m.key != key || key_of(&m.kind, m.version, &m.params, &m.inputs) != key {
         eprintln!("warning: {} does not describe stage {key} (its kind, version, params or inputs make another key); the stage is recomputed", store.manifest_path(key).display());
@@ -422,11 +414,6 @@ impl StageIo<'_> {
     /// Saves a resumption checkpoint atomically (a kill mid-write keeps the previous one).
     pub fn write_partial(&self, name: &str, bytes: &[u8]) -> Result<()> {
         self.store.write_partial(&self.key, name, bytes)
-    }
-
-    /// Removes resumption checkpoint `name` (one that is readable but unusable).
-    pub fn discard_partial(&self, name: &str) -> Result<()> {
-        self.store.discard_partial(&self.key, name)
     }
 
     pub fn note_resumed(&mut self, what: Value) {

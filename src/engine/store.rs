@@ -307,10 +307,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn discard_partial(&self, key: &str, name: &str) -> Result<()> {
-        remove_file_if_present(&self.partial_dir(key).join(name))
-    }
-
     /// Resumption checkpoint `name` of stage `key`: `Ok(None)` when there is none, and
     /// when the one there does not match its trailer (it is then removed, with a message,
     /// and the stage starts over).
@@ -349,7 +345,7 @@ impl Store {
     pub fn intact_runs<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
         let mut out = Vec::new();
         for id in self.run_ids()? {
-            out.extend(skip_damaged(self.run(&id))?);
+            out.extend(absent_if_damaged(self.run(&id), "skipped")?);
         }
         Ok(out)
     }
@@ -359,7 +355,7 @@ impl Store {
     pub fn intact_manifests<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
         let mut out = Vec::new();
         for key in self.stage_keys()? {
-            out.extend(skip_damaged(self.manifest(&key))?);
+            out.extend(absent_if_damaged(self.manifest(&key), "skipped")?);
         }
         Ok(out)
     }
@@ -402,7 +398,12 @@ impl Store {
     /// write of this store can be in flight, so that debris never fills a disk for good.
     pub fn clear_tmp(&self) -> Result<()> {
         for entry in fs::read_dir(self.tmp_dir()).with_context(|| format!("listing {}", self.tmp_dir().display()))? {
-            remove_file_if_present(&entry?.path())?;
+            let path = entry?.path();
+            if path.is_dir() {
+                fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            } else {
+                remove_file_if_present(&path)?;
+            }
         }
         Ok(())
     }
@@ -443,11 +444,12 @@ pub struct Damaged {
     pub reason: String,
 }
 
-/// A read of a sealed record, with a damaged record reported and treated as absent.
-fn skip_damaged<T>(read: Result<Option<T>>) -> Result<Option<T>> {
+/// A read of a sealed record, with a damaged record reported (followed by what happens
+/// because of it, `then`) and treated as absent; other errors stay errors.
+pub fn absent_if_damaged<T>(read: Result<Option<T>>, then: &str) -> Result<Option<T>> {
     match read {
         Err(e) if e.downcast_ref::<Damaged>().is_some() => {
-            eprintln!("warning: {e:#}; skipped");
+            eprintln!("warning: {e:#}; {then}");
             Ok(None)
         }
         other => other,
