@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{last_record, pipe, ran, run, small, text};
+use common::{files_under, last_record, object, pipe, ran, run, small, text};
 
 fn tiny(dir: &Path) -> PathBuf {
     small(dir, 1)
@@ -49,23 +49,13 @@ fn output(record: &Value, stage: &str, name: &str) -> String {
     s["outputs"][name]["digest"].as_str().unwrap().to_string()
 }
 
-fn object(store: &Path, d: &str) -> PathBuf {
-    store.join("objects").join(&d[..2]).join(&d[2..])
-}
 
 /// Every file under `dir` with its size, for before/after comparisons.
 fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(listing(&p));
-        } else {
-            out.push((p.clone(), p.metadata().unwrap().len()));
-        }
-    }
-    out.sort();
-    out
+    files_under(dir).into_iter().map(|p| {
+        let len = p.metadata().unwrap().len();
+        (p, len)
+    }).collect()
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::{data_dir, last_record, output_digests, pipe, run, small, text};
+use common::{canonical, data_dir, files_under, last_record, object, output_digests, pipe, run, small, text};
 
 fn run_with(file: &Path, store: &Path, sets: &[&str], env: &[(&str, String)]) -> Output {
     let mut c = pipe();
@@ -42,36 +42,21 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     if !dir.exists() {
         return out;
     }
-    for e in walk(dir) {
+    for e in files_under(dir) {
         out.insert(e.strip_prefix(dir).unwrap().to_path_buf(), blake3::hash(&std::fs::read(&e).unwrap()).to_hex().to_string());
     }
     out
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
 
 fn copy_dir(from: &Path, to: &Path) {
-    for f in walk(from) {
+    for f in files_under(from) {
         let dest = to.join(f.strip_prefix(from).unwrap());
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         std::fs::copy(&f, dest).unwrap();
     }
 }
 
-fn object(store: &Path, digest: &str) -> PathBuf {
-    store.join("objects").join(&digest[..2]).join(&digest[2..])
-}
 
 fn output_of(store: &Path, stage: &str, name: &str) -> String {
     output_digests(store).into_iter().find(|(s, n, _)| s == stage && n == name).unwrap_or_else(|| panic!("no {stage} {name}")).2
@@ -150,7 +135,7 @@ fn a_damaged_resumption_checkpoint_is_discarded_and_the_stage_starts_over() {
         // killed right after train/0 saved the checkpoint of its first epoch
         let out = run_with(&file, &store, &sets, &[("PIPE_FAULT_KILL", "partial:1".into())]);
         assert_eq!(out.status.code(), None, "killed by a signal: {}", text(&out));
-        let partials = walk(&store.join("partial"));
+        let partials = files_under(&store.join("partial"));
         assert_eq!(partials.len(), 1, "{partials:?}");
         match damage {
             "flip" => flip_middle_byte(&partials[0]),
@@ -202,7 +187,7 @@ fn edited_manifests_and_run_records_are_found_and_a_damaged_manifest_is_recomput
     obj.insert("seal".into(), seal.into());
     std::fs::write(&train, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     // a run record cut short
-    let run_path = walk(&store.join("runs")).pop().unwrap();
+    let run_path = files_under(&store.join("runs")).pop().unwrap();
     let b = std::fs::read(&run_path).unwrap();
     std::fs::write(&run_path, &b[..b.len() / 2]).unwrap();
 
@@ -231,18 +216,6 @@ fn edited_manifests_and_run_records_are_found_and_a_damaged_manifest_is_recomput
     assert!(verify_json(&store)["intact"].as_bool().unwrap());
 }
 
-fn canonical(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let inner: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k]))).collect();
-            format!("{{{}}}", inner.join(","))
-        }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
-        s => s.to_string(),
-    }
-}
 
 #[test]
 fn a_repair_killed_between_any_two_steps_never_leads_to_a_bad_commit() {
@@ -257,7 +230,7 @@ fn a_repair_killed_between_any_two_steps_never_leads_to_a_bad_commit() {
     flip_middle_byte(&object(&store, &output_of(&store, "evaluate/0", "metrics.parquet")));
     let eval1 = store.join("stages").join(format!("{}.json", key_of("evaluate/1")));
     std::fs::write(&eval1, std::fs::read_to_string(&eval1).unwrap().replacen("\"seconds\"", "\"seconds\": 0, \"x\"", 1)).unwrap();
-    let run_path = walk(&store.join("runs")).pop().unwrap();
+    let run_path = files_under(&store.join("runs")).pop().unwrap();
     std::fs::write(&run_path, b"{\"id\": ").unwrap();
     let damaged = dir.path().join("damaged");
     copy_dir(&store, &damaged);

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{pipe, text};
+use common::{canonical, pipe, text};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -57,19 +57,6 @@ fn check_golden(name: &str, actual: &str) {
     }
 }
 
-/// JSON with object keys sorted at every level, whatever map order serde_json keeps.
-fn canonical(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical(v))).collect();
-            format!("{{{}}}", inner.join(","))
-        }
-        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
-    }
-}
 
 #[test]
 fn quickstart_keys_and_output_digests_do_not_move() {

@@ -116,3 +116,39 @@ pub fn output_digests(store: &Path) -> Vec<(String, String, String)> {
     out
 }
 
+
+/// The path of object `digest` in `store` (the layout pinned by the store's tests).
+pub fn object(store: &Path, digest: &str) -> PathBuf {
+    store.join("objects").join(&digest[..2]).join(&digest[2..])
+}
+
+/// Every file under `dir`, recursively, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// JSON with object keys sorted at every level, whatever map order serde_json keeps (the
+/// form keys and seals are computed over).
+pub fn canonical(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = entries.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical(v))).collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
