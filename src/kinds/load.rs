@@ -2,6 +2,7 @@
 
 use super::Kind;
 use crate::engine::executor::StageIo;
+use crate::engine::progress::Meter;
 use crate::engine::graph::KindId;
 use crate::UserError;
 use anyhow::{Context, Result};
@@ -44,8 +45,10 @@ pub const TEST: &str = "test.safetensors";
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub format: DataFormat,
-    /// Image folders and Parquet images: 1 (grey) or 3 (RGB).
-    pub channels: usize,
+    /// Image folders and Parquet images: 1 (grey) or 3 (RGB), converting as needed. Absent
+    /// for formats whose files fix it (MNIST grey, CIFAR-10 and SVHN RGB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
     pub train_size: usize,
     pub validation_size: usize,
     pub test_size: usize,
@@ -55,7 +58,8 @@ pub struct Params {
 }
 
 impl Kind for Load {
-    const ID: KindId = KindId { name: "load", version: 1 };
+    // 2: SVHN inputs named train / extra / test; `channels` only where it converts
+    const ID: KindId = KindId { name: "load", version: 2 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[TRAIN, VALIDATION, TEST];
     fn run(p: Params, io: &mut StageIo, _device: &Device) -> Result<()> {
@@ -70,9 +74,13 @@ const MNIST_FILES: [(&str, &str); 4] = [
     ("test_images", "t10k-images-idx3-ubyte"),
     ("test_labels", "t10k-labels-idx1-ubyte"),
 ];
-/// Inputs of multi-file formats: `train.N` / `test.N`, concatenated in order.
+/// Inputs of CIFAR-10: `train.N` / `test.N`, concatenated in order.
 const TRAIN_FILES: &str = "train.";
 const TEST_FILES: &str = "test.";
+/// Inputs of SVHN, by the names of its official splits.
+const SVHN_TRAIN: &str = "train";
+const SVHN_EXTRA: &str = "extra";
+const SVHN_TEST: &str = "test";
 /// Input of formats read as a whole directory.
 const FOLDER: &str = "folder";
 const PARQUET: &str = "parquet";
@@ -106,19 +114,39 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
             Ok(vec![(PARQUET.to_string(), dir.to_path_buf())])
         }
         DataFormat::Svhn => {
-            let mut files = vec![need(format!("{TRAIN_FILES}1"), "train_32x32.mat")];
+            let mut files = vec![need(SVHN_TRAIN.into(), "train_32x32.mat")];
             if svhn_extra {
-                files.push(need(format!("{TRAIN_FILES}2"), "extra_32x32.mat"));
+                files.push(need(SVHN_EXTRA.into(), "extra_32x32.mat"));
             }
-            files.push(need(format!("{TEST_FILES}1"), "test_32x32.mat"));
+            files.push(need(SVHN_TEST.into(), "test_32x32.mat"));
             files.into_iter().collect()
         }
     }
 }
 
-fn concat(io: &StageIo, prefix: &str, load: fn(&Path) -> std::result::Result<ImageSet, DataError>) -> Result<ImageSet> {
-    let sets = io.input_names(prefix).iter().map(|name| Ok(load(&io.file(name)?)?)).collect::<Result<Vec<_>>>()?;
+/// The inputs `names` read one after another into one set, counting their bytes.
+fn concat(io: &StageIo, meter: &mut Meter, names: &[String], load: fn(&Path) -> std::result::Result<ImageSet, DataError>) -> Result<ImageSet> {
+    let sets = names.iter().map(|name| read_counted(io, meter, &[name], |p| Ok(load(&p[0])?))).collect::<Result<Vec<_>>>()?;
     ImageSet::concat(&sets).context("data files of different image shapes")
+}
+
+/// `read` over the paths of inputs `names`, then their bytes counted as done.
+fn read_counted<T>(io: &StageIo, meter: &mut Meter, names: &[&str], read: impl FnOnce(&[PathBuf]) -> Result<T>) -> Result<T> {
+    let paths = names.iter().map(|n| io.file(n)).collect::<Result<Vec<_>>>()?;
+    let out = read(&paths)?;
+    if meter.inc(paths.iter().map(|p| bytes_under(p)).sum()).is_break() {
+        return Err(stages::stopped().into());
+    }
+    Ok(out)
+}
+
+/// The size of a file, or of every file under a directory.
+fn bytes_under(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path).map(|d| d.flatten().map(|e| bytes_under(&e.path())).sum()).unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
 }
 
 fn run(p: Params, io: &mut StageIo) -> Result<()> {
@@ -147,20 +175,29 @@ fn read(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
 }
 
 fn read_files(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
-    Ok(match p.format {
+    let inputs = io.input_names("");
+    let total = inputs.iter().map(|n| io.file(n).map_or(0, |p| bytes_under(&p))).sum();
+    let mut meter = io.progress(total, "bytes", "reading data");
+    let channels = || p.channels.with_context(|| format!("stage {}: format {:?} needs a `channels` parameter", io.stage_id(), p.format));
+    let sets = match p.format {
         DataFormat::Mnist => {
-            let file = |i: usize| io.file(MNIST_FILES[i].0);
-            (load_pair(&file(0)?, &file(1)?)?, load_pair(&file(2)?, &file(3)?)?)
+            let pair = |i: usize| [MNIST_FILES[i].0, MNIST_FILES[i + 1].0];
+            let train = read_counted(io, &mut meter, &pair(0), |f| Ok(load_pair(&f[0], &f[1])?))?;
+            (train, read_counted(io, &mut meter, &pair(2), |f| Ok(load_pair(&f[0], &f[1])?))?)
         }
-        DataFormat::Cifar10 => (concat(io, TRAIN_FILES, cifar::read_batch)?, concat(io, TEST_FILES, cifar::read_batch)?),
-        DataFormat::Svhn => (concat(io, TRAIN_FILES, svhn::load_svhn)?, concat(io, TEST_FILES, svhn::load_svhn)?),
+        DataFormat::Cifar10 => (concat(io, &mut meter, &io.input_names(TRAIN_FILES), cifar::read_batch)?, concat(io, &mut meter, &io.input_names(TEST_FILES), cifar::read_batch)?),
+        DataFormat::Svhn => {
+            let train: Vec<String> = [SVHN_TRAIN, SVHN_EXTRA].into_iter().filter(|n| io.has_input(n)).map(String::from).collect();
+            (concat(io, &mut meter, &train, svhn::load_svhn)?, concat(io, &mut meter, &[SVHN_TEST.into()], svhn::load_svhn)?)
+        }
         DataFormat::Parquet => {
-            let dir = io.file(PARQUET)?;
-            (parquet::load_split(&dir, "train", p.channels)?, parquet::load_split(&dir, "test", p.channels)?)
+            let c = channels()?;
+            read_counted(io, &mut meter, &[PARQUET], |d| Ok((parquet::load_split(&d[0], "train", c)?, parquet::load_split(&d[0], "test", c)?)))?
         }
         DataFormat::Folder => {
             // One folder, no official test split: test examples are drawn like validation.
-            let f = folder::load_folder(&io.file(FOLDER)?, p.channels)?;
+            let c = channels()?;
+            let f = read_counted(io, &mut meter, &[FOLDER], |d| Ok(folder::load_folder(&d[0], c)?))?;
             io.summary("classes", json!(f.classes));
             let n = f.set.len();
             if p.test_size == 0 || p.test_size >= n {
@@ -172,7 +209,9 @@ fn read_files(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
             rest.sort_unstable();
             (f.set.select(&rest), f.set.select(&test_idx))
         }
-    })
+    };
+    meter.finish();
+    Ok(sets)
 }
 
 fn split(p: Params, io: &mut StageIo, full: ImageSet, test: ImageSet) -> Result<()> {

@@ -100,7 +100,8 @@ pub fn build(p: &Pipeline) -> Graph {
             train_size: s.data.train_size,
             validation_size: s.data.validation_size,
             test_size: s.data.test_size,
-            channels: s.data.channels,
+            // the files of the other formats fix it: in the key it would only mislead
+            channels: matches!(s.data.format, load::DataFormat::Folder | load::DataFormat::Parquet).then_some(s.data.channels),
             balanced: s.data.balanced,
             // the split depends on data.seed only: pipelines that differ in pipeline.seed share it
             seed: stage_seed(s.data.seed, Load::ID.name),
