@@ -128,7 +128,7 @@ fn verify_names_damage_a_corrupt_read_fails_loudly_and_repair_remakes_the_stages
 
     let ok = care(&store, &["verify"]);
     let n = listing(&store.join("objects")).len();
-    assert!(ok.status.success() && text(&ok).contains(&format!("{n} objects, 6 manifests, 1 runs: all intact")), "{}", text(&ok));
+    assert!(ok.status.success() && text(&ok).contains(&format!("{n} objects, 6 manifests, 1 run: all intact")), "{}", text(&ok));
 
     // one flipped byte in the training set `train/0` reads, and in the metrics `show` prints
     let data = output(&rec, "load", "train.safetensors");

@@ -43,16 +43,19 @@ pub fn flatten(value: &Value) -> BTreeMap<String, Value> {
     out
 }
 
-/// Keys present on either side whose values differ, with (old, new).
+/// Keys present on either side whose values differ, with (old, new). A null is the same
+/// setting as an absent key (an unset option, written by one version and left out by
+/// another).
 pub fn changed(a: &BTreeMap<String, Value>, b: &BTreeMap<String, Value>) -> Vec<(String, Option<Value>, Option<Value>)> {
+    let get = |m: &BTreeMap<String, Value>, k: &String| m.get(k).filter(|v| !v.is_null()).cloned();
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| (k.clone(), a.get(k).cloned(), b.get(k).cloned())).collect()
+    keys.into_iter().filter(|k| get(a, k) != get(b, k)).map(|k| (k.clone(), get(a, k), get(b, k))).collect()
 }
 
-/// A setting's value as a person reads it: strings bare, absent as `(none)`.
+/// A setting's value as a person reads it: strings bare, absent (or null) as `(none)`.
 pub fn show_value(v: &Option<Value>) -> String {
     match v {
-        None => "(none)".into(),
+        None | Some(Value::Null) => "(none)".into(),
         Some(Value::String(s)) => s.clone(),
         Some(v) => v.to_string(),
     }
@@ -330,8 +333,11 @@ mod tests {
         let b = flatten(&json!({"synthesize": {"lr": 0.02, "stop": {"kind": "steps"}}, "l": [1], "e": {}, "n": null}));
         let c = changed(&a, &b);
         let keys: Vec<&str> = c.iter().map(|(k, _, _)| k.as_str()).collect();
-        assert_eq!(keys, ["l[1]", "n", "synthesize.lr"]);
+        // `n: null` on one side and absent on the other is no change (`sweep null -> (none)`)
+        assert_eq!(keys, ["l[1]", "synthesize.lr"]);
         assert_eq!(show_value(&c[0].2), "(none)");
-        assert_eq!(show_value(&c[2].2), "0.02");
+        assert_eq!(show_value(&c[1].2), "0.02");
+        let d = changed(&a, &flatten(&json!({"n": 3})));
+        assert!(d.iter().any(|(k, old, new)| k == "n" && old.is_none() && new == &Some(json!(3))));
     }
 }

@@ -6,6 +6,7 @@
 //! the evaluate stages' `pseudo_negatives.parquet` how each later round's classifier scores
 //! it.
 
+use crate::audit::text::{a_or_an, count};
 use crate::engine::executor::Manifest;
 use crate::kinds::evaluate::{self, Evaluate};
 use crate::kinds::synthesize;
@@ -109,7 +110,7 @@ impl Index {
 fn resolve(store: &Store, index: &Index, what: &str) -> Result<String> {
     if let Some((run, stage)) = what.split_once(':') {
         let s = crate::audit::runs::run_stage(store, run, stage)?;
-        return s.outputs.get(train::CHECKPOINT).map(|o| o.digest.clone()).ok_or_else(|| UserError(format!("{what} is a {} stage; lineage starts at a checkpoint (a train stage)", s.kind)).into());
+        return s.outputs.get(train::CHECKPOINT).map(|o| o.digest.clone()).ok_or_else(|| UserError(format!("{what} is {} stage; lineage starts at a checkpoint (a train stage)", a_or_an(&s.kind))).into());
     }
     let mut checkpoints: Vec<String> = index.manifests.iter().filter(|m| m.kind == Train::ID.name).filter_map(|m| m.outputs.get(train::CHECKPOINT)).map(|o| o.digest.clone()).collect();
     checkpoints.sort();
@@ -255,7 +256,7 @@ pub fn to_table(l: &Lineage) -> Result<Vec<u8>> {
 /// The readable form: the chain, the data sets, then the first `rows` pseudo-negatives.
 pub fn print(l: &Lineage, rows: usize) {
     println!("checkpoint {}", l.checkpoint);
-    println!("chain of warm starts ({} training stages):", l.chain.len());
+    println!("chain of warm starts ({}):", count(l.chain.len(), "training stage"));
     for c in &l.chain {
         println!("  {:<12} round {:<3} key {}  checkpoint {}", c.stage, c.round, &c.key[..12], &c.checkpoint[..12]);
     }
@@ -269,7 +270,7 @@ pub fn print(l: &Lineage, rows: usize) {
     }
     let p = &l.pseudo_negatives;
     let fooling_now = p.iter().filter(|s| s.later.last().is_some_and(|x| x.fools)).count();
-    println!("pseudo-negatives: {} from {} rounds; {} drawn {} times in all; {fooling_now} still fool the last evaluated classifier", p.len(), l.chain.len().saturating_sub(1), p.iter().filter(|s| s.draws > 0).count(), p.iter().map(|s| s.draws as u64).sum::<u64>());
+    println!("pseudo-negatives: {} from {}; {} drawn {} times in all; {fooling_now} still fool the last evaluated classifier", p.len(), count(l.chain.len().saturating_sub(1), "round"), p.iter().filter(|s| s.draws > 0).count(), p.iter().map(|s| s.draws as u64).sum::<u64>());
     if p.is_empty() {
         return;
     }

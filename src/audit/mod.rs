@@ -7,4 +7,5 @@ pub mod lineage;
 pub mod report;
 pub mod runs;
 pub mod study;
+pub mod text;
 pub mod why;

@@ -8,6 +8,7 @@
 //! them with lazy queries. The columns are documented in docs/schemas.md (a test keeps the
 //! two in step).
 
+use crate::audit::text::{count, table};
 use crate::engine::executor::{RunRecord, RunStage};
 use crate::engine::store::Store;
 use crate::engine::table::{read_parquet, to_parquet, Column};
@@ -93,7 +94,10 @@ fn class_errors(store: &Store, s: &RunStage) -> Result<Vec<(String, Option<u32>,
 /// Reads every run record of the store at `root` into rows; no runs is a user error.
 pub fn metrics(root: &Path) -> Result<Metrics> {
     let store = Store::open_existing(root)?;
-    let runs: Vec<RunRecord> = store.intact_runs()?;
+    let mut runs: Vec<RunRecord> = store.intact_runs()?;
+    for r in &mut runs {
+        r.status = crate::audit::runs::shown_status(&store, r); // a killed run is interrupted
+    }
     if runs.is_empty() {
         return Err(UserError(format!("no runs in {}: nothing to export (run `pipe run` first)", root.display())).into());
     }
@@ -196,7 +200,7 @@ pub fn export(root: &Path, out: Option<&Path>) -> Result<()> {
     let m = metrics(root)?;
     let out: PathBuf = out.map(Path::to_path_buf).unwrap_or_else(|| root.join("export").join("metrics.parquet"));
     Store::at(root)?.write_atomic(&out, &m.to_parquet()?)?;
-    println!("{} rows ({} runs) -> {}", m.rows.len(), m.runs.len(), out.display());
+    println!("{} ({}) -> {}", count(m.rows.len(), "row"), count(m.runs.len(), "run"), out.display());
     Ok(())
 }
 
@@ -216,18 +220,18 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
         }
         names.retain(|n| *n == p);
     }
-    // Polars prints 10 rows and 30 characters of a string unless told otherwise; a report
-    // shows every round and whole settings (a user's own POLARS_FMT_* still wins).
-    for (var, value) in [("POLARS_FMT_MAX_ROWS", "-1"), ("POLARS_FMT_STR_LEN", "100")] {
-        if std::env::var_os(var).is_none() {
-            std::env::set_var(var, value);
-        }
-    }
     let all = m.frame()?.lazy();
     for name in names {
         let runs: Vec<&RunRecord> = m.runs.iter().filter(|r| r.pipeline == name).collect();
         let ok = runs.iter().filter(|r| r.status == "ok").count();
-        println!("== {name}: runs {}, ok {ok}\n", runs.len());
+        let mut others: Vec<String> = Vec::new();
+        for status in ["running", "interrupted", "failed"] {
+            let n = runs.iter().filter(|r| r.status == status).count();
+            if n > 0 {
+                others.push(format!(", {n} {status}"));
+            }
+        }
+        println!("== {name}: {}, {ok} ok{}\n", count(runs.len(), "run"), others.concat());
         let lf = all.clone().filter(col("pipeline").eq(lit(name)));
         let rounds = runs.first().map_or(crate::methods::icn::ROUNDS, |r| crate::methods::rounds_of(r));
         let (errors, selected, attacks, time) = summaries(lf, &rounds);
@@ -240,7 +244,7 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
         ] {
             let frame = q.collect()?;
             if frame.height() > 0 {
-                println!("{title}:\n{frame}\n");
+                println!("{title}:\n{}\n", table(&frame, 2));
             }
         }
     }

@@ -456,7 +456,8 @@ fn print_verify(r: &VerifyReport) {
         );
     }
     if r.corrupt.is_empty() && r.missing.is_empty() && r.bad_manifests.is_empty() && r.bad_runs.is_empty() {
-        println!("{} objects, {} manifests, {} runs: all intact", r.objects, r.manifests, r.runs);
+        use crate::audit::text::count;
+        println!("{}, {}, {}: all intact", count(r.objects, "object"), count(r.manifests, "manifest"), count(r.runs, "run"));
     }
 }
 
