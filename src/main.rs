@@ -20,6 +20,11 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     match pipe::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if pipe::engine::interrupt::Interrupted::is_in(&e) => {
+            // a stop the user asked for: what is kept and how to resume, not an error
+            eprintln!("{e:#}");
+            ExitCode::from(pipe::engine::interrupt::exit_status())
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             // Bad input (file, flags, names) is 2, like a usage error; anything else is 1.

@@ -98,6 +98,12 @@ fn sigkill_during_training_resumes_at_the_last_epoch_with_identical_results() {
     assert!(partial.exists());
     let rec = last_record(&killed);
     assert_eq!(rec["status"], "running", "a killed run is left as running");
+    // ... and shown as interrupted once its process is gone and the store's lock free
+    let ls = pipe().arg("ls").arg("--json").arg("--store").arg(&killed).output().unwrap();
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(ls["runs"][0]["status"], "interrupted");
+    let show = pipe().arg("show").arg(rec["id"].as_str().unwrap()).arg("--store").arg(&killed).output().unwrap();
+    assert!(text(&show).contains("status    interrupted"), "{}", text(&show));
     let finished: Vec<&str> = rec["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert_eq!(finished, ["load", "train/0", "evaluate/0", "synthesize/1"]);
 

@@ -209,11 +209,11 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     if stages.is_empty() {
         return Ok(Vec::new());
     }
-    println!("\n== two-way attack: {case_a} vs {case_b}, {} stages", stages.len());
+    println!("\n== two-way attack: {case_a} vs {case_b}, {}", crate::audit::text::count(stages.len(), "stage"));
     let pipeline = &members[0].pipeline;
     let runner = Kinds::for_device(&pipeline.spec.pipeline.device)?;
     let mut record = crate::audit::runs::new_record(&format!("{name}:two-way"), pipeline, executor::Runner::device(&runner));
-    executor::run(store, &stages, &runner, &mut record, &|_| None)?;
+    executor::run(store, &stages, &runner, &mut record, &|_| None, crate::engine::progress::Display::Quiet)?;
     store.write_run(&record.id, &record)?;
     let rows: Vec<Direction> = meta
         .into_iter()

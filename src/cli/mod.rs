@@ -4,6 +4,8 @@ pub mod bench;
 
 use crate::audit::runs::{new_record, run_stage, shown_status, unique_match};
 use crate::engine::executor::{self, Manifest, RunRecord, Runner};
+use crate::engine::interrupt::{self, Interrupted};
+use crate::engine::progress::{self, Display};
 use crate::engine::store::Store;
 use crate::engine::table::format_parquet;
 use crate::kinds::Kinds;
@@ -64,8 +66,16 @@ enum DataCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline: reuse every stage already in the store, run the rest.
-    Run(PipelineArgs),
+    /// Run a pipeline: reuse every stage already in the store, run the rest. Ctrl-C (or
+    /// SIGTERM) stops at the next safe point (a training stage at the end of its epoch,
+    /// after saving it) and says how to resume; a second one stops at once.
+    Run {
+        #[command(flatten)]
+        args: PipelineArgs,
+        /// No progress bars or progress lines (stage results are still printed).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Everything that went into a checkpoint: the chain of warm starts, the data sets and
     /// every pseudo-negative (how it was made, how often it was drawn into a batch, how
     /// each later round's classifier scores it).
@@ -216,7 +226,7 @@ enum Command {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => run(&a),
+        Command::Run { args, quiet } => run(&args, Display::detect(quiet)),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Status { args, json } => status(&args, json),
         Command::Ls { store, json } => ls(&store.store, json),
@@ -243,7 +253,7 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn run(a: &PipelineArgs) -> Result<()> {
+fn run(a: &PipelineArgs, display: Display) -> Result<()> {
     let members = sweep::expand(&a.file, &a.set)?;
     crate::audit::study::check(&members)?;
     let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
@@ -251,20 +261,22 @@ fn run(a: &PipelineArgs) -> Result<()> {
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     store.clear_tmp()?;
+    store.clear_live()?;
+    interrupt::install();
     let mut records = Vec::new();
     for (i, (m, runner)) in members.iter().zip(&runners).enumerate() {
         if members.len() > 1 {
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
         let member = (members.len() > 1).then(|| m.label());
-        match run_pipeline(&store, runner, &m.pipeline, member) {
+        match run_pipeline(&store, runner, &m.pipeline, member, display) {
             Ok(r) => records.push(r),
             Err(e) => {
                 // bad input found only once the data was read: as if refused up front
                 if UserError::is_in(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
                     std::fs::remove_dir_all(store.root()).with_context(|| format!("removing the store {} this run created", store.root().display()))?;
                 }
-                return Err(e);
+                return Err(with_resume_hint(e, a));
             }
         }
     }
@@ -274,17 +286,40 @@ fn run(a: &PipelineArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member: Option<String>) -> Result<RunRecord> {
+/// An interruption, with the command that resumes it (the same one: cached stages are
+/// reused and a stage with a checkpoint continues from it).
+fn with_resume_hint(e: anyhow::Error, a: &PipelineArgs) -> anyhow::Error {
+    let Some(i) = e.chain().find_map(|c| c.downcast_ref::<Interrupted>()) else { return e };
+    let mut cmd = format!("pipe run {}", a.file.display());
+    for s in &a.set {
+        cmd.push_str(&format!(" --set {}", shell_word(s)));
+    }
+    if a.store.store != Path::new("artifacts") {
+        cmd.push_str(&format!(" --store {}", shell_word(&a.store.store.display().to_string())));
+    }
+    Interrupted { signal: i.signal, where_: format!("{}\nresume with: {cmd}", i.where_) }.into()
+}
+
+/// `s` as one shell word.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member: Option<String>, display: Display) -> Result<RunRecord> {
     let graph = plan(pipeline);
     let stages = graph.stages;
     let rounds = graph.rounds;
     let mut record = new_record(&pipeline.name, pipeline, runner.device());
     record.member = member;
     let id = record.id.clone();
-    println!("run {id}: {} ({} stages) -> {}", pipeline.name, stages.len(), store.root().display());
+    println!("run {id}: {} ({}) -> {}", pipeline.name, crate::audit::text::count(stages.len(), "stage"), store.root().display());
     let patience = pipeline.spec.pipeline.patience;
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, &rounds, p));
-    if let Err(e) = executor::run(store, &stages, runner, &mut record, &stop) {
+    if let Err(e) = executor::run(store, &stages, runner, &mut record, &stop, display) {
         // exit 2 means nothing written: a run refused before any stage ran leaves no record
         if UserError::is_in(&e) && record.stages.iter().all(|s| s.status != "ran") {
             store.remove_runs(std::slice::from_ref(&record.id))?;
@@ -332,8 +367,13 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     // known yet counts as its own
     let (mut distinct, mut distinct_cached, mut unknown) = (std::collections::HashSet::new(), std::collections::HashSet::new(), 0);
     let mut docs = Vec::new();
+    // what a `pipe run` holding the store is doing now, read from its heartbeat
+    let live = progress::current(&store);
     for m in &members {
-        let rows = executor::status(&store, &plan(&m.pipeline).stages)?;
+        let mut rows = executor::status(&store, &plan(&m.pipeline).stages)?;
+        for r in rows.iter_mut().filter(|r| live.iter().any(|(h, _)| r.key.as_deref() == Some(h.key.as_str()))) {
+            r.state = "running".into();
+        }
         let cached = rows.iter().filter(|r| r.state == "cached").count();
         cached_all += cached;
         total_all += rows.len();
@@ -351,7 +391,7 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
         }
         if json {
             let member = (members.len() > 1).then(|| m.label());
-            docs.push(serde_json::json!({"member": member, "pipeline": m.pipeline.name, "file": m.pipeline.file, "stages": rows, "cached": cached, "to_run": rows.len() - cached}));
+            docs.push(serde_json::json!({"member": member, "pipeline": m.pipeline.name, "file": m.pipeline.file, "stages": rows, "cached": cached, "to_run": rows.len() - cached, "running": live.iter().map(|(h, _)| h).collect::<Vec<_>>()}));
             continue;
         }
         if members.len() > 1 {
@@ -365,7 +405,11 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
                 (None, Some(up)) => format!("(key after {up})"),
                 _ => String::new(),
             };
-            println!("  {:<7} {:<14} {key}", r.state, r.stage);
+            let running = live.iter().find(|(h, _)| r.key.as_deref() == Some(h.key.as_str()));
+            match running {
+                Some((h, age)) => println!("  {:<7} {:<14} {key}  {}", "running", r.stage, live_line(h, *age)),
+                None => println!("  {:<7} {:<14} {key}", r.state, r.stage),
+            }
         }
     }
     if json {
@@ -381,6 +425,9 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     if members.len() > 1 {
+        for (h, age) in &live {
+            println!("  running {}", live_line(h, *age));
+        }
         let later = if unknown > 0 { format!("; {unknown} more wait for upstream outputs to get a key") } else { String::new() };
         println!("sweep of {} pipelines: {cached_all} of {total_all} stages cached; {} distinct stage keys (shared ones once), {} cached{later}", members.len(), distinct.len(), distinct_cached.len());
         let two_way = crate::audit::study::two_way_stage_count(&members);
@@ -481,14 +528,27 @@ fn show(root: &Path, what: &str, json: bool) -> Result<()> {
 
 fn show_run(store: &Store, id: &str, json: bool) -> Result<()> {
     let r: RunRecord = store.run(id)?.ok_or_else(|| UserError(format!("run {id} has no record")))?;
+    let status = shown_status(store, &r);
+    // a run still going: its time so far and what its stage is doing, from the heartbeat
+    let live: Vec<_> = if status == "running" { progress::current(store).into_iter().filter(|(h, _)| h.run == r.id).collect() } else { Vec::new() };
+    let seconds = if status == "running" { crate::engine::timefmt::seconds_since(&r.started_at).unwrap_or(r.seconds) } else { r.seconds };
     if json {
         // the record itself: every stage's key, outputs and summary, the selected round
         let mut doc = serde_json::to_value(&r)?;
         doc["type"] = "run".into();
+        doc["status"] = status.into();
+        doc["seconds"] = seconds.into();
+        if let Some((h, _)) = live.first() {
+            doc["running"] = serde_json::to_value(h)?;
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("run       {}\npipeline  {} ({})\nstatus    {}\nstarted   {}\nseconds   {:.2}\ndevice    {}", r.id, r.pipeline, r.file, shown_status(store, &r), r.started_at, r.seconds, r.device);
+    let so_far = if status == "running" { " so far" } else { "" };
+    println!("run       {}\npipeline  {} ({})\nstatus    {status}\nstarted   {}\nseconds   {seconds:.2}{so_far}\ndevice    {}", r.id, r.pipeline, r.file, r.started_at, r.device);
+    for (h, age) in &live {
+        println!("running   {}", live_line(h, *age));
+    }
     if !r.overrides.is_empty() {
         println!("overrides {}", r.overrides.join(" "));
     }
@@ -505,6 +565,12 @@ fn show_run(store: &Store, id: &str, json: bool) -> Result<()> {
     }
     print_errors(&r, &methods::rounds_of(&r));
     Ok(())
+}
+
+/// A heartbeat as one line, with how old it is when that is worth saying.
+fn live_line(h: &progress::Heartbeat, age: f64) -> String {
+    let stale = if age >= 5.0 { format!("  (updated {} ago)", crate::engine::timefmt::duration(age)) } else { String::new() };
+    format!("{}{stale}", h.line())
 }
 
 fn show_stage(store: &Store, key: &str, json: bool) -> Result<()> {

@@ -3,10 +3,11 @@
 //! rest through a [`Runner`] and commits each with a manifest written last.
 
 use crate::engine::graph::{key_of, stage_key, InputRef, StageDef};
+use crate::engine::interrupt::{self, Interrupted};
+use crate::engine::progress::{Display, Live, Meter, Stop};
 use crate::engine::store::{absent_if_damaged, digest_file, Digest, Store};
 use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -119,7 +120,8 @@ pub struct StageStatus {
     pub kind: String,
     /// Known once every input is known.
     pub key: Option<String>,
-    /// `cached`, `to run`, `resume` (an interrupted attempt left a checkpoint).
+    /// `cached`, `to run`, `resume` (an interrupted attempt left a checkpoint), or `running`
+    /// (in `pipe status`, the stage a `pipe run` holding the store is on now).
     pub state: String,
     /// For a stage whose key is not known yet: the upstream stage it waits for.
     pub waits_for: Option<String>,
@@ -210,7 +212,8 @@ pub struct RunRecord {
     pub spec: Value,
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// `running`, `ok` or `failed`.
+    /// `running`, `ok`, `failed` or `interrupted` (stopped by SIGINT / SIGTERM at a safe
+    /// point; a record left `running` by a killed process is shown as `interrupted` too).
     pub status: String,
     pub error: Option<String>,
     pub device: String,
@@ -234,16 +237,18 @@ pub struct RunRecord {
 pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
 
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
-pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
+pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, display: Display) -> Result<()> {
     let t_run = Instant::now();
     store.write_run(&record.id, record).context("writing the run record")?;
-    let result = run_stages(store, stages, runner, record, stop);
+    let live = Live { store, run: record.id.clone(), display };
+    let result = run_stages(store, stages, runner, record, stop, &live);
+    let _ = store.clear_live();
     record.seconds = t_run.elapsed().as_secs_f64();
     record.finished_at = Some(timefmt::now_iso());
     match &result {
         Ok(()) => record.status = "ok".into(),
         Err(e) => {
-            record.status = "failed".into();
+            record.status = if Interrupted::is_in(e) { "interrupted" } else { "failed" }.into();
             record.error = Some(format!("{e:#}"));
         }
     }
@@ -258,7 +263,7 @@ pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut
     }
 }
 
-fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule) -> Result<()> {
+fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, live: &Live) -> Result<()> {
     let mut known = Known::default();
     for stage in stages {
         let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
@@ -267,7 +272,18 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
         let (manifest, status) = match committed(store, &key)? {
             Some(m) => (m, "cached"),
             None => {
-                let m = execute(store, stage, &key, inputs, runner).with_context(|| format!("stage {} failed", stage.id))?;
+                if interrupt::requested() {
+                    return Err(Interrupted::new(format!("stopped before {}", stage.id)).into());
+                }
+                let m = match execute(store, stage, &key, inputs, runner, live) {
+                    Ok(m) => m,
+                    // a stage stopped by an interrupt, whatever error its library call gave
+                    Err(e) if interrupt::requested() && !Interrupted::is_in(&e) => {
+                        let kept = if store.partial_dir(&key).is_dir() { "its last checkpoint is kept" } else { "it has no checkpoint and reruns from its start" };
+                        return Err(Interrupted::new(format!("{} stopped mid-way; {kept}", stage.id)).into());
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("stage {} failed", stage.id)),
+                };
                 (m, "ran")
             }
         };
@@ -307,10 +323,20 @@ fn stage_line(status: &str, stage: &StageDef, key: &str, seconds: f64, m: &Manif
     format!("{status:<7} {:<14} {}  {seconds:>8.2}s{extra}", stage.id, &key[..12])
 }
 
-fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner) -> Result<Manifest> {
+fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner, live: &Live) -> Result<Manifest> {
     let started_at = timefmt::now_iso();
     let t0 = Instant::now();
-    let mut io = StageIo { store, stage, key: key.to_string(), inputs: inputs.clone(), outputs: BTreeMap::new(), summary: serde_json::Map::new(), resumed: None };
+    let mut io = StageIo {
+        store,
+        stage,
+        key: key.to_string(),
+        inputs: inputs.clone(),
+        outputs: BTreeMap::new(),
+        summary: serde_json::Map::new(),
+        resumed: None,
+        live: Some(live.clone()),
+        started_at: started_at.clone(),
+    };
     runner.run(stage, &mut io)?;
     let manifest = Manifest {
         key: key.to_string(),
@@ -332,7 +358,7 @@ fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, 
 }
 
 /// A running stage's view of the store: its inputs, its outputs, its resumption
-/// checkpoints and its progress bars. Adapters see nothing else of the engine.
+/// checkpoints and its progress. Adapters see nothing else of the engine.
 pub struct StageIo<'a> {
     store: &'a Store,
     stage: &'a StageDef,
@@ -341,9 +367,11 @@ pub struct StageIo<'a> {
     outputs: BTreeMap<String, OutputInfo>,
     summary: serde_json::Map<String, Value>,
     resumed: Option<Value>,
+    live: Option<Live<'a>>,
+    started_at: String,
 }
 
-impl StageIo<'_> {
+impl<'a> StageIo<'a> {
     /// Names of the stage's inputs starting with `prefix`, in order.
     pub fn input_names(&self, prefix: &str) -> Vec<String> {
         self.inputs.keys().filter(|k| k.starts_with(prefix)).cloned().collect()
@@ -424,16 +452,27 @@ impl StageIo<'_> {
         &self.stage.id
     }
 
-    /// A progress bar on stderr (hidden when stderr is not a terminal).
-    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
-        let pb = ProgressBar::new(len);
-        pb.set_style(
-            ProgressStyle::with_template("{prefix:<14} {msg:<18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        pb.set_prefix(self.stage.id.clone());
-        pb.set_message(what.to_string());
-        pb
+    /// The stage's progress, counting `total` `unit`s (samples, examples, bytes): shown as
+    /// the run shows it and written to the heartbeat. An interrupt stops the stage at its
+    /// next step ([`Meter::inc`] breaks).
+    pub fn progress(&self, total: u64, unit: &str, what: &str) -> Meter<'a> {
+        Meter::new(self.live.clone(), &self.stage.id, &self.key, &self.started_at, total, unit, what, Stop::Now)
+    }
+
+    /// [`StageIo::progress`] for a stage that saves a resumption checkpoint: the first
+    /// interrupt lets it reach that checkpoint (see [`StageIo::stop_requested`]).
+    pub fn progress_to_checkpoint(&self, total: u64, unit: &str, what: &str) -> Meter<'a> {
+        Meter::new(self.live.clone(), &self.stage.id, &self.key, &self.started_at, total, unit, what, Stop::AtCheckpoint)
+    }
+
+    /// Whether the run was asked to stop: a stage that just saved its checkpoint returns
+    /// [`StageIo::interrupted`] then.
+    pub fn stop_requested(&self) -> bool {
+        interrupt::requested()
+    }
+
+    /// The error a stage returns when it stops on request at a safe point.
+    pub fn interrupted(&self, kept: &str) -> anyhow::Error {
+        Interrupted::new(format!("{} stopped; {kept}", self.stage.id)).into()
     }
 }

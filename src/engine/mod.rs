@@ -4,6 +4,8 @@
 pub mod executor;
 pub mod fault;
 pub mod graph;
+pub mod interrupt;
+pub mod progress;
 pub mod store;
 pub mod table;
 pub mod timefmt;

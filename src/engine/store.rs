@@ -7,6 +7,8 @@
 //! partial/<key>/       checkpoints of a stage still running (resumption), removed on commit
 //! runs/<id>.json       one record per `pipe run`
 //! tmp/                 staging for atomic writes (same filesystem, so rename is atomic)
+//! live/<run>.json      the heartbeat of a running stage (position, rate, ETA); removed when
+//!                      the run ends, meaningful only while the writer lock is held
 //! layout               `pipe-store layout 1`: the version of this layout, checked on open
 //! ```
 //!
@@ -325,6 +327,38 @@ impl Store {
         }
         bytes.truncate(body);
         Ok(Some(bytes))
+    }
+
+    fn live_path(&self, run: &str) -> PathBuf {
+        self.root.join("live").join(format!("{run}.json"))
+    }
+
+    /// Replaces a run's heartbeat. Renamed into place so readers never see half of it, but
+    /// not synced: it is rewritten every half second and worthless after a crash.
+    pub fn write_live(&self, run: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.live_path(run);
+        let dir = path.parent().context("path has no parent")?;
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(".{run}.{}.tmp", std::process::id()));
+        fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path)).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Every heartbeat there is (whether one is current is the lock's to say).
+    pub fn live_all(&self) -> Vec<Vec<u8>> {
+        let Ok(dir) = fs::read_dir(self.root.join("live")) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        files.sort();
+        files.iter().filter_map(|p| fs::read(p).ok()).collect()
+    }
+
+    /// Removes every heartbeat: called when a run ends and, with the lock held, before one
+    /// starts (a killed run leaves its last one).
+    pub fn clear_live(&self) -> Result<()> {
+        let dir = self.root.join("live");
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
+            _ => Ok(()),
+        }
     }
 
     pub fn run_path(&self, id: &str) -> PathBuf {

@@ -73,13 +73,15 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
 
     let a = p.attack.attack();
     let mut rng = Rng::new(p.seed);
-    let pb = io.progress(ys.len() as u64, &p.attack.name());
+    let mut meter = io.progress(ys.len() as u64, "examples", &p.attack.name());
     let mut adv = Vec::with_capacity(xs.len());
     for (xb, yb) in xs.chunks(p.batch_size * d).zip(ys.chunks(p.batch_size)) {
         adv.extend(attack(nets[0].as_ref(), xb, yb, shape, &a, &mut rng, device)?);
-        pb.inc(yb.len() as u64);
+        if meter.inc(yb.len() as u64).is_break() {
+            return Err(stages::stopped().into());
+        }
     }
-    pb.finish_and_clear();
+    meter.finish();
     let adversarial = nets.iter().map(|n| predict(n.as_ref(), &adv, shape, p.batch_size, device)).collect::<std::result::Result<Vec<_>, _>>()?;
 
     let n = ys.len();

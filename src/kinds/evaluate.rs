@@ -16,7 +16,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
-use stages::evaluate::{logits, one_vs_all, predict, ClassErrors};
+use stages::evaluate::{logits, logits_observed, one_vs_all, ClassErrors};
+use stages::logits::argmax;
 use stages::nn::NetConfig;
 
 pub struct Evaluate;
@@ -95,19 +96,20 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let mut line = Vec::new();
     for (split, metric) in [(VALIDATION, VALIDATION_ERROR), (TEST, TEST_ERROR)] {
         let (x, y) = read_set(io, split)?;
-        let pb = io.progress(1, &format!("{split} error"));
+        let mut meter = io.progress((y.len() * nets.len()) as u64, "examples", &format!("{split} error"));
+        let mut scored = |net: &dyn stages::nn::Classifier| logits_observed(net, &x, p.net.shape(), p.batch_size, device, &mut |n| meter.inc(n as u64));
         let (predicted, truth, classes) = match p.evaluation {
-            Evaluation::Softmax => (predict(nets[0].as_ref(), &x, p.net.shape(), p.batch_size, device)?, y, p.net.num_classes),
+            Evaluation::Softmax => (scored(nets[0].as_ref())?.iter().map(|r| argmax(r) as u32).collect(), y, p.net.num_classes),
             Evaluation::Binary { positive } => {
-                let f = logits(nets[0].as_ref(), &x, p.net.shape(), p.batch_size, device)?;
+                let f = scored(nets[0].as_ref())?;
                 (f.iter().map(|r| (r[0] > 0.0) as u32).collect(), y.iter().map(|&c| (c == positive) as u32).collect(), 2)
             }
             Evaluation::OneVsAll => {
-                let per_class = nets.iter().map(|n| logits(n.as_ref(), &x, p.net.shape(), p.batch_size, device)).collect::<std::result::Result<Vec<_>, _>>()?;
+                let per_class = nets.iter().map(|n| scored(n.as_ref())).collect::<std::result::Result<Vec<_>, _>>()?;
                 (one_vs_all(&per_class), y, nets.len())
             }
         };
-        pb.finish_and_clear();
+        meter.finish();
         let e = ClassErrors::new(&predicted, &truth, classes);
         let mut push = |class: i32, value: f64, count: usize| {
             rows.0.push(split.to_string());

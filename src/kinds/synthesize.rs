@@ -13,7 +13,7 @@ use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::grid::encode_grid_png;
 use stages::nn::NetConfig;
-use stages::synthesize::{p0_samples, synthesize, Step, StopReason, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{p0_samples, synthesize, Finished, Step, StopReason, StopRule, SynthesisConfig, Target};
 
 pub struct Synthesize;
 
@@ -89,9 +89,17 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
             let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
             let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop };
-            let pb = io.progress(targets.len() as u64, "pseudo-negatives");
-            let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |n| pb.inc(n as u64))?;
-            pb.finish_and_clear();
+            let mut meter = io.progress(targets.len() as u64, "samples", "pseudo-negatives");
+            let (mut done, mut steps) = (0u64, 0u64);
+            let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |f: Finished| {
+                if f.count > 0 {
+                    done += f.count as u64;
+                    steps += f.count as u64 * f.steps as u64;
+                    meter.set_note(format!("mean {:.1} steps", steps as f64 / done as f64));
+                }
+                meter.inc(f.count as u64)
+            })?;
+            meter.finish();
             out
         }
     };

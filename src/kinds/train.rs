@@ -212,10 +212,16 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     // the state at the start of the current epoch: what a rollback returns to
     let mut good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), "{}")?;
     let mut epoch = progress.epochs_done;
+    let mut meter = io.progress_to_checkpoint((samples * p.epochs as usize) as u64, "samples", "epoch");
+    meter.resume_at((samples * epoch as usize) as u64);
     while epoch < p.epochs {
-        let pb = io.progress(samples as u64, &format!("epoch {}/{}", epoch + 1, p.epochs));
-        let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, objective, &mut rng, device, &mut |n| pb.inc(n as u64))?;
-        pb.finish_and_clear();
+        meter.set_what(&format!("epoch {}/{}", epoch + 1, p.epochs));
+        let (batches, mut batch) = (samples.div_ceil(p.batch_size.max(1)), 0);
+        let stats = train_epoch(net.as_ref(), opt.as_mut(), &set, p.batch_size, objective, &mut rng, device, &mut |n| {
+            batch += 1;
+            meter.set_note(format!("batch {batch}/{batches}"));
+            meter.inc(n as u64)
+        })?;
         if let Some(d) = &stats.diverged {
             let lr = opt.learning_rate();
             let at = format!("diverged in round {}, epoch {} of {}: {d} (learning rate {})", p.round, epoch + 1, p.epochs, num(lr));
@@ -230,6 +236,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
                     opt.set_learning_rate(lr_to);
                     progress.rollbacks.push(RollbackRow { epoch: epoch + 1, batch: d.batch, cause: d.to_string(), lr_from: lr, lr_to });
                     eprintln!("{} {at}; rolling back to the start of the epoch with learning rate {} (rollback {} of {})", io.stage_id(), num(lr_to), progress.rollbacks.len(), rb.retries);
+                    meter.resume_at((samples * epoch as usize) as u64); // the epoch is counted again
                     continue;
                 }
                 Some(rb) => anyhow::bail!(
@@ -249,7 +256,11 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
         io.write_partial(PARTIAL, &good)?;
         epoch += 1;
+        if epoch < p.epochs && io.stop_requested() {
+            return Err(io.interrupted(&format!("epoch {epoch} of {} is saved, the rerun continues from epoch {}", p.epochs, epoch + 1)));
+        }
     }
+    meter.finish();
 
     let meta = json!({"round": p.round, "epochs": p.epochs}).to_string();
     io.write(CHECKPOINT, &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta)?)?;

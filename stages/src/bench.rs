@@ -85,7 +85,7 @@ fn train_with_negatives(name: &'static str, net: Box<dyn Classifier>, shape: (us
         flops_per_item: 3.0 * fwd_flops,
         run: Box::new(move || {
             let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws };
-            train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.5 }, &mut rng, &Device::Cpu, &mut |_| {})?;
+            train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.5 }, &mut rng, &Device::Cpu, &mut crate::keep_going)?;
             Ok(y.len() + ny.len())
         }),
     }
@@ -118,7 +118,7 @@ pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
             batch: 200,
             flops_per_item: 2.0 * cnn4_flops,
             run: Box::new(move || {
-                synthesize(&net, (1, 28, 28), &targets, &cfg, &Device::Cpu, &mut |_| {})?;
+                synthesize(&net, (1, 28, 28), &targets, &cfg, &Device::Cpu, &mut crate::keep_going)?;
                 Ok(targets.len() * steps as usize)
             }),
         });

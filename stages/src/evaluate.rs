@@ -7,12 +7,20 @@ use candle_core::{Device, Result, Tensor};
 
 /// Logits of every image (N x C x H x W in [-1, 1]), in batches: one row per image.
 pub fn logits(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usize, device: &Device) -> Result<Vec<Vec<f32>>> {
+    logits_observed(model, x, shape, batch_size, device, &mut crate::keep_going)
+}
+
+/// [`logits`], reporting the images done after each batch.
+pub fn logits_observed(model: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: usize, device: &Device, on_batch: crate::OnStep<usize>) -> Result<Vec<Vec<f32>>> {
     let (c, h, w) = shape;
     let d = c * h * w;
     let mut out = Vec::with_capacity(x.len() / d.max(1));
     for chunk in x.chunks(batch_size.max(1) * d) {
         let t = Tensor::from_vec(chunk.to_vec(), (chunk.len() / d, c, h, w), device)?;
         out.extend(model.forward_mode(&t, Mode::Frozen)?.to_vec2::<f32>()?);
+        if on_batch(chunk.len() / d).is_break() {
+            return Err(crate::stopped());
+        }
     }
     Ok(out)
 }

@@ -19,3 +19,17 @@ pub mod synthesize;
 pub mod train;
 
 pub use candle_core as candle;
+
+/// What a long call (an epoch, a synthesis) reports after each step, and whether its
+/// caller wants it to go on: `Break` ends the call with [`stopped`] (the user interrupted).
+pub type OnStep<'a, T> = &'a mut dyn FnMut(T) -> std::ops::ControlFlow<()>;
+
+/// An [`OnStep`] that watches nothing.
+pub fn keep_going<T>(_: T) -> std::ops::ControlFlow<()> {
+    std::ops::ControlFlow::Continue(())
+}
+
+/// The error of a call its caller stopped through [`OnStep`].
+pub fn stopped() -> candle_core::Error {
+    candle_core::Error::Msg("stopped on request".into())
+}

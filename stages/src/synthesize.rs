@@ -186,13 +186,20 @@ impl Running {
     }
 }
 
+/// The samples that stopped at one step of [`synthesize`] (`count` may be 0), and that step.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    pub count: usize,
+    pub steps: u32,
+}
+
 pub fn synthesize(
     model: &dyn Classifier,
     shape: Shape3,
     targets: &[Target],
     cfg: &SynthesisConfig,
     device: &Device,
-    on_finished: &mut dyn FnMut(usize),
+    on_step: crate::OnStep<Finished>,
 ) -> Result<Synthesized> {
     let (c, h, w) = shape;
     let d = c * h * w;
@@ -244,9 +251,8 @@ pub fn synthesize(
                     None => keep.push(j),
                 }
             }
-            let finished = active.len() - keep.len();
-            if finished > 0 {
-                on_finished(finished);
+            if on_step(Finished { count: active.len() - keep.len(), steps: step }).is_break() {
+                return Err(crate::stopped());
             }
             if keep.is_empty() {
                 break;
@@ -302,7 +308,7 @@ mod tests {
         w[3] = f32::NAN;
         let net = NanForClass3(Var::from_vec(w, (1, 10), &dev)?);
         let targets: Vec<Target> = [0u32, 3, 5, 3].iter().enumerate().map(|(i, &class)| Target { class, seed: 40 + i as u64 }).collect();
-        let out = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 50), &dev, &mut |_| {})?;
+        let out = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 50), &dev, &mut crate::keep_going)?;
         let reasons: Vec<StopReason> = out.records.iter().map(|r| r.stop_reason).collect();
         assert_eq!(reasons[1], StopReason::NonFinite);
         assert_eq!(reasons[3], StopReason::NonFinite);
@@ -329,7 +335,7 @@ mod tests {
         for rule in [StopRule::Classified, StopRule::Probability { threshold: 0.8 }, StopRule::Argmax] {
             // one sample per batch, so that the rerun below computes exactly the same steps
             let one = |rule, steps| SynthesisConfig { batch_size: 1, ..cfg(rule, steps) };
-            let out = synthesize(&net, (1, 28, 28), &targets, &one(rule, 60), &dev, &mut |_| {})?;
+            let out = synthesize(&net, (1, 28, 28), &targets, &one(rule, 60), &dev, &mut crate::keep_going)?;
             for (i, (t, r)) in targets.iter().zip(&out.records).enumerate() {
                 let k = t.class as usize;
                 let row = logits_of(&net, &out.images[i * 784..(i + 1) * 784], &dev)?;
@@ -342,7 +348,7 @@ mod tests {
                 assert_eq!((r.final_logit, r.classified, r.top), (row[k], row[k] > 0.0, argmax(&row) == k));
                 // the same sample one step earlier: the rule did not hold yet
                 if r.steps > 0 {
-                    let before = synthesize(&net, (1, 28, 28), &targets[i..=i], &one(StopRule::Steps, r.steps - 1), &dev, &mut |_| {})?;
+                    let before = synthesize(&net, (1, 28, 28), &targets[i..=i], &one(StopRule::Steps, r.steps - 1), &dev, &mut crate::keep_going)?;
                     let row = logits_of(&net, &before.images, &dev)?;
                     assert!(!holds(rule, &row, k), "{rule:?} already held at step {}: {row:?}", r.steps - 1);
                 }
@@ -382,7 +388,10 @@ mod tests {
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
         let targets: Vec<Target> = (0..5).map(|i| Target { class: (i * 3 % 10) as u32, seed: 100 + i as u64 }).collect();
         let mut done = 0;
-        let fixed = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Steps, 15), &dev, &mut |n| done += n)?;
+        let fixed = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Steps, 15), &dev, &mut |f: Finished| {
+            done += f.count;
+            std::ops::ControlFlow::Continue(())
+        })?;
         assert_eq!(done, 5);
         for (t, r) in targets.iter().zip(&fixed.records) {
             assert_eq!(r.steps, 15);
@@ -394,7 +403,7 @@ mod tests {
         }
         assert!(fixed.images.iter().all(|v| (-1.0..=1.0).contains(v)));
 
-        let early = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 200), &dev, &mut |_| {})?;
+        let early = synthesize(&net, (1, 28, 28), &targets, &cfg(StopRule::Classified, 200), &dev, &mut crate::keep_going)?;
         for (i, r) in early.records.iter().enumerate() {
             let x = Tensor::from_vec(early.images[i * 784..(i + 1) * 784].to_vec(), (1, 1, 28, 28), &dev)?;
             let row = net.forward(&x)?.to_vec2::<f32>()?.remove(0);
@@ -414,7 +423,7 @@ mod tests {
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
         let targets: Vec<Target> = (0..6).map(|i| Target { class: (i * 7 % 10) as u32, seed: 300 + i as u64 }).collect();
         let mut c = cfg(StopRule::Probability { threshold: 0.3 }, 100);
-        let out = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
+        let out = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut crate::keep_going)?;
         for r in &out.records {
             match r.stop_reason {
                 StopReason::Probability => assert!(r.final_prob > 0.3, "{r:?}"),
@@ -424,8 +433,8 @@ mod tests {
         }
         for step in [Step::Sgd, Step::Langevin { decay: 0.98 }] {
             c = SynthesisConfig { step, lr: 0.05, ..cfg(StopRule::Steps, 12) };
-            let a = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
-            let b = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut |_| {})?;
+            let a = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut crate::keep_going)?;
+            let b = synthesize(&net, (1, 28, 28), &targets, &c, &dev, &mut crate::keep_going)?;
             assert_eq!(a.images, b.images, "{step:?} is deterministic per seed");
             let start = p0_samples(&targets, (1, 28, 28), 0.3);
             assert_ne!(a.images, start.images, "{step:?} moved the samples");
@@ -457,8 +466,8 @@ mod tests {
         let dev = Device::Cpu;
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
         let t = |class, seed| Target { class, seed };
-        let a = synthesize(&net, (1, 28, 28), &[t(1, 9), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut |_| {})?;
-        let b = synthesize(&net, (1, 28, 28), &[t(7, 3), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut |_| {})?;
+        let a = synthesize(&net, (1, 28, 28), &[t(1, 9), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut crate::keep_going)?;
+        let b = synthesize(&net, (1, 28, 28), &[t(7, 3), t(4, 10)], &cfg(StopRule::Steps, 5), &dev, &mut crate::keep_going)?;
         assert_eq!(a.images[784..], b.images[784..]);
         assert_eq!(a.records[1], b.records[1]);
         Ok(())

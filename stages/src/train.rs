@@ -146,7 +146,7 @@ pub fn train_epoch(
     objective: Objective,
     rng: &mut Rng,
     device: &Device,
-    on_batch: &mut dyn FnMut(usize),
+    on_batch: crate::OnStep<usize>,
 ) -> Result<EpochStats> {
     let batches = batch_indices(set, batch_size.max(1), rng);
     let vars = model.vars();
@@ -198,7 +198,9 @@ pub fn train_epoch(
                 real_wrong += (!objective.correct(row, y)) as usize;
             }
         }
-        on_batch(batch.len());
+        if on_batch(batch.len()).is_break() {
+            return Err(crate::stopped());
+        }
     }
     // a finite gradient times a huge learning rate can still overflow the weights
     if stats.diverged.is_none() {
@@ -262,12 +264,12 @@ mod tests {
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(1), &dev)?;
         let mut opt = SgdMomentum::new(0.01, 0.9);
         let union = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws: true };
-        let s = train_epoch(&net, &mut opt, &union, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut |_| {})?;
+        let s = train_epoch(&net, &mut opt, &union, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut crate::keep_going)?;
         assert_eq!(s.neg_draws, vec![1; 6], "the union shows each sample once per epoch");
         // balanced: half of each batch, by weight; the last sample has no weight
         let w = [1.0, 1.0, 1.0, 1.0, 1.0, 0.0];
         let balanced = TrainSet { neg_weights: Some(&w), ..union };
-        let s = train_epoch(&net, &mut opt, &balanced, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut |_| {})?;
+        let s = train_epoch(&net, &mut opt, &balanced, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut crate::keep_going)?;
         assert_eq!(s.neg_draws.iter().sum::<u32>(), 20, "as many draws as real samples");
         assert_eq!(s.neg_draws[5], 0);
         Ok(())
@@ -297,7 +299,7 @@ mod tests {
             let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0, count_draws: true };
             let mut rng = Rng::new(2);
             let stats = (0..4)
-                .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut |_| {}))
+                .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut crate::keep_going))
                 .collect::<Result<Vec<_>>>()?;
             Ok((stats, net.named_tensors()[0].1.flatten_all()?.to_vec1::<f32>()?))
         };

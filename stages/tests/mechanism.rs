@@ -43,7 +43,7 @@ fn a_reclassification_round_lowers_f_k_on_its_pseudo_negatives_and_keeps_held_ou
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.25, 0.2), &mut rng, &dev).unwrap();
         let mut opt = SgdMomentum::new(0.025, 0.9);
         for _ in 0..3 {
-            train_epoch(&net, &mut opt, &real_only, 64, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut |_| {}).unwrap();
+            train_epoch(&net, &mut opt, &real_only, 64, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut stages::keep_going).unwrap();
         }
         (net, opt, rng)
     };
@@ -54,7 +54,7 @@ fn a_reclassification_round_lowers_f_k_on_its_pseudo_negatives_and_keeps_held_ou
     // round 1's pseudo-negatives: 10 per class, stopped once f_k > 0 (stop option 1)
     let targets: Vec<Target> = (0..100).map(|i| Target { class: (i / 10) as u32, seed: 5000 + i as u64 }).collect();
     let cfg = SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: 200, init_std: 0.3, batch_size: 100, stop: StopRule::Classified };
-    let s = synthesize(&net, SHAPE, &targets, &cfg, &dev, &mut |_| {}).unwrap();
+    let s = synthesize(&net, SHAPE, &targets, &cfg, &dev, &mut stages::keep_going).unwrap();
     assert_eq!(s.images.len(), 100 * D);
     let classes: Vec<u32> = targets.iter().map(|t| t.class).collect();
     let at_synthesis = logits_at_class(&net, &s.images, &classes, &dev);
@@ -65,8 +65,8 @@ fn a_reclassification_round_lowers_f_k_on_its_pseudo_negatives_and_keeps_held_ou
     // pseudo-negatives (Eq. 9, alpha 0.5), against 5 epochs of real digits alone
     let with_negatives = TrainSet { neg_x: &s.images, neg_y: &classes, ..real_only };
     for _ in 0..5 {
-        train_epoch(&net, &mut opt, &with_negatives, 64, Objective::Softmax { alpha: 0.5 }, &mut rng, &dev, &mut |_| {}).unwrap();
-        train_epoch(&control, &mut control_opt, &real_only, 64, Objective::Softmax { alpha: 0.0 }, &mut control_rng, &dev, &mut |_| {}).unwrap();
+        train_epoch(&net, &mut opt, &with_negatives, 64, Objective::Softmax { alpha: 0.5 }, &mut rng, &dev, &mut stages::keep_going).unwrap();
+        train_epoch(&control, &mut control_opt, &real_only, 64, Objective::Softmax { alpha: 0.0 }, &mut control_rng, &dev, &mut stages::keep_going).unwrap();
     }
     let after = logits_at_class(&net, &s.images, &classes, &dev);
     let without = logits_at_class(&control, &s.images, &classes, &dev);
