@@ -323,6 +323,14 @@ fn cifar10_and_svhn_files_feed_the_same_graph_with_cnn4_and_resnet32() {
             assert_eq!(stage_lines(&out).len(), 6, "{text}");
             let load = text.lines().find(|l| l.contains(" load ")).unwrap();
             assert!(load.contains(&format!("train {train}  validation 20  test {test}")), "{format}: {load}");
+            // the load record names SVHN's files by split, and keeps no channels the files fix
+            let rec = last_record(&store);
+            let key = rec["stages"][0]["key"].as_str().unwrap();
+            let m: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join("stages").join(format!("{key}.json"))).unwrap()).unwrap();
+            let inputs: Vec<&String> = m["inputs"].as_object().unwrap().keys().collect();
+            let expected: Vec<String> = if format == "svhn" { ["extra", "test", "train"].map(String::from).to_vec() } else { ["test.1", "train.1", "train.2", "train.3", "train.4", "train.5"].map(String::from).to_vec() };
+            assert_eq!(inputs, expected.iter().collect::<Vec<_>>(), "{format}");
+            assert!(m["params"].get("channels").is_none(), "{format}: {}", m["params"]);
         }
     }
     // normalization options: CNN4 with batch norm (IGM), ResNet-32 with layer norm (WINN)
