@@ -124,8 +124,10 @@ impl<'a> Meter<'a> {
     pub fn new(live: Option<Live<'a>>, stage: &str, key: &str, stage_started_at: &str, total: u64, unit: &str, what: &str, stop: Stop) -> Self {
         let bar = match live.as_ref().map(|l| l.display) {
             Some(Display::Bar) => {
-                let pb = ProgressBar::new(total);
-                let template = format!("{{prefix:<14}} {{msg:<18}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}");
+                let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                // the bar takes what the terminal leaves, so the line never wraps
+                let counts = if unit == "bytes" { "{binary_bytes}/{binary_total_bytes}".to_string() } else { format!("{{pos}}/{{len}} {unit}") };
+                let template = format!("{{prefix}}  {{msg}}  [{{wide_bar}}] {counts}  eta {{eta}}");
                 pb.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
                 pb.set_prefix(stage.to_string());
                 pb.set_message(what.to_string());
@@ -164,8 +166,8 @@ impl<'a> Meter<'a> {
 
     /// What is being counted now (`epoch 3/5`).
     pub fn set_what(&mut self, what: &str) {
-        self.bar.set_message(what.to_string());
         self.beat.what = what.to_string();
+        self.heartbeat(true);
     }
 
     /// A running figure shown after the counts.
@@ -208,6 +210,9 @@ impl<'a> Meter<'a> {
         self.beat.rate = rate;
         self.beat.eta_seconds = rate.map(|r| self.beat.total.saturating_sub(self.beat.done) as f64 / r);
         self.beat.updated_at = timefmt::now_iso();
+        let rate = rate.map(|r| format!("  {}/s", human(r, &self.beat.unit))).unwrap_or_default();
+        let note = self.beat.note.as_ref().map(|n| format!("  {n}")).unwrap_or_default();
+        self.bar.set_message(format!("{}{rate}{note}", self.beat.what));
         let Some(live) = &self.live else { return };
         // the heartbeat is a convenience: a failure to write it never fails the stage
         if let Ok(bytes) = serde_json::to_vec(&self.beat) {
