@@ -153,6 +153,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every setting of a pipeline file: key, type, default, allowed values and meaning.
+    Settings(crate::pipeline::settings::Args),
     /// Data sets: what a path holds.
     #[command(subcommand)]
     Data(DataCommand),
@@ -233,6 +235,7 @@ pub fn main() -> Result<()> {
         Command::Show { what, store, json } => show(&store.store, &what, json),
         Command::Diff { run_a, run_b, store, json } => crate::audit::diff::run(&store.store, &run_a, &run_b, json),
         Command::Why { file, stage, set, store, json } => crate::audit::why::run(&file, &set, &store.store, stage.as_deref(), json),
+        Command::Settings(a) => crate::pipeline::settings::run(&a),
         Command::Data(DataCommand::Fetch { dataset, dir }) => crate::data::fetch::run(&dataset, &dir),
         Command::Data(DataCommand::Inspect { path, json }) => {
             let i = crate::data::inspect::inspect(&path)?;

@@ -18,19 +18,30 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// What runs: the method, its variant, the number of rounds, the seed and the device.
     pub pipeline: PipelineSection,
+    /// The data set: where its files are, and how many examples of each split are used.
     pub data: DataSection,
     // Required, though each has defaults inside: a file cut short must not train with
     // settings nobody wrote.
+    /// The classifier: architecture, normalization and width.
     pub net: NetSection,
+    /// How each round's classifier is trained: the plain classifier of round 0, then each
+    /// reclassification round on the real data and the pseudo-negatives so far.
     pub train: TrainSection,
+    /// How pseudo-negatives are made: gradient ascent on x, from noise of p0, until a stop
+    /// rule holds.
     pub synthesize: SynthesizeSection,
+    /// Errors of every round's classifier on the validation and test sets.
     #[serde(default)]
     pub evaluate: EvaluateSection,
     /// Adversarial attack of every round's classifier; absent: no attack stages.
     #[serde(default)]
     pub attack: Option<AttackSection>,
-    /// A matrix of settings to run (see [`crate::pipeline::sweep`]); absent for a single pipeline.
+    /// A matrix of pipelines to run (see `src/pipeline/sweep.rs`); absent for a single
+    /// pipeline. A quoted setting with a list of values, e.g. `"pipeline.seed" = [0, 1, 2]`,
+    /// runs each value; `cases = [{ name = "icn", "pipeline.method" = "icn" }, ...]` names
+    /// sets of settings. Every case runs with every combination of the lists.
     #[serde(default)]
     pub sweep: Option<toml::Table>,
 }
@@ -90,9 +101,10 @@ pub enum Method {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// How the files under `path` are laid out.
     pub format: DataFormat,
-    /// Relative paths are relative to the pipeline file (to the working directory when
-    /// given with `--set`).
+    /// The directory of the data set's files. Relative paths are relative to the pipeline
+    /// file (to the working directory when given with `--set`).
     pub path: PathBuf,
     /// Training examples to keep after the validation split (0 = all).
     #[serde(default)]
@@ -134,12 +146,15 @@ fn d_validation_size() -> usize {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetSection {
+    /// `cnn4` (the ICN paper's net: four 5x5 stride-2 convolutions and a linear head) or
+    /// `resnet32` (the CIFAR ResNet-32: 3 stages of 5 basic blocks).
     pub arch: Arch,
     /// Normalization after each convolution: `none`, `batch` or `layer`; by default none
     /// for CNN4 (the ICN paper) and batch for ResNet-32.
     pub norm: Option<Normalization>,
     /// Channel multiplier: 1.0 is the paper's net (CNN4 64/128/256/512, ResNet 16/32/64).
     pub width: f64,
+    /// Negative slope of CNN4's LeakyReLU activations (ResNet-32 uses ReLU).
     pub leaky_slope: f64,
 }
 impl Default for NetSection {
@@ -158,12 +173,17 @@ pub enum OptimizerKind {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
+    /// `sgd` (with `momentum`) or `adam` (with `beta1` and `beta2`).
     pub optimizer: OptimizerKind,
+    /// Learning rate of every round (times `lr_drop_factor` from `lr_drop_round` on).
     pub lr: f64,
     /// SGD momentum (ignored by Adam).
     pub momentum: f64,
+    /// Adam's decay of the gradient's running mean (ignored by SGD).
     pub beta1: f64,
+    /// Adam's decay of the squared gradient's running mean (ignored by SGD).
     pub beta2: f64,
+    /// Examples per training batch, real ones and pseudo-negatives alike.
     pub batch_size: usize,
     /// Epochs of the plain classifier (round 0).
     pub epochs: u32,
@@ -174,6 +194,7 @@ pub struct TrainSection {
     /// From this round on the learning rate is multiplied by `lr_drop_factor` (the ICN
     /// paper divides by 10 at round 25, ICL at round 20); none by default.
     pub lr_drop_round: Option<u32>,
+    /// The factor of `lr_drop_round`.
     pub lr_drop_factor: f64,
     /// How pseudo-negatives enter batches: `union` (the paper: everything shuffled
     /// together) or `balanced` (half of each batch, recent rounds weighted more).
@@ -190,7 +211,9 @@ pub struct TrainSection {
     /// `rollback_lr_factor`, at most `rollback_retries` times per stage; each rollback is
     /// recorded in the stage's summary and its log's `lr` column).
     pub on_divergence: OnDivergence,
+    /// `on_divergence = "rollback"`: the factor on the learning rate at each restart.
     pub rollback_lr_factor: f64,
+    /// `on_divergence = "rollback"`: restarts allowed per train stage.
     pub rollback_retries: u32,
 }
 
@@ -262,18 +285,25 @@ pub enum SynthesisStep {
 pub struct SynthesizeSection {
     /// Pseudo-negatives per class per round.
     pub per_class: usize,
+    /// How x moves at each step.
     pub optimizer: SynthesisStep,
+    /// Step size: the learning rate of `adam` and `sgd`, the first eps of `langevin`.
     pub lr: f64,
+    /// Adam's decay of the gradient's running mean (0.5 in the ICN reference code).
     pub beta1: f64,
+    /// Adam's decay of the squared gradient's running mean.
     pub beta2: f64,
     /// Standard deviation of the reference distribution p0 = N(0, s^2).
     pub init_std: f64,
+    /// Most steps per sample, whatever `stop` says.
     pub max_steps: u32,
+    /// When a sample is done (the stop options of the ICN paper).
     pub stop: StopChoice,
     /// Threshold of stop option (2).
     pub stop_probability: f64,
     /// Annealing of the Langevin step size per step.
     pub langevin_decay: f64,
+    /// Samples synthesized together, one forward and backward pass per step for all.
     pub batch_size: usize,
 }
 impl Default for SynthesizeSection {
@@ -297,6 +327,7 @@ impl Default for SynthesizeSection {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvaluateSection {
+    /// Examples per forward pass.
     pub batch_size: usize,
 }
 impl Default for EvaluateSection {
@@ -373,6 +404,7 @@ impl EpsUnit {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AttackSection {
+    /// How adversarial examples are made.
     #[serde(default = "d_fgsm")]
     pub method: AttackMethod,
     /// L-infinity radius, in `eps_unit`.
@@ -391,6 +423,7 @@ pub struct AttackSection {
     /// PGD: start from a uniform point of the eps-ball.
     #[serde(default = "d_true")]
     pub random_start: bool,
+    /// Examples attacked per forward and backward pass.
     #[serde(default = "d_attack_batch")]
     pub batch_size: usize,
     /// Sweeps: two case names whose classifiers are attacked two-way (each attacked, the
@@ -626,15 +659,25 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
 const MAX_ROLLBACKS: u32 = 20;
 
 /// Records each setting that is out of range: `need(ok, key, expected)`.
-type Need<'a> = dyn FnMut(bool, &str, &str) + 'a;
+pub(super) type Need<'a> = dyn FnMut(bool, &str, &str) + 'a;
 
 fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
     let mut problems = Vec::new();
-    let mut need = |ok: bool, key: &str, expected: &str| {
+    rules(spec, &mut |ok: bool, key: &str, expected: &str| {
         if !ok {
             problems.push(format!("{}: expected {expected}", locate(key)));
         }
-    };
+    });
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(UserError(problems.join("\n")).into())
+    }
+}
+
+/// Every bound on the settings of `spec`, each as `need(holds, key, expected)`: `validate`
+/// reports those that fail, `pipe settings` lists them all.
+pub(super) fn rules(spec: &Spec, need: &mut Need) {
     // every number of every section, whatever its own check says: NaN passes `x > 0.0`
     // tests by failing them in the wrong direction, and inf passes most
     if let Ok(toml::Value::Table(t)) = toml::Value::try_from(spec) {
@@ -645,24 +688,21 @@ fn validate(spec: &Spec, locate: &dyn Fn(&str) -> String) -> Result<()> {
                     toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_float).collect(),
                     _ => Vec::new(),
                 };
-                need(floats.iter().all(|f| f.is_finite()), &format!("{section}.{key}"), "a finite number");
+                if !floats.is_empty() {
+                    need(floats.iter().all(|f| f.is_finite()), &format!("{section}.{key}"), "a finite number");
+                }
             }
         }
     }
-    spec.pipeline.validate(&mut need);
-    spec.data.validate(&mut need);
-    spec.net.validate(&mut need);
-    spec.train.validate(&mut need);
-    spec.synthesize.validate(&mut need);
+    spec.pipeline.validate(need);
+    spec.data.validate(need);
+    spec.net.validate(need);
+    spec.train.validate(need);
+    spec.synthesize.validate(need);
     need((1..=MAX_BATCH).contains(&spec.evaluate.batch_size), "evaluate.batch_size", &format!("1 to {MAX_BATCH}"));
     if let Some(a) = &spec.attack {
-        a.validate(&mut need);
+        a.validate(need);
         need(spec.pipeline.variant == Variant::Softmax, "attack", "pipeline.variant = \"softmax\" (the attack follows the gradient of the softmax cross-entropy)");
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(UserError(problems.join("\n")).into())
     }
 }
 
