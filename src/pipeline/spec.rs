@@ -122,6 +122,7 @@ pub struct DataSection {
     #[serde(default)]
     pub balanced: bool,
     /// Image folders and Parquet images: 1 (grey) or 3 (RGB) channels, converting as needed.
+    /// MNIST (grey), CIFAR-10 and SVHN (RGB) files fix their own and ignore this.
     #[serde(default = "d_one")]
     pub channels: usize,
     /// Seed of the validation split and of the `train_size` draw. Separate from
