@@ -205,7 +205,7 @@ fn the_numbers_are_those_of_pipe_export() {
         assert_eq!(errors.len(), per_round.len(), "{pipeline}: a row per setting and round");
         for ((setting, round), (val, test)) in &per_round {
             let cells = row(&errors, &format!(r#"data-setting="{}" data-round="{round}""#, escape(setting)));
-            assert_eq!(cells[2..], [test.len().to_string(), shown(val), shown(test)], "{pipeline} {setting} round {round}");
+            assert_eq!(cells[2..], [test.len().to_string(), shown(test), shown(val)], "{pipeline} {setting} round {round}");
         }
         let sel = table_rows(&html, "selected");
         assert_eq!(sel.len(), selected.len());

@@ -11,7 +11,7 @@ use super::{f64s, figures, strs, svg, Ctx, Group};
 use crate::audit::report::{latest_runs, summaries};
 use crate::audit::runs::shown_status;
 use crate::audit::study;
-use crate::engine::executor::RunRecord;
+use crate::engine::executor::{RunRecord, RunStage};
 use crate::engine::table::read_parquet;
 use crate::kinds::attack::{self, Attack};
 use crate::kinds::synthesize::{self, Synthesize};
@@ -114,37 +114,49 @@ pub fn page(ctx: &mut Ctx, g: &Group, lf: LazyFrame, two_way: LazyFrame) -> Resu
     Ok(super::layout::page(&format!("{kind} {}", g.name), DEPTH, &body))
 }
 
+/// A measure of one of the report's per-round frames: its name and its mean and sd columns.
+struct Measure(&'static str, &'static str, &'static str);
+
+/// Two measures per setting and round (mean ± sd over seeds, in %) of one of the report's
+/// frames: their chart over rounds (the first solid, the second dashed; a measure without
+/// values is left out), its legend, and the table `id`.
+fn per_round(df: &DataFrame, settings: &Settings, id: &str, y_label: &str, measures: [Measure; 2]) -> Result<String> {
+    let (set, round, n) = (strs(df, "setting")?, f64s(df, "round")?, f64s(df, "runs")?);
+    let values = measures.iter().map(|m| Ok((f64s(df, m.1)?, f64s(df, m.2)?))).collect::<Result<Vec<_>>>()?;
+    let drawn: Vec<bool> = values.iter().map(|(v, _)| v.iter().any(|v| v.is_some_and(f64::is_finite))).collect();
+    let mut lines = Vec::new();
+    for (i, (s, _)) in settings.0.iter().enumerate() {
+        for (k, (ys, sds)) in values.iter().enumerate().filter(|(k, _)| drawn[*k]) {
+            let points = (0..set.len()).filter(|&j| set[j] == *s).filter_map(|j| Some(svg::Point { x: round[j]?, y: ys[j].unwrap_or(f64::NAN), sd: sds[j] })).collect();
+            lines.push(svg::Line { colour: i, dashed: k == 1, points });
+        }
+    }
+    let rows: Vec<Row> = (0..set.len())
+        .map(|j| {
+            let mut cells = vec![esc(&settings.shown(&set[j])), round_shown(round[j]), round_shown(n[j])];
+            cells.extend(values.iter().map(|(ys, sds)| pct(ys[j], sds[j])));
+            Row { attrs: format!(r#" data-setting="{}" data-round="{}""#, esc(&set[j]), round_shown(round[j])), cells }
+        })
+        .collect();
+    let heads = measures.iter().map(|m| format!("{} %", m.0)).collect::<Vec<_>>();
+    let cols = [Col("setting", false), Col("round", true), Col("n", true), Col(&heads[0], true), Col(&heads[1], true)];
+    Ok(format!(
+        "{}\n{}\n{}",
+        svg::line_chart("round", y_label, &lines),
+        settings.legend(&set, measures[0].0, drawn[1].then_some(measures[1].0)),
+        table(id, &cols, &rows)
+    ))
+}
+
 fn errors_section(df: &DataFrame, settings: &Settings, rounds: &Rounds) -> Result<String> {
     if df.height() == 0 {
         return Ok(String::new());
     }
-    let (set, round, n) = (strs(df, "setting")?, f64s(df, "round")?, f64s(df, "runs")?);
-    let (val, val_sd, test, test_sd) = (f64s(df, "val_err")?, f64s(df, "val_sd")?, f64s(df, "test_err")?, f64s(df, "test_sd")?);
-    let has_val = val.iter().any(|v| v.is_some_and(f64::is_finite));
-    let mut lines = Vec::new();
-    for (i, (s, _)) in settings.0.iter().enumerate() {
-        let at = |ys: &[Option<f64>], sds: &[Option<f64>]| -> Vec<svg::Point> {
-            (0..set.len()).filter(|&j| set[j] == *s).filter_map(|j| Some(svg::Point { x: round[j]?, y: ys[j].unwrap_or(f64::NAN), sd: sds[j] })).collect()
-        };
-        lines.push(svg::Line { colour: i, dashed: false, points: at(&test, &test_sd) });
-        if has_val {
-            lines.push(svg::Line { colour: i, dashed: true, points: at(&val, &val_sd) });
-        }
-    }
-    let rows: Vec<Row> = (0..set.len())
-        .map(|j| Row {
-            attrs: format!(r#" data-setting="{}" data-round="{}""#, esc(&set[j]), round_shown(round[j])),
-            cells: vec![esc(&settings.shown(&set[j])), round_shown(round[j]), round_shown(n[j]), pct(val[j], val_sd[j]), pct(test[j], test_sd[j])],
-        })
-        .collect();
-    let cols = [Col("setting", false), Col("round", true), Col("n", true), Col("validation error %", true), Col("test error %", true)];
+    let measures = [Measure("test error", "test_err", "test_sd"), Measure("validation error", "val_err", "val_sd")];
     Ok(format!(
-        "<h2>Error per round</h2>\n<p class=\"note\">{} of <code>{}/t</code>, in %; error bars: ± one sd over seeds.</p>\n{}\n{}\n{}",
-        if has_val { "test (solid) and validation (dashed) error" } else { "test error" },
+        "<h2>Error per round</h2>\n<p class=\"note\">of <code>{}/t</code>, in % (solid: test, dashed: validation); error bars: ± one sd over seeds.</p>\n{}",
         rounds.reporter.name,
-        svg::line_chart("round", "error (%)", &lines),
-        settings.legend(&set, "test", has_val.then_some("validation")),
-        table("errors", &cols, &rows)
+        per_round(df, settings, "errors", "error (%)", measures)?
     ))
 }
 
@@ -254,25 +266,27 @@ fn synthesis_section(ctx: &Ctx, kept: &[Kept], settings: &Settings) -> Result<St
     ))
 }
 
-/// The first counted run of each setting (its lowest seed) stands for it on this page;
-/// every run's page has its own.
-fn first_per_setting<'a, 'b>(kept: &'b [Kept<'a>], settings: &Settings) -> Vec<(usize, &'b Kept<'a>)> {
-    settings.0.iter().enumerate().filter_map(|(i, (s, _))| Some((i, kept.iter().find(|k| k.setting == *s)?))).collect()
-}
-
 fn seed_text(k: &Kept) -> String {
     k.seed.map(|s| format!("seed {s:.0}, ")).unwrap_or_default()
 }
 
-fn grids_section(ctx: &mut Ctx, kept: &[Kept], settings: &Settings) -> Result<String> {
+/// The pictures (`output`) of the `kind` stages of each setting's first counted run (its
+/// lowest seed), which stands for the setting on this page; every run's page has its own.
+fn setting_figures(ctx: &mut Ctx, kept: &[Kept], settings: &Settings, kind: &str, output: &str, caption: &dyn Fn(&RunStage) -> String) -> Result<String> {
     let mut out = String::new();
-    for (_, k) in first_per_setting(kept, settings) {
-        let stages = k.run.stages.iter().filter(|s| s.kind == Synthesize::ID.name).map(|s| (s, format!("round {} ({})", crate::engine::graph::round_of(&s.stage).unwrap_or(0), esc(&s.stage))));
-        let figs = figures(ctx, DEPTH, stages, synthesize::GRID)?;
+    for (s, _) in &settings.0 {
+        let Some(k) = kept.iter().find(|k| k.setting == *s) else { continue };
+        let figs = figures(ctx, DEPTH, k.run.stages.iter().filter(|st| st.kind == kind).map(|st| (st, caption(st))), output)?;
         if !figs.is_empty() {
-            let _ = write!(out, "<h3>{}: {}run {}</h3>\n{figs}", esc(&settings.shown(&k.setting)), seed_text(k), link(DEPTH, &super::run::href(&k.run.id), &k.run.id));
+            let _ = write!(out, "<h3>{}: {}run {}</h3>\n{figs}", esc(&settings.shown(s)), seed_text(k), link(DEPTH, &super::run::href(&k.run.id), &k.run.id));
         }
     }
+    Ok(out)
+}
+
+fn grids_section(ctx: &mut Ctx, kept: &[Kept], settings: &Settings) -> Result<String> {
+    let caption = |s: &RunStage| format!("round {} ({})", crate::engine::graph::round_of(&s.stage).unwrap_or(0), esc(&s.stage));
+    let out = setting_figures(ctx, kept, settings, Synthesize::ID.name, synthesize::GRID, &caption)?;
     if out.is_empty() {
         return Ok(out);
     }
@@ -283,36 +297,11 @@ fn attacks_section(ctx: &mut Ctx, df: &DataFrame, kept: &[Kept], settings: &Sett
     if df.height() == 0 {
         return Ok(String::new());
     }
-    let (set, round, n) = (strs(df, "setting")?, f64s(df, "round")?, f64s(df, "runs")?);
-    let (adv, adv_sd, cor, cor_sd) = (f64s(df, "adv_err")?, f64s(df, "adv_sd")?, f64s(df, "corrected")?, f64s(df, "corrected_sd")?);
-    let mut lines = Vec::new();
-    for (i, (s, _)) in settings.0.iter().enumerate() {
-        let at = |ys: &[Option<f64>], sds: &[Option<f64>]| -> Vec<svg::Point> {
-            (0..set.len()).filter(|&j| set[j] == *s).filter_map(|j| Some(svg::Point { x: round[j]?, y: ys[j].unwrap_or(f64::NAN), sd: sds[j] })).collect()
-        };
-        lines.push(svg::Line { colour: i, dashed: false, points: at(&adv, &adv_sd) });
-        lines.push(svg::Line { colour: i, dashed: true, points: at(&cor, &cor_sd) });
-    }
-    let rows: Vec<Row> = (0..set.len())
-        .map(|j| Row {
-            attrs: format!(r#" data-setting="{}" data-round="{}""#, esc(&set[j]), round_shown(round[j])),
-            cells: vec![esc(&settings.shown(&set[j])), round_shown(round[j]), round_shown(n[j]), pct(adv[j], adv_sd[j]), pct(cor[j], cor_sd[j])],
-        })
-        .collect();
-    let cols = [Col("setting", false), Col("round", true), Col("n", true), Col("adversarial error %", true), Col("corrected by round 0 %", true)];
-    let mut figs = String::new();
-    for (_, k) in first_per_setting(kept, settings) {
-        let stages = k.run.stages.iter().filter(|s| s.kind == Attack::ID.name).map(|s| (s, esc(s.summary["line"].as_str().unwrap_or(&s.stage))));
-        let f = figures(ctx, DEPTH, stages, attack::FIGURE)?;
-        if !f.is_empty() {
-            let _ = write!(figs, "<h3>{}: {}run {}</h3>\n{f}", esc(&settings.shown(&k.setting)), seed_text(k), link(DEPTH, &super::run::href(&k.run.id), &k.run.id));
-        }
-    }
+    let measures = [Measure("adversarial error", "adv_err", "adv_sd"), Measure("corrected by round 0", "corrected", "corrected_sd")];
+    let chart = per_round(df, settings, "attacks", "%", measures)?;
+    let figs = setting_figures(ctx, kept, settings, Attack::ID.name, attack::FIGURE, &|s| esc(s.summary["line"].as_str().unwrap_or(&s.stage)))?;
     Ok(format!(
-        "<h2>Attacks per round</h2>\n<p class=\"note\">adversarial error of round t's classifier on examples made from test images it gets right (solid), and the share of those round 0's plain CNN still classifies correctly (dashed), in %.</p>\n{}\n{}\n{}\n<p class=\"note\">figures: the first fooling example of each class; rows: original, perturbation (full contrast), adversarial.</p>\n{figs}",
-        svg::line_chart("round", "%", &lines),
-        settings.legend(&set, "adversarial error", Some("corrected by round 0")),
-        table("attacks", &cols, &rows)
+        "<h2>Attacks per round</h2>\n<p class=\"note\">adversarial error of round t's classifier on examples made from test images it gets right (solid), and the share of those round 0's plain CNN still classifies correctly (dashed), in %.</p>\n{chart}\n<p class=\"note\">figures: the first fooling example of each class; rows: original, perturbation (full contrast), adversarial.</p>\n{figs}"
     ))
 }
 
