@@ -87,7 +87,7 @@ pub fn page(ctx: &mut Ctx, r: &RunRecord, g: &Group) -> Result<String> {
     }
     for ck in kept_checkpoints(r) {
         let l = lineage::lineage(ctx.store, &ck)?;
-        let file = format!("runs/{}.lineage-{}.parquet", r.id, &ck[..12]);
+        let file = format!("runs/{}.lineage-{}.parquet", r.id, &ck[..ck.len().min(12)]);
         ctx.site.write(&file, &lineage::to_table(&l)?)?;
         body += &lineage_section(&l, &file);
     }

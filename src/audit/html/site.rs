@@ -72,6 +72,8 @@ impl Site {
 
     /// Writes a file of the site (`rel` to its root).
     pub fn write(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        // names come from run records: one edited to hold `..` or `/` must not write elsewhere
+        anyhow::ensure!(Path::new(rel).components().all(|c| matches!(c, std::path::Component::Normal(_))), "{rel:?} is not a path inside the report");
         let path = self.tmp.join(rel);
         if let Some(p) = path.parent() {
             fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
