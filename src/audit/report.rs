@@ -127,7 +127,7 @@ pub fn metrics(root: &Path) -> Result<Metrics> {
 /// The run's `--set` overrides other than the seed (and the name, already in `pipeline`):
 /// runs of one pipeline with the same setting differ only by seed, so they are the
 /// replicates a mean and sd are taken over.
-pub fn setting(r: &RunRecord) -> String {
+fn setting(r: &RunRecord) -> String {
     let key = |o: &str| o.split('=').next().unwrap_or("").trim().to_string();
     r.overrides.iter().filter(|o| !matches!(key(o).as_str(), "pipeline.seed" | "pipeline.name")).cloned().collect::<Vec<_>>().join(" ")
 }
