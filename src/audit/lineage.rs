@@ -253,6 +253,27 @@ pub fn to_table(l: &Lineage) -> Result<Vec<u8>> {
     to_parquet(columns)
 }
 
+/// How many of a lineage's pseudo-negatives were used and still matter.
+pub struct Totals {
+    /// Rounds that made pseudo-negatives (the chain after round 0).
+    pub rounds: usize,
+    /// Samples drawn into at least one batch, and batches drawn into in all.
+    pub drawn: usize,
+    pub draws: u64,
+    /// Samples the last evaluated classifier still scores f_k > 0.
+    pub fooling_now: usize,
+}
+
+pub fn totals(l: &Lineage) -> Totals {
+    let p = &l.pseudo_negatives;
+    Totals {
+        rounds: l.chain.len().saturating_sub(1),
+        drawn: p.iter().filter(|s| s.draws > 0).count(),
+        draws: p.iter().map(|s| s.draws as u64).sum(),
+        fooling_now: p.iter().filter(|s| s.later.last().is_some_and(|x| x.fools)).count(),
+    }
+}
+
 /// The readable form: the chain, the data sets, then the first `rows` pseudo-negatives.
 pub fn print(l: &Lineage, rows: usize) {
     println!("checkpoint {}", l.checkpoint);
@@ -269,8 +290,8 @@ pub fn print(l: &Lineage, rows: usize) {
         }
     }
     let p = &l.pseudo_negatives;
-    let fooling_now = p.iter().filter(|s| s.later.last().is_some_and(|x| x.fools)).count();
-    println!("pseudo-negatives: {} from {}; {} drawn {} times in all; {fooling_now} still fool the last evaluated classifier", p.len(), count(l.chain.len().saturating_sub(1), "round"), p.iter().filter(|s| s.draws > 0).count(), p.iter().map(|s| s.draws as u64).sum::<u64>());
+    let t = totals(l);
+    println!("pseudo-negatives: {} from {}; {} drawn {} times in all; {} still fool the last evaluated classifier", p.len(), count(t.rounds, "round"), t.drawn, t.draws, t.fooling_now);
     if p.is_empty() {
         return;
     }

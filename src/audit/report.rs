@@ -137,6 +137,29 @@ fn setting(r: &RunRecord) -> String {
 }
 
 impl Metrics {
+    /// The run records the rows point into, oldest first.
+    pub fn runs(&self) -> &[RunRecord] {
+        &self.runs
+    }
+
+    /// The pipelines that have runs, in order of their first run; only `only` if given (a
+    /// user error when it has none).
+    pub fn pipelines(&self, root: &Path, only: Option<&str>) -> Result<Vec<&str>> {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &self.runs {
+            if !names.contains(&r.pipeline.as_str()) {
+                names.push(&r.pipeline);
+            }
+        }
+        if let Some(p) = only {
+            if !names.contains(&p) {
+                return Err(UserError(format!("no runs of pipeline `{p}` in {}; it has {}", root.display(), names.join(", "))).into());
+            }
+            names.retain(|n| *n == p);
+        }
+        Ok(names)
+    }
+
     /// The export's columns, in order: the single definition both writers use.
     fn columns(&self) -> Vec<(&'static str, Column)> {
         let run = |f: &dyn Fn(&RunRecord) -> String| Column::Str(self.rows.iter().map(|x| f(&self.runs[x.run])).collect());
@@ -208,18 +231,7 @@ pub fn export(root: &Path, out: Option<&Path>) -> Result<()> {
 /// on validation (mean and sd over seeds), and the time spent per stage kind.
 pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
     let m = metrics(root)?;
-    let mut names: Vec<&str> = Vec::new();
-    for r in &m.runs {
-        if !names.contains(&r.pipeline.as_str()) {
-            names.push(&r.pipeline);
-        }
-    }
-    if let Some(p) = pipeline {
-        if !names.contains(&p) {
-            return Err(UserError(format!("no runs of pipeline `{p}` in {}; it has {}", root.display(), names.join(", "))).into());
-        }
-        names.retain(|n| *n == p);
-    }
+    let names = m.pipelines(root, pipeline)?;
     let all = m.frame()?.lazy();
     for name in names {
         let runs: Vec<&RunRecord> = m.runs.iter().filter(|r| r.pipeline == name).collect();
@@ -251,12 +263,17 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The run a report counts for each (setting, seed): its latest ok one. Run ids start with
+/// their UTC start time, so the greatest id of a group is its latest run: a rerun of a seed
+/// (after a fix, say) replaces that seed's numbers, not adds to them.
+pub fn latest_runs(lf: LazyFrame) -> LazyFrame {
+    lf.filter(col("status").eq(lit("ok"))).group_by([col("setting"), col("seed")]).agg([col("run").max()])
+}
+
 /// The lazy queries of a report over one pipeline's rows: errors per round, the selected
 /// round, attacks per round, time per stage kind.
 pub fn summaries(lf: LazyFrame, rounds: &Rounds) -> (LazyFrame, LazyFrame, LazyFrame, LazyFrame) {
-    // Run ids start with their UTC start time, so the greatest id of a group is its latest
-    // run: a rerun of a seed (after a fix, say) replaces that seed's numbers, not adds to them.
-    let latest = lf.clone().filter(col("status").eq(lit("ok"))).group_by([col("setting"), col("seed")]).agg([col("run").max()]);
+    let latest = latest_runs(lf.clone());
     let kept = lf.clone().join(latest.select([col("run")]), [col("run")], [col("run")], JoinArgs::new(JoinType::Inner));
     let pct = |metric: &str| (col("value") * lit(100.0)).filter(col("metric").eq(lit(metric)));
     let errors = kept

@@ -158,6 +158,71 @@ fn plot_sizes(store: &Store, members: &[Member], records: &[RunRecord]) -> Resul
     Ok(Some(path))
 }
 
+/// WINN Table 3 for one direction of a two-way attack in one setting, over its seeds.
+pub struct TwoWayRow {
+    /// The configuration apart from the seed ("" when only seeds differ).
+    pub setting: String,
+    pub attacked: String,
+    pub tested: String,
+    pub seeds: usize,
+    /// Mean and sd over seeds, in percent.
+    pub adversarial_error_pct: (f64, f64),
+    pub correction_rate_pct: (f64, f64),
+    /// Summed over seeds: examples made on the attacked classifier, those that fool it,
+    /// those that also fool the tested one.
+    pub n: f64,
+    pub fooled: f64,
+    pub fooled_both: f64,
+}
+
+fn two_way_table(rows: &[Direction]) -> Vec<TwoWayRow> {
+    let num = |d: &Direction, k: &str| d.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+    let setting = |d: &Direction| d.config.split(' ').filter(|kv| !kv.starts_with("pipeline.seed=")).collect::<Vec<_>>().join(" ");
+    group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d)))
+        .into_iter()
+        .map(|(label, ds)| {
+            let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
+            let pct = |k: &str| sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, k)).collect::<Vec<_>>());
+            let sum = |k: &str| ds.iter().map(|d| num(d, k)).sum::<f64>();
+            TwoWayRow {
+                setting: set.to_string(),
+                attacked: attacked.to_string(),
+                tested: ds[0].tested.clone(),
+                seeds: ds.len(),
+                adversarial_error_pct: pct("adversarial_error"),
+                correction_rate_pct: pct("correction_rate"),
+                n: sum("n"),
+                fooled: sum("fooled"),
+                fooled_both: sum("fooled_both"),
+            }
+        })
+        .collect()
+}
+
+/// The Table 3 rows of a stored two-way run record (its stages are
+/// `attack/<configuration>/<attacked case>`), as the sweep printed them.
+pub fn stored_two_way(record: &RunRecord) -> Vec<TwoWayRow> {
+    let prefix = format!("{}/", Attack::ID.name);
+    let rows: Vec<Direction> = record
+        .stages
+        .iter()
+        .filter(|s| s.kind == Attack::ID.name)
+        .filter_map(|s| {
+            let (config, attacked) = s.stage.strip_prefix(&prefix)?.rsplit_once('/')?;
+            let seed = config.split(' ').find_map(|kv| kv.strip_prefix("pipeline.seed=")?.parse().ok());
+            Some(Direction {
+                config: config.to_string(),
+                seed: seed.or_else(|| record.spec["pipeline"]["seed"].as_u64()).unwrap_or_default(),
+                attacked: attacked.to_string(),
+                tested: s.summary["tested"].as_str().unwrap_or_default().to_string(),
+                summary: s.summary.clone(),
+                run: record.id.clone(),
+            })
+        })
+        .collect();
+    two_way_table(&rows)
+}
+
 /// One direction of a two-way comparison in one configuration.
 struct Direction {
     config: String,
@@ -241,29 +306,23 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     )?;
 
     // WINN Table 3 per direction and setting, over seeds; then the ICN paper's count form
-    let setting = |d: &Direction| d.config.split(' ').filter(|kv| !kv.starts_with("pipeline.seed=")).collect::<Vec<_>>().join(" ");
     let attack_name = rows[0].summary["attack"].as_str().unwrap_or("attack").to_string();
     let which = match a.classifier {
         AttackClassifier::Last => "the last round's classifiers",
         AttackClassifier::Selected => "the classifiers selected on validation",
     };
+    let table = two_way_table(&rows);
     println!("\ntwo-way {attack_name} (model units [-1, 1]) on {which}, mean +- sd over seeds:");
     println!("  {:<24} {:<12} {:>22}  {:<12} {:>22}", "setting", "attacked A", "adversarial error", "tested B", "correction rate by B");
-    for (label, ds) in group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d))) {
-        let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
-        let (ae, ae_sd) = sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, "adversarial_error")).collect::<Vec<_>>());
-        let (cr, cr_sd) = sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, "correction_rate")).collect::<Vec<_>>());
-        let set = if set.is_empty() { "-" } else { set };
-        println!("  {set:<24} {attacked:<12} {:>13.2}% +- {:>5.2}%  {:<12} {:>13.2}% +- {:>5.2}%", ae, ae_sd, ds[0].tested, cr, cr_sd);
+    for t in &table {
+        let set = if t.setting.is_empty() { "-" } else { &t.setting };
+        let ((ae, ae_sd), (cr, cr_sd)) = (t.adversarial_error_pct, t.correction_rate_pct);
+        println!("  {set:<24} {:<12} {:>13.2}% +- {:>5.2}%  {:<12} {:>13.2}% +- {:>5.2}%", t.attacked, ae, ae_sd, t.tested, cr, cr_sd);
     }
     println!("count form (summed over seeds): of the test examples that fool A, how many still fool B");
-    for (label, ds) in group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d))) {
-        let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
-        let fooled: f64 = ds.iter().map(|d| num(d, "fooled")).sum();
-        let both: f64 = ds.iter().map(|d| num(d, "fooled_both")).sum();
-        let n: f64 = ds.iter().map(|d| num(d, "n")).sum();
-        let set = if set.is_empty() { String::new() } else { format!("{set}: ") };
-        println!("  {set}{fooled} of {n} fool {attacked}; {both} of those also fool {} ({:.1}% fewer)", ds[0].tested, 100.0 * (1.0 - both / fooled));
+    for t in &table {
+        let set = if t.setting.is_empty() { String::new() } else { format!("{}: ", t.setting) };
+        println!("  {set}{} of {} fool {}; {} of those also fool {} ({:.1}% fewer)", t.fooled, t.n, t.attacked, t.fooled_both, t.tested, 100.0 * (1.0 - t.fooled_both / t.fooled));
     }
     println!("table: {}", path.display());
     let mut files = vec![path];

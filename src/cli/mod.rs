@@ -220,6 +220,10 @@ enum Command {
         /// Only this pipeline.
         #[arg(long)]
         pipeline: Option<String>,
+        /// Write the report as a static site into DIR instead (index.html; a page per
+        /// pipeline or sweep and per run). DIR must be new, empty or an earlier report.
+        #[arg(long, value_name = "DIR")]
+        html: Option<PathBuf>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -252,7 +256,8 @@ pub fn main() -> Result<()> {
         Command::Gc { keep_last, dry_run, partials, json, store } => crate::care::gc(&store.store, &crate::care::GcOptions { keep_last, dry_run, partials, json }),
         Command::Verify { repair, json, store } => crate::care::verify(&store.store, repair, json),
         Command::Export { out, store } => crate::audit::report::export(&store.store, out.as_deref()),
-        Command::Report { pipeline, store } => crate::audit::report::report(&store.store, pipeline.as_deref()),
+        Command::Report { pipeline, html: Some(dir), store } => crate::audit::html::write(&store.store, &dir, pipeline.as_deref()),
+        Command::Report { pipeline, html: None, store } => crate::audit::report::report(&store.store, pipeline.as_deref()),
     }
 }
 
