@@ -1,10 +1,12 @@
 //! Questions about what the store holds: which run is which ([`runs`]), what shaped a
-//! checkpoint ([`lineage`]), how two runs differ ([`diff`]), why stages will rerun
-//! ([`why`]), sweeps' tables and figures ([`study`]) and metric reports ([`report`]).
+//! checkpoint ([`lineage`]), which pseudo-negatives a stage made ([`samples`]), how two
+//! runs differ ([`diff`]), why stages will rerun ([`why`]), sweeps' tables and figures
+//! ([`study`]) and metric reports ([`report`]).
 
 pub mod diff;
 pub mod lineage;
 pub mod report;
 pub mod runs;
+pub mod samples;
 pub mod study;
 pub mod why;
