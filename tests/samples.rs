@@ -77,19 +77,20 @@ fn u32s(b: &RecordBatch, c: &str) -> Vec<u32> {
     b.column_by_name(c).unwrap().as_primitive::<UInt32Type>().values().to_vec()
 }
 
-/// A run of the small pipeline: 2 rounds x 10 classes x 3 pseudo-negatives.
-fn two_rounds(dir: &Path) -> (PathBuf, Value) {
-    let store = dir.join("store");
-    run(&small(dir, 2), &store, &[]);
+/// A run of the small pipeline (2 rounds x 10 classes x 3 pseudo-negatives) in a fresh
+/// directory: the directory, the store, the run record and the run's id.
+fn two_rounds() -> (tempfile::TempDir, PathBuf, Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    run(&small(dir.path(), 2), &store, &[]);
     let record = last_record(&store);
-    (store, record)
+    let id = record["id"].as_str().unwrap().to_string();
+    (dir, store, record, id)
 }
 
 #[test]
 fn pngs_tables_npy_and_grids_hold_the_stored_samples() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, record) = two_rounds(dir.path());
-    let run_id = record["id"].as_str().unwrap();
+    let (dir, store, record, run_id) = two_rounds();
     let stage = format!("{run_id}:synthesize/2");
     let st = stored(&store, &record, "synthesize/2");
     assert_eq!(st.rows.len(), 30);
@@ -174,9 +175,7 @@ fn pngs_tables_npy_and_grids_hold_the_stored_samples() {
 
 #[test]
 fn fooling_keeps_exactly_what_lineage_says_still_fools() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, record) = two_rounds(dir.path());
-    let run_id = record["id"].as_str().unwrap();
+    let (dir, store, _, run_id) = two_rounds();
     let mut seen_any = false;
     // (synthesis stage, --by, the classifier lineage is asked about)
     for (stage, by, judge, round) in [("synthesize/1", None, "train/2", 2), ("synthesize/1", Some("train/1"), "train/1", 1), ("synthesize/2", None, "train/2", 2)] {
@@ -213,9 +212,7 @@ fn fooling_keeps_exactly_what_lineage_says_still_fools() {
 
 #[test]
 fn bad_input_exits_2_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, record) = two_rounds(dir.path());
-    let run_id = record["id"].as_str().unwrap();
+    let (dir, store, _, run_id) = two_rounds();
     let stage = format!("{run_id}:synthesize/1");
     let before = files_under(&store);
     let outdir = dir.path().join("out");

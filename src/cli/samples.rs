@@ -40,9 +40,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     png: Option<PathBuf>,
     /// The format of --out: `parquet` (a row per sample, metadata and pixels) or `npy`
-    /// (FILE: float32 N x C x H x W; beside it FILE.meta.npy, a record per sample: round,
-    /// class, sample_id, seed, steps, stop_reason, final_logit, final_prob; FILE's `.npy`
-    /// is replaced). Without it, --out's extension decides.
+    /// (float32 N x C x H x W; beside x.npy, x.meta.npy holds a record per sample: round,
+    /// class, sample_id, seed, steps, stop_reason, final_logit, final_prob). Without it,
+    /// --out's extension decides.
     #[arg(long, value_parser = ["parquet", "npy"], requires = "out")]
     format: Option<String>,
     /// Write the selected samples to FILE (.parquet or .npy, or name --format).
