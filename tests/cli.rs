@@ -191,7 +191,7 @@ fn status_ls_and_show_describe_the_store() {
         assert!(stage.contains(want), "missing {want} in {stage}");
     }
 
-    // The pseudo-negative table has a row per sample; the grid is a PNG of 10 rows x 3.
+    // The pseudo-negative table has a row per sample; the grid is a PNG of 10 labelled rows x 3.
     let rec = last_record(&store);
     let syn = rec["stages"].as_array().unwrap().iter().find(|s| s["stage"] == "synthesize/1").unwrap().clone();
     let obj = |name: &str| {
@@ -204,7 +204,8 @@ fn status_ls_and_show_describe_the_store() {
     assert_eq!(&png[1..4], b"PNG");
     let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
     let height = u32::from_be_bytes(png[20..24].try_into().unwrap());
-    assert_eq!((width, height), (3 * 28 + 2 * 2, 10 * 28 + 9 * 2));
+    // the class label column (one digit: 5 font pixels of 2 px) and a pad, then the tiles
+    assert_eq!((width, height), (5 * 2 + 2 + 3 * 28 + 2 * 2, 10 * 28 + 9 * 2));
 
     let missing = pipe().args(["show", "zzzz"]).arg("--store").arg(&store).output().unwrap();
     assert_eq!(missing.status.code(), Some(2));

@@ -198,34 +198,51 @@ pub fn lineage(store: &Store, what: &str) -> Result<Lineage> {
     let mut pseudo_negatives = Vec::new();
     for (made_in, digest) in &pn_inputs {
         let synth = index.made(digest).with_context(|| format!("no committed stage made the pseudo-negatives {digest} of round {made_in}"))?;
-        let batches = index.table(store, synth, synthesize::TABLE)?.with_context(|| format!("stage {} has no pseudo-negative table", synth.stage))?;
-        for b in &batches {
-            let id = col::<UInt32Array>(b, "sample_id")?;
-            let class = col::<UInt32Array>(b, "class")?;
-            let seed = col::<UInt64Array>(b, "seed")?;
-            let steps = col::<UInt32Array>(b, "steps")?;
-            let stop = col::<StringArray>(b, "stop_reason")?;
-            let logit = col::<Float32Array>(b, "final_logit")?;
-            let prob = col::<Float32Array>(b, "final_prob")?;
-            for i in 0..b.num_rows() {
-                let key = (*made_in, id.value(i));
-                pseudo_negatives.push(PseudoNegative {
-                    round: *made_in,
-                    class: class.value(i),
-                    sample_id: id.value(i),
-                    seed: seed.value(i),
-                    steps: steps.value(i),
-                    stop_reason: stop.value(i).to_string(),
-                    logit: logit.value(i),
-                    prob: prob.value(i),
-                    draws: draws.get(&key).copied().unwrap_or(0),
-                    tensor: digest.clone(),
-                    later: later.remove(&key).unwrap_or_default(),
-                });
-            }
+        for mut p in made_by(store, synth)? {
+            let key = (*made_in, p.sample_id);
+            p.round = *made_in;
+            p.draws = draws.get(&key).copied().unwrap_or(0);
+            p.later = later.remove(&key).unwrap_or_default();
+            pseudo_negatives.push(p);
         }
     }
     Ok(Lineage { checkpoint, chain, datasets, pseudo_negatives })
+}
+
+/// The pseudo-negatives of a synthesis stage as its table describes them, in sample order,
+/// not yet drawn or scored.
+pub fn made_by(store: &Store, synth: &Manifest) -> Result<Vec<PseudoNegative>> {
+    let (Some(table), Some(tensor)) = (synth.outputs.get(synthesize::TABLE), synth.outputs.get(synthesize::PSEUDO_NEGATIVES)) else {
+        anyhow::bail!("stage {} ({}) has no pseudo-negative table and tensors", synth.stage, synth.key);
+    };
+    let batches = read_parquet(store.read(&table.digest)?).with_context(|| format!("{} of stage {} ({})", synthesize::TABLE, synth.stage, synth.key))?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let round = col::<UInt32Array>(b, "round")?;
+        let id = col::<UInt32Array>(b, "sample_id")?;
+        let class = col::<UInt32Array>(b, "class")?;
+        let seed = col::<UInt64Array>(b, "seed")?;
+        let steps = col::<UInt32Array>(b, "steps")?;
+        let stop = col::<StringArray>(b, "stop_reason")?;
+        let logit = col::<Float32Array>(b, "final_logit")?;
+        let prob = col::<Float32Array>(b, "final_prob")?;
+        for i in 0..b.num_rows() {
+            out.push(PseudoNegative {
+                round: round.value(i),
+                class: class.value(i),
+                sample_id: id.value(i),
+                seed: seed.value(i),
+                steps: steps.value(i),
+                stop_reason: stop.value(i).to_string(),
+                logit: logit.value(i),
+                prob: prob.value(i),
+                draws: 0,
+                tensor: tensor.digest.clone(),
+                later: Vec::new(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The pseudo-negative rows as a table; `logit_after_T` / `fools_after_T` for every round T

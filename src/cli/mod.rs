@@ -1,6 +1,7 @@
 //! The `pipe` command line: run, status, ls, show.
 
 pub mod bench;
+pub mod samples;
 
 use crate::audit::runs::{new_record, run_stage, shown_status, unique_match};
 use crate::engine::executor::{self, Manifest, RunRecord, Runner};
@@ -97,6 +98,9 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
+    /// A synthesize stage's pseudo-negatives: a table, a PNG each, a Parquet or NPY file or
+    /// a labelled grid; of one class, or only those that still fool a later classifier.
+    Samples(samples::Args),
     /// Show each stage as cached or to run, with its key, without running anything.
     Status {
         #[command(flatten)]
@@ -234,6 +238,7 @@ pub fn main() -> Result<()> {
     match cli.command {
         Command::Run { args, quiet } => run(&args, Display::detect(quiet)),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
+        Command::Samples(a) => samples::run(&a),
         Command::Status { args, json } => status(&args, json),
         Command::Ls { store, json } => ls(&store.store, json),
         Command::Show { what, store, json } => show(&store.store, &what, json),

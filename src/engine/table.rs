@@ -49,6 +49,11 @@ impl Column {
 
 /// Encodes named columns (all of one length) as one Parquet file.
 pub fn to_parquet(columns: Vec<(&str, Column)>) -> Result<Vec<u8>> {
+    batch_to_parquet(&to_batch(columns, Vec::new())?)
+}
+
+/// Named columns (all of one length), then `more` columns of other Arrow types, as a batch.
+pub fn to_batch(columns: Vec<(&str, Column)>, more: Vec<(Field, ArrayRef)>) -> Result<RecordBatch> {
     let mut fields = Vec::new();
     let mut arrays = Vec::new();
     for (name, col) in columns {
@@ -57,11 +62,18 @@ pub fn to_parquet(columns: Vec<(&str, Column)>) -> Result<Vec<u8>> {
         fields.push(Field::new(name, dt, nullable));
         arrays.push(arr);
     }
-    let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), arrays).context("building a table")?;
+    for (field, arr) in more {
+        fields.push(field);
+        arrays.push(arr);
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).context("building a table")
+}
+
+/// One batch as one Parquet file, with the fixed writer settings.
+pub fn batch_to_parquet(batch: &RecordBatch) -> Result<Vec<u8>> {
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema, Some(props))?;
-    writer.write(&batch)?;
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
+    writer.write(batch)?;
     Ok(writer.into_inner()?)
 }
 

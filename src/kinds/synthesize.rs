@@ -1,6 +1,6 @@
 //! `synthesize`: round t's pseudo-negatives from round t-1's classifier, `per_class` for
 //! each class k (increase logit k from p0 noise), with one table row per sample and a PNG
-//! grid (a row per class).
+//! grid (a row per class, labelled).
 
 use super::Kind;
 use crate::engine::executor::StageIo;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
-use stages::grid::encode_grid_png;
+use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
 use stages::synthesize::{p0_samples, synthesize, Finished, Step, StopReason, StopRule, SynthesisConfig, Target};
 
@@ -23,7 +23,7 @@ pub const CHECKPOINT: &str = "checkpoint";
 pub const PSEUDO_NEGATIVES: &str = "pseudo_negatives.safetensors";
 /// Output: one row per sample: seed, steps, stop reason, final logit.
 pub const TABLE: &str = "pseudo_negatives.parquet";
-/// Output: a picture, a row per class.
+/// Output: a picture, a row per class with the class number beside it.
 pub const GRID: &str = "grid.png";
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -59,9 +59,9 @@ pub enum Method {
 }
 
 impl Kind for Synthesize {
-    // 4: `classified` and `probability` stop on f_k (f_k > 0, sigmoid(f_k) > threshold), not
-    // on argmax and softmax; tables record sigmoid(f_k) and whether k is the top class
-    const ID: KindId = KindId { name: "synthesize", version: 4 };
+    // 5: grid.png has each row's class written beside it, and gray (not black) cells for
+    // dropped samples
+    const ID: KindId = KindId { name: "synthesize", version: 5 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[PSEUDO_NEGATIVES, TABLE, GRID];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -70,7 +70,7 @@ impl Kind for Synthesize {
 }
 
 /// Pictures per class in the grid.
-const GRID_COLUMNS: usize = 10;
+pub const GRID_COLUMNS: usize = 10;
 
 /// The seed of sample i of a stage: recorded per sample, so any one can be remade alone.
 fn sample_seed(stage_seed: u64, i: usize) -> u64 {
@@ -134,19 +134,16 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     ])?;
     io.write(TABLE, &table)?;
 
-    let columns = p.per_class.min(GRID_COLUMNS);
-    let mut tiles = Vec::with_capacity(k * columns * d);
-    for &class in &classes_made {
-        let mut row: Vec<usize> = (0..r.len()).filter(|&i| r[i].class == class).take(columns).collect();
-        row.resize(columns, usize::MAX); // a dropped sample leaves a blank tile
-        for i in row {
-            match i {
-                usize::MAX => tiles.extend(std::iter::repeat_n(-1.0f32, d)),
-                i => tiles.extend_from_slice(&images[i * d..(i + 1) * d]),
-            }
-        }
-    }
-    io.write(GRID, &encode_grid_png(&tiles, k * columns, shape.0, shape.1, shape.2, columns, 2)?)?;
+    // a row per class, labelled; a dropped sample leaves an empty cell
+    let grid: Vec<LabelledRow> = classes_made
+        .iter()
+        .map(|&class| {
+            let mut tiles: Vec<Option<&[f32]>> = (0..r.len()).filter(|&i| r[i].class == class).take(GRID_COLUMNS).map(|i| Some(&images[i * d..(i + 1) * d])).collect();
+            tiles.resize(p.per_class.min(GRID_COLUMNS), None);
+            LabelledRow { label: class, tiles }
+        })
+        .collect();
+    io.write(GRID, &encode_labelled_grid_png(&grid, shape.0, shape.1, shape.2, 2)?)?;
 
     let classified = r.iter().filter(|s| s.classified).count();
     let mean_steps = r.iter().map(|s| s.steps as f64).sum::<f64>() / r.len().max(1) as f64;
