@@ -61,7 +61,8 @@ pub enum Method {
 impl Kind for Synthesize {
     // 4: `classified` and `probability` stop on f_k (f_k > 0, sigmoid(f_k) > threshold), not
     // on argmax and softmax; tables record sigmoid(f_k) and whether k is the top class
-    const ID: KindId = KindId { name: "synthesize", version: 4 };
+    // 6: reads checkpoints of format 2 (PyTorch's names and layouts)
+    const ID: KindId = KindId { name: "synthesize", version: 6 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[PSEUDO_NEGATIVES, TABLE, GRID];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
