@@ -49,7 +49,8 @@ pub struct Params {
 }
 
 impl Kind for Attack {
-    const ID: KindId = KindId { name: "attack", version: 1 };
+    // 2: reads checkpoints of format 2 (PyTorch's names and layouts)
+    const ID: KindId = KindId { name: "attack", version: 2 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[EXAMPLES];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {

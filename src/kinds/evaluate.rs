@@ -78,7 +78,8 @@ pub enum Evaluation {
 impl Kind for Evaluate {
     // 6: a pseudo-negative fools while f_k > 0 and its prob is sigmoid(f_k) (was: argmax
     // and softmax)
-    const ID: KindId = KindId { name: "evaluate", version: 6 };
+    // 7: reads checkpoints of format 2 (PyTorch's names and layouts)
+    const ID: KindId = KindId { name: "evaluate", version: 7 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[METRICS];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {

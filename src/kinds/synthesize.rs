@@ -61,7 +61,8 @@ pub enum Method {
 impl Kind for Synthesize {
     // 5: grid.png has each row's class written beside it, and gray (not black) cells for
     // dropped samples
-    const ID: KindId = KindId { name: "synthesize", version: 5 };
+    // 6: reads checkpoints of format 2 (PyTorch's names and layouts)
+    const ID: KindId = KindId { name: "synthesize", version: 6 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[PSEUDO_NEGATIVES, TABLE, GRID];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {

@@ -140,7 +140,8 @@ const PARTIAL: &str = "checkpoint.safetensors";
 impl Kind for Train {
     // 5: the log's negatives_fooling counts f_k > 0 (was: argmax)
     // 6: earlier rounds' pseudo-negatives come through the previous round's pool
-    const ID: KindId = KindId { name: "train", version: 6 };
+    // 7: checkpoints in PyTorch's names and layouts (format 2, docs/checkpoints.md)
+    const ID: KindId = KindId { name: "train", version: 7 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[CHECKPOINT, LOG];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -153,7 +154,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let net = p.net.build(&mut rng, device)?;
     let mut opt = p.optimizer.build();
     if io.has_input(INIT) {
-        let init = checkpoint::decode(&io.read(INIT)?, device)?;
+        let init = checkpoint::decode(&io.read(INIT)?, net.as_ref(), device)?;
         net.load_tensors(&init.model)?;
         opt.load_state(&net.vars(), &init.optim)?;
         opt.set_learning_rate(p.optimizer.lr());
@@ -196,7 +197,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
 
     let mut progress = Progress { epochs_done: 0, log: Vec::new(), draws: vec![0; neg_y.len()], rollbacks: Vec::new() };
     if let Some(bytes) = io.read_partial(PARTIAL)? {
-        let saved = checkpoint::decode(&bytes, device).context("reading the resumption checkpoint")?;
+        let saved = checkpoint::decode(&bytes, net.as_ref(), device).context("reading the resumption checkpoint")?;
         net.load_tensors(&saved.model)?;
         opt.load_state(&net.vars(), &saved.optim)?;
         rng = saved.rng.context("resumption checkpoint without RNG state")?;
@@ -228,7 +229,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
             let kept = if progress.epochs_done > 0 { format!("; the last good state (after epoch {}) stays in the store's partial/ folder", progress.epochs_done) } else { String::new() };
             match p.rollback {
                 Some(rb) if progress.rollbacks.len() < rb.retries as usize => {
-                    let saved = checkpoint::decode(&good, device)?;
+                    let saved = checkpoint::decode(&good, net.as_ref(), device)?;
                     net.load_tensors(&saved.model)?;
                     opt.load_state(&net.vars(), &saved.optim)?;
                     rng = saved.rng.context("rollback state without RNG state")?;

@@ -4,7 +4,7 @@
 use super::act::bias_leaky_relu;
 use super::conv::{conv2d, conv2d_bias_leaky, Geom};
 use super::norm::{Norm, NormKind};
-use super::{Classifier, Mode};
+use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -151,6 +151,26 @@ impl Classifier for Cnn4 {
                 n.named(&format!("conv{}.norm", i + 1), false, &mut out);
             }
         }
+        out
+    }
+
+    /// `conv1`..`conv4` (Conv2d 5x5, stride 2, padding 2, a bias without a norm),
+    /// `norm1`..`norm4`, and `fc` over `torch.flatten` of the last NCHW map.
+    fn torch_names(&self) -> Vec<TorchName> {
+        let mut out = Vec::with_capacity(18);
+        for (i, l) in self.convs.iter().enumerate() {
+            let n = i + 1;
+            out.push(TorchName::new(format!("conv{n}.weight"), format!("conv{n}.weight"), Layout::Conv { k: KERNEL }));
+            if l.bias.is_some() {
+                out.push(TorchName::new(format!("conv{n}.bias"), format!("conv{n}.bias"), Layout::Same));
+            }
+            if let Some(norm) = &l.norm {
+                norm.torch_names(&format!("conv{n}.norm"), &format!("norm{n}"), &mut out);
+            }
+        }
+        let channels = self.config.channels[3];
+        out.push(TorchName::new("head.weight", "fc.weight", Layout::Linear { channels }));
+        out.push(TorchName::new("head.bias", "fc.bias", Layout::Same));
         out
     }
 }

@@ -87,7 +87,7 @@ impl NetConfig {
     /// The net of a checkpoint (weights only).
     pub fn load(&self, checkpoint: &[u8], device: &Device) -> Result<Box<dyn Classifier>, NetError> {
         let net = self.build(&mut Rng::new(0), device)?;
-        let decoded = crate::checkpoint::decode(checkpoint, device)?;
+        let decoded = crate::checkpoint::decode(checkpoint, net.as_ref(), device)?;
         net.load_tensors(&decoded.model)?;
         Ok(net)
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conv;
 pub mod norm;
 pub mod resnet;
+pub mod torch;
 
 use candle_core::{Result, Tensor, Var};
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use config::{Arch, NetConfig, NetError, Normalization};
 pub use conv::Geom;
 pub use norm::NormKind;
 pub use resnet::{ResNet, ResNetConfig};
+pub use torch::{Layout, TorchName};
 
 /// Image shape (C, H, W) of a net's input.
 pub type Shape3 = (usize, usize, usize);
@@ -73,6 +75,13 @@ pub trait Classifier {
     /// Parameters and buffers by name, for checkpoints.
     fn named_tensors(&self) -> Vec<(String, Tensor)> {
         self.named_vars().into_iter().chain(self.named_buffers()).map(|(n, v)| (n, v.as_tensor().clone())).collect()
+    }
+
+    /// PyTorch's name and layout of each tensor of [`Classifier::named_tensors`]: what a
+    /// checkpoint stores (docs/checkpoints.md). A net without this map (test doubles)
+    /// cannot be checkpointed.
+    fn torch_names(&self) -> Vec<TorchName> {
+        Vec::new()
     }
 
     /// Overwrites every parameter from a checkpoint map; a missing name or a shape mismatch

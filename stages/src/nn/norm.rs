@@ -4,7 +4,7 @@
 //! Both return gamma * x_hat without beta: callers add beta fused with the activation
 //! that follows.
 
-use super::Mode;
+use super::{Layout, Mode, TorchName};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +51,24 @@ impl Norm {
                 out.push((format!("{prefix}.running_var"), self.running_var.clone()));
             }
             (false, NormKind::Layer) => {}
+        }
+    }
+
+    /// PyTorch's names of the tensors [`Norm::named`] lists under `prefix`, for the module
+    /// at `torch`: `BatchNorm2d` (batch) or `GroupNorm(1, C)` (layer: statistics over C, H,
+    /// W of each sample, a gamma and beta per channel), whose gamma and beta are `weight`
+    /// and `bias`.
+    pub fn torch_names(&self, prefix: &str, torch: &str, out: &mut Vec<TorchName>) {
+        let mut named = Vec::new();
+        self.named(prefix, true, &mut named);
+        self.named(prefix, false, &mut named);
+        for (name, _) in named {
+            let field = match &name[prefix.len() + 1..] {
+                "gamma" => "weight",
+                "beta" => "bias",
+                stat => stat,
+            };
+            out.push(TorchName::new(name.clone(), format!("{torch}.{field}"), Layout::Same));
         }
     }
 

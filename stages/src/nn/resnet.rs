@@ -6,7 +6,7 @@
 use super::act::bias_leaky_relu;
 use super::conv::{conv2d, Geom};
 use super::norm::{Norm, NormKind};
-use super::{Classifier, Mode};
+use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -168,5 +168,24 @@ impl Classifier for ResNet {
 
     fn named_buffers(&self) -> Vec<(String, Var)> {
         self.named(false)
+    }
+
+    /// `conv1`/`norm1` (the stem), `layer{1,2,3}.{b}.conv1/norm1/conv2/norm2` (the blocks
+    /// of each stage, as torchvision names them) and `fc`.
+    fn torch_names(&self) -> Vec<TorchName> {
+        let conv = Layout::Conv { k: 3 };
+        let mut out = vec![TorchName::new("stem.weight", "conv1.weight", conv)];
+        self.stem.1.torch_names("stem.bn", "norm1", &mut out);
+        for (i, b) in self.blocks.iter().enumerate() {
+            let at = format!("layer{}.{}", i / self.config.blocks_per_stage + 1, i % self.config.blocks_per_stage);
+            out.push(TorchName::new(format!("block{i}.conv1.weight"), format!("{at}.conv1.weight"), conv));
+            b.bn1.torch_names(&format!("block{i}.bn1"), &format!("{at}.norm1"), &mut out);
+            out.push(TorchName::new(format!("block{i}.conv2.weight"), format!("{at}.conv2.weight"), conv));
+            b.bn2.torch_names(&format!("block{i}.bn2"), &format!("{at}.norm2"), &mut out);
+        }
+        let channels = self.config.channels[2];
+        out.push(TorchName::new("head.weight", "fc.weight", Layout::Linear { channels }));
+        out.push(TorchName::new("head.bias", "fc.bias", Layout::Same));
+        out
     }
 }
