@@ -7,6 +7,7 @@ pub mod config;
 pub mod conv;
 pub mod norm;
 pub mod resnet;
+pub mod winn64;
 
 use candle_core::{Result, Tensor, Var};
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use config::{Arch, NetConfig, NetError, Normalization};
 pub use conv::Geom;
 pub use norm::NormKind;
 pub use resnet::{ResNet, ResNetConfig};
+pub use winn64::{Winn64, Winn64Config};
 
 /// Image shape (C, H, W) of a net's input.
 pub type Shape3 = (usize, usize, usize);
