@@ -3,6 +3,7 @@
 
 pub mod act;
 pub mod cnn4;
+pub mod initial;
 pub mod config;
 pub mod conv;
 pub mod norm;
