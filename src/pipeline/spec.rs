@@ -756,6 +756,7 @@ impl NetSection {
             (Some(n), _) => n,
             (None, Arch::Resnet32) => Normalization::Batch,
             (None, Arch::Cnn4) => Normalization::None,
+            (None, Arch::Winn64) => Normalization::Layer,
         };
         NetConfig { arch: self.arch, norm, width: self.width, leaky_slope: self.leaky_slope, channels: g.channels, height: g.height, image_width: g.width, num_classes }
     }

@@ -26,6 +26,19 @@ pub enum StopRule {
     Argmax,
     /// Stop option (3): always run `max_steps` steps.
     Steps,
+    /// WINN: once f(x) reaches the sample's own threshold, drawn uniformly in [min, max]
+    /// from its seed by [`threshold`]; WINN takes min and max of f over the positives
+    /// after training, and saves them with the checkpoint so later sampling is the same.
+    Threshold { min: f64, max: f64 },
+}
+
+/// The stream of a sample's threshold, apart from its starting noise (`Rng::new(seed)`).
+const THRESHOLD_STREAM: u64 = 0x7448_5245_5348_4f4c;
+
+/// The threshold of [`StopRule::Threshold`] for the sample with this seed: uniform in
+/// [min, max).
+pub fn threshold(min: f64, max: f64, seed: u64) -> f64 {
+    min + (max - min) * Rng::new(seed ^ THRESHOLD_STREAM).uniform()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +46,7 @@ pub enum StopReason {
     Classified,
     Probability,
     Argmax,
+    Threshold,
     MaxSteps,
     /// Not synthesized: a p0 sample as it was drawn (ICN-noise).
     Noise,
@@ -47,6 +61,7 @@ impl StopReason {
             StopReason::Classified => "classified",
             StopReason::Probability => "probability",
             StopReason::Argmax => "argmax",
+            StopReason::Threshold => "threshold",
             StopReason::MaxSteps => "max_steps",
             StopReason::Noise => "noise",
             StopReason::NonFinite => "non_finite",
@@ -91,6 +106,23 @@ pub struct SynthesisConfig {
     pub init_std: f64,
     pub batch_size: usize,
     pub stop: StopRule,
+}
+
+impl SynthesisConfig {
+    /// WINN's synthesis: Adam lr 0.01, betas (0.9, 0.99), batches of 100, raising the
+    /// critic's one logit until each sample reaches its threshold in [min, max]; clipping
+    /// to [-1, 1] is every rule's.
+    pub fn winn(min: f64, max: f64, max_steps: u32, init_std: f64) -> Self {
+        SynthesisConfig {
+            binary: true,
+            step: Step::Adam { beta1: 0.9, beta2: 0.99, eps: ADAM_EPS },
+            lr: 0.01,
+            max_steps,
+            init_std,
+            batch_size: 100,
+            stop: StopRule::Threshold { min, max },
+        }
+    }
 }
 
 /// One sample to make: its target class and the seed of its starting noise.
@@ -231,6 +263,7 @@ pub fn synthesize(
                     StopRule::Classified if score.positive => Some(StopReason::Classified),
                     StopRule::Probability { threshold } if score.prob as f64 > threshold => Some(StopReason::Probability),
                     StopRule::Argmax if score.top => Some(StopReason::Argmax),
+                    StopRule::Threshold { min, max } if score.logit as f64 >= threshold(min, max, targets[i].seed) => Some(StopReason::Threshold),
                     _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
                     _ => None,
                 };
@@ -329,6 +362,7 @@ mod tests {
                 StopRule::Probability { threshold } => 1.0 / (1.0 + (-f).exp()) > threshold,
                 StopRule::Argmax => argmax(row) == k,
                 StopRule::Steps => false,
+                StopRule::Threshold { .. } => unreachable!("tested in threshold_rule_stops_each_sample_where_it_crosses_its_own_threshold"),
             }
         };
         let mut stopped_by_rule = 0;
@@ -355,6 +389,59 @@ mod tests {
             }
         }
         assert!(stopped_by_rule >= 15, "the rules must be exercised, not only max_steps ({stopped_by_rule})");
+        Ok(())
+    }
+
+    #[test]
+    fn thresholds_are_uniform_in_their_range_and_fixed_by_the_seed() {
+        let t: Vec<f64> = (0..4000u64).map(|s| threshold(-2.0, 3.0, s)).collect();
+        assert!(t.iter().all(|v| (-2.0..3.0).contains(v)), "outside [min, max)");
+        let mean = t.iter().sum::<f64>() / t.len() as f64;
+        // uniform on [-2, 3]: mean 0.5, sd of the mean 5 / sqrt(12 * 4000) = 0.023
+        assert!((mean - 0.5).abs() < 0.1, "mean {mean}");
+        let below = t.iter().filter(|&&v| v < -1.0).count();
+        assert!((700..900).contains(&below), "a fifth of the range holds {below} of 4000");
+        assert_eq!(threshold(-2.0, 3.0, 17), threshold(-2.0, 3.0, 17));
+        assert_ne!(threshold(-2.0, 3.0, 17), threshold(-2.0, 3.0, 18));
+        // not the sample's starting noise stream
+        assert_ne!(threshold(0.0, 1.0, 17), Rng::new(17).uniform());
+        assert_eq!(threshold(1.5, 1.5, 9), 1.5);
+    }
+
+    #[test]
+    fn threshold_rule_stops_each_sample_where_it_crosses_its_own_threshold() -> Result<()> {
+        let dev = Device::Cpu;
+        // a one-logit critic, as WINN's
+        let net = Cnn4::new(Cnn4Config::mnist(1, 0.125, 0.2), &mut Rng::new(21), &dev)?;
+        let targets: Vec<Target> = (0..8).map(|i| Target { class: 0, seed: 900 + i as u64 }).collect();
+        let f = |image: &[f32]| -> Result<f64> { Ok(logits_of(&net, image, &dev)?[0] as f64) };
+        // thresholds above every start, so each sample has to climb to its own
+        let start = p0_samples(&targets, (1, 28, 28), 0.3);
+        let top = (0..8).map(|i| f(&start.images[i * 784..(i + 1) * 784])).collect::<Result<Vec<_>>>()?.into_iter().fold(f64::MIN, f64::max);
+        let (min, max) = (top + 0.05, top + 0.5);
+        let one = |steps| SynthesisConfig { batch_size: 1, ..SynthesisConfig::winn(min, max, steps, 0.3) };
+        let out = synthesize(&net, (1, 28, 28), &targets, &one(300), &dev, &mut crate::keep_going)?;
+        let mut crossed = 0;
+        for (i, (t, r)) in targets.iter().zip(&out.records).enumerate() {
+            let th = threshold(min, max, t.seed);
+            let now = f(&out.images[i * 784..(i + 1) * 784])?;
+            assert!(out.images[i * 784..(i + 1) * 784].iter().all(|v| (-1.0..=1.0).contains(v)));
+            if r.stop_reason == StopReason::MaxSteps {
+                assert!(r.steps == 300 && now < th, "ran out of steps only below the threshold");
+                continue;
+            }
+            assert_eq!(r.stop_reason, StopReason::Threshold);
+            assert!(r.steps > 0, "every start is below every threshold");
+            assert!(now >= th && (r.final_logit as f64 - now).abs() < 1e-5, "sample {i}: f {now} at stop, threshold {th}");
+            let before = synthesize(&net, (1, 28, 28), &targets[i..=i], &SynthesisConfig { stop: StopRule::Steps, ..one(r.steps - 1) }, &dev, &mut crate::keep_going)?;
+            let prev = f(&before.images)?;
+            assert!(prev < th, "sample {i}: f {prev} one step before already reached {th}");
+            crossed += 1;
+        }
+        assert!(crossed >= 6, "the rule must be exercised, not only max_steps ({crossed} of 8)");
+        // distinct thresholds: the samples do not all stop at one value
+        let stops: Vec<f32> = out.records.iter().map(|r| r.final_logit).collect();
+        assert!(stops.iter().any(|&v| (v - stops[0]).abs() > 0.05), "{stops:?}");
         Ok(())
     }
 

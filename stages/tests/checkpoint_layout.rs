@@ -116,6 +116,24 @@ fn resnet(sd: &StateDict, x: &Tensor, kind: Normalization) -> Result<Tensor> {
     linear(&h.mean((2, 3))?, sd, "fc")
 }
 
+/// The WINN Table 5 net: eight Conv2d(3, stride 1, padding 1) with biases, a norm after
+/// each but the first, Swish (SiLU), 2x2 average pooling after every second; `fc` over
+/// `torch.flatten(x, 1)`.
+fn winn64(sd: &StateDict, x: &Tensor, kind: Normalization) -> Result<Tensor> {
+    let mut h = x.clone();
+    for i in 1..=8 {
+        h = h.conv2d(&sd.get(&format!("conv{i}.weight")), 1, 1, 1, 1)?.broadcast_add(&per_channel(&sd.get(&format!("conv{i}.bias")))?)?;
+        if i > 1 && kind != Normalization::None {
+            h = norm(&h, sd, &format!("norm{i}"), kind)?;
+        }
+        h = h.silu()?;
+        if i % 2 == 0 {
+            h = h.avg_pool2d(2)?;
+        }
+    }
+    linear(&h.flatten_from(1)?, sd, "fc")
+}
+
 /// A net whose vectors (biases, norm weights and running statistics) are random too, so a
 /// misplaced element or a swapped statistic shows; weights keep the seeded init.
 fn net(cfg: &NetConfig, seed: u64) -> Result<Box<dyn Classifier>> {
@@ -151,6 +169,7 @@ fn check(cfg: NetConfig) -> Result<()> {
     let theirs = match cfg.arch {
         Arch::Cnn4 => cnn4(&sd, &x, cfg.norm, cfg.leaky_slope)?,
         Arch::Resnet32 => resnet(&sd, &x, cfg.norm)?,
+        Arch::Winn64 => winn64(&sd, &x, cfg.norm)?,
     }
     .to_vec2::<f32>()?;
     assert_eq!(sd.unread(), Vec::<String>::new(), "{cfg:?}: tensors the module does not have");
@@ -186,4 +205,9 @@ fn resnet32_with_batch_norm_odd_channel_padding() -> Result<()> {
 #[test]
 fn resnet32_with_layer_norm_on_mnist() -> Result<()> {
     check(config(Arch::Resnet32, Normalization::Layer, 0.25, 0.2, (1, 28, 28), 10))
+}
+
+#[test]
+fn winn64_with_layer_norm_on_rgb() -> Result<()> {
+    check(config(Arch::Winn64, Normalization::Layer, 0.125, 0.2, (3, 32, 32), 1))
 }

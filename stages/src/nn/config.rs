@@ -1,7 +1,7 @@
 //! A classifier as a setting: which net, how wide, which normalization, on what images
 //! and how many logits. The engine keys stages by this very struct.
 
-use super::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Shape3};
+use super::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Shape3, Winn64, Winn64Config};
 use crate::rng::Rng;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,9 @@ pub enum Arch {
     Cnn4,
     /// The CIFAR ResNet-32 (3 stages x 5 basic blocks, 16/32/64 channels times `width`).
     Resnet32,
+    /// WINN's Table 5 net for 64x64 images (3x3 convolutions, average pooling, Swish);
+    /// `norm` applies after every convolution but the first (layer norm in the paper).
+    Winn64,
 }
 
 /// Normalization after each convolution.
@@ -54,6 +57,8 @@ pub enum NetError {
     Candle(#[from] candle_core::Error),
     #[error("a ResNet needs batch or layer norm, not none")]
     ResNetWithoutNorm,
+    #[error("the winn64 net needs image sides that are multiples of {multiple}, not {height}x{width}")]
+    Winn64Size { height: usize, width: usize, multiple: usize },
 }
 
 impl NetConfig {
@@ -80,6 +85,18 @@ impl NetConfig {
                 cfg.channels = cfg.channels.map(|c| ((c as f64 * self.width).round() as usize).max(1));
                 cfg.norm = self.norm.kind().ok_or(NetError::ResNetWithoutNorm)?;
                 Ok(Box::new(ResNet::new(cfg, rng, device)?))
+            }
+            Arch::Winn64 => {
+                let mut cfg = Winn64Config::table5(self.num_classes, self.width);
+                cfg.in_channels = self.channels;
+                cfg.height = self.height;
+                cfg.width = self.image_width;
+                cfg.norm = self.norm.kind();
+                if !cfg.fits() {
+                    let multiple = super::winn64::SIDE_MULTIPLE;
+                    return Err(NetError::Winn64Size { height: self.height, width: self.image_width, multiple });
+                }
+                Ok(Box::new(Winn64::new(cfg, rng, device)?))
             }
         }
     }

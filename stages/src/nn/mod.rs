@@ -3,11 +3,13 @@
 
 pub mod act;
 pub mod cnn4;
+pub mod initial;
 pub mod config;
 pub mod conv;
 pub mod norm;
 pub mod resnet;
 pub mod torch;
+pub mod winn64;
 
 use candle_core::{Result, Tensor, Var};
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ pub use conv::Geom;
 pub use norm::NormKind;
 pub use resnet::{ResNet, ResNetConfig};
 pub use torch::{Layout, TorchName};
+pub use winn64::{Winn64, Winn64Config};
 
 /// Image shape (C, H, W) of a net's input.
 pub type Shape3 = (usize, usize, usize);
