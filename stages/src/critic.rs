@@ -19,6 +19,7 @@
 //! logit, and f is that logit ([`single_logit`]). Both are a "score": a map from images
 //! (N x C x H x W) to one number per image (N), which is what the functions here take.
 
+use crate::nn::{NetConfig, Normalization};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::cell::Cell;
@@ -152,6 +153,13 @@ pub fn critic_loss(proof: &SecondOrder, score: &dyn Fn(&Tensor) -> Result<Tensor
     Ok(CriticLoss { wasserstein, penalty, total })
 }
 
+/// Why `net` cannot be trained with the penalty, if it cannot: batch norm in training
+/// mode mixes the rows of a batch, so no row has an input gradient of its own (WINN uses
+/// layer norm for this reason).
+pub fn unsupported(net: &NetConfig) -> Option<&'static str> {
+    (net.norm == Normalization::Batch).then_some("batch norm mixes the images of a batch, so the gradient penalty has no per-image gradient: use layer norm or none")
+}
+
 /// f of a one-logit net: its logit, one per image.
 pub fn single_logit(logits: &Tensor) -> Result<Tensor> {
     match logits.dims() {
@@ -247,6 +255,13 @@ mod tests {
         }
         assert!(interpolate(&pos, &neg.narrow(0, 0, 2)?, &mut Rng::new(4)).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn batch_norm_nets_are_refused() {
+        let net = |norm| NetConfig { arch: crate::nn::Arch::Resnet32, norm, width: 1.0, leaky_slope: 0.0, channels: 3, height: 32, image_width: 32, num_classes: 10 };
+        assert!(unsupported(&net(Normalization::Batch)).is_some_and(|why| why.contains("batch norm")));
+        assert!(unsupported(&net(Normalization::Layer)).is_none() && unsupported(&net(Normalization::None)).is_none());
     }
 
     #[test]
