@@ -8,6 +8,7 @@ pub mod attack;
 pub mod bench;
 pub mod checkpoint;
 pub mod codec;
+pub mod critic;
 pub mod evaluate;
 pub mod logits;
 pub mod loss;

@@ -88,8 +88,11 @@ pub(crate) fn column_sums(g: &Tensor) -> Result<Tensor> {
     ones.matmul(&g2)?.reshape(c)
 }
 
+/// y goes in detached: it only selects the slope, so its derivative is zero anyway, and a
+/// tracked y would make a second-order backward pass walk the whole forward graph with
+/// zero gradients (about a third of a gradient-penalty step on CNN4).
 pub(crate) fn leaky_grad(g: &Tensor, y: &Tensor, slope: f32) -> Result<Tensor> {
-    g.contiguous()?.apply_op2(&y.contiguous()?, LeakyGrad { slope })
+    g.contiguous()?.apply_op2(&y.detach().contiguous()?, LeakyGrad { slope })
 }
 
 /// leaky_relu(h + b) with b broadcast over the last axis of h.

@@ -1,0 +1,279 @@
+//! The WINN critic loss (WINN paper, Eq. 5): E_neg f(x) - E_pos f(x) + lambda E[(||grad_xhat
+//! f(xhat)||_2 - 1)^2], xhat = u pos + (1 - u) neg with u ~ U(0, 1) per pair.
+//!
+//! The penalty is differentiated with respect to the weights, so the input gradient it is
+//! made of must itself be a graph. candle detaches every gradient it computes unless the
+//! environment variable `CANDLE_GRAD_DO_NOT_DETACH` was set when a thread first ran a
+//! backward pass (it is read once per thread and cached); without it the first layer still
+//! gets a second-order gradient and every later layer silently gets none. Hence the
+//! [`SecondOrder`] token: [`gradient_penalty`] takes one, and the only way to get one is
+//! [`SecondOrder::on_this_thread`], which proves on the calling thread that gradients stay
+//! differentiable. The binary sets the variable at start-up with [`enable_second_order`],
+//! before any thread exists, so every thread it starts reads it.
+//!
+//! Supervised WINN adds a (Wasserstein term + penalty) to softmax cross-entropy on a
+//! K-logit net. Its f is not one of the class logits: the reference code
+//! (github.com/kjunelee/WINN, supervised/WINN-ResNet-MNIST.ipynb, `wass = linear(fc, 1)`)
+//! puts one more linear layer on top of the K logits, f(x) = v . logits(x) + c, with v
+//! drawn from N(0, 0.02^2) and c = 0; that is [`WassHead`]. WINN-single's net has one
+//! logit, and f is that logit ([`single_logit`]). Both are a "score": a map from images
+//! (N x C x H x W) to one number per image (N), which is what the functions here take.
+
+use crate::nn::{NetConfig, Normalization};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+/// The variable candle 0.11 reads (once per thread) to keep gradients differentiable.
+pub const DO_NOT_DETACH: &str = "CANDLE_GRAD_DO_NOT_DETACH";
+
+/// The paper's lambda.
+pub const LAMBDA: f64 = 10.0;
+
+/// Makes candle keep gradients differentiable in every thread this process starts. Call it
+/// first thing in `main`, before any thread exists: candle reads the variable once per
+/// thread, and setting the environment while other threads may read it is a data race.
+/// First-order gradients are the same values either way.
+pub fn enable_second_order() {
+    if !is_enabled_in_env() {
+        std::env::set_var(DO_NOT_DETACH, "1");
+    }
+}
+
+/// candle's own reading of the variable (backprop.rs): set, non-empty and not "0".
+fn is_enabled_in_env() -> bool {
+    std::env::var(DO_NOT_DETACH).is_ok_and(|s| !s.is_empty() && s != "0")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecondOrderError {
+    #[error("second-order gradients are off: {DO_NOT_DETACH} is not set (the binary sets it at start-up; a library caller must set it before any backward pass)")]
+    NotSet,
+    #[error("second-order gradients are off on this thread: {DO_NOT_DETACH} is set, but this thread ran a backward pass before it was, and candle reads it once per thread")]
+    ReadTooEarly,
+    #[error("second-order probe: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+thread_local! {
+    /// Whether the probe passed on this thread; candle's setting cannot change after it.
+    static PROVEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Proof that backward passes on this thread keep their gradients differentiable. Neither
+/// `Send` nor `Sync`: candle's setting is per thread, so the proof is too.
+#[derive(Debug)]
+pub struct SecondOrder {
+    _this_thread: PhantomData<*const ()>,
+}
+
+impl SecondOrder {
+    /// The token for the calling thread, after a probe (run once per thread) shows that a
+    /// second layer gets its second-order gradient. An error says why not.
+    pub fn on_this_thread() -> std::result::Result<SecondOrder, SecondOrderError> {
+        if !PROVEN.get() {
+            if !probe()? {
+                return Err(if is_enabled_in_env() { SecondOrderError::ReadTooEarly } else { SecondOrderError::NotSet });
+            }
+            PROVEN.set(true);
+        }
+        Ok(SecondOrder { _this_thread: PhantomData })
+    }
+}
+
+/// Two layers, f = w2 (w1 x): df/dx = w1 w2, whose derivative in w2 is w1 = 3 when the
+/// gradient stays a graph. Detached, it reaches w1 only (as in a deep net, where every
+/// layer but the first loses its second-order term), and w2 gets nothing.
+fn probe() -> Result<bool> {
+    let dev = Device::Cpu;
+    let x = Var::new(&[0.5f32], &dev)?;
+    let w1 = Var::new(&[3f32], &dev)?;
+    let w2 = Var::new(&[2f32], &dev)?;
+    let f = x.as_tensor().mul(&w1)?.mul(&w2)?;
+    let dfdx = f.backward()?.get(&x).cloned().ok_or_else(|| candle_core::Error::Msg("no input gradient".into()))?;
+    let d2 = dfdx.sum_all()?.backward()?;
+    Ok(match d2.get(&w2) {
+        Some(g) => g.to_vec1::<f32>()? == [3.0],
+        None => false,
+    })
+}
+
+/// xhat = u pos + (1 - u) neg, one u ~ U(0, 1) per pair (row i of each), drawn from `rng`.
+pub fn interpolate(pos: &Tensor, neg: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+    if pos.dims() != neg.dims() {
+        candle_core::bail!("interpolation pairs positives {:?} with pseudo-negatives {:?}", pos.dims(), neg.dims());
+    }
+    let n = pos.dim(0)?;
+    let mut shape = vec![1usize; pos.rank()];
+    shape[0] = n;
+    let u = Tensor::from_vec(rng.uniform_vec(n, 0.0, 1.0), shape, pos.device())?.to_dtype(pos.dtype())?;
+    let v = u.affine(-1.0, 1.0)?;
+    pos.broadcast_mul(&u)? + neg.broadcast_mul(&v)?
+}
+
+/// E[(||grad_x score(x)|_xhat||_2 - 1)^2] over the rows of `xhat`, differentiable with
+/// respect to whatever `score` depends on (the weights). Rows must not interact inside
+/// `score` (no batch norm in training mode): one backward of the summed scores then gives
+/// each row its own gradient.
+pub fn gradient_penalty(_proof: &SecondOrder, xhat: &Tensor, score: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let x = Var::from_tensor(&xhat.detach())?;
+    let s = score(x.as_tensor())?;
+    let g = s.sum_all()?.backward()?.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("the score does not depend on its input".into()))?;
+    let sq = g.sqr()?.flatten_from(1)?.sum(1)?;
+    // sqrt has an infinite derivative at 0 (a net whose every unit is off there); the
+    // offset is far below f32 resolution of any norm that matters.
+    let norm = (sq + 1e-12)?.sqrt()?;
+    (norm - 1.0)?.sqr()?.mean_all()
+}
+
+/// E_neg f - E_pos f: the negative of the critic's Wasserstein estimate.
+pub fn wasserstein(f_pos: &Tensor, f_neg: &Tensor) -> Result<Tensor> {
+    f_neg.mean_all()? - f_pos.mean_all()?
+}
+
+/// The terms of Eq. 5 for one critic step.
+pub struct CriticLoss {
+    /// E_neg f - E_pos f.
+    pub wasserstein: Tensor,
+    /// E[(||grad f(xhat)|| - 1)^2], not yet scaled by lambda.
+    pub penalty: Tensor,
+    /// wasserstein + lambda penalty: what WINN-single minimizes (supervised WINN adds a
+    /// times it to cross-entropy).
+    pub total: Tensor,
+}
+
+/// Eq. 5 on a batch of positives and an equal batch of pseudo-negatives; `rng` draws the
+/// interpolation weights.
+pub fn critic_loss(proof: &SecondOrder, score: &dyn Fn(&Tensor) -> Result<Tensor>, pos: &Tensor, neg: &Tensor, lambda: f64, rng: &mut Rng) -> Result<CriticLoss> {
+    let xhat = interpolate(pos, neg, rng)?;
+    let penalty = gradient_penalty(proof, &xhat, score)?;
+    let wasserstein = wasserstein(&score(pos)?, &score(neg)?)?;
+    let total = (&wasserstein + (&penalty * lambda)?)?;
+    Ok(CriticLoss { wasserstein, penalty, total })
+}
+
+/// Why `net` cannot be trained with the penalty, if it cannot: batch norm in training
+/// mode mixes the rows of a batch, so no row has an input gradient of its own (WINN uses
+/// layer norm for this reason).
+pub fn unsupported(net: &NetConfig) -> Option<&'static str> {
+    (net.norm == Normalization::Batch).then_some("batch norm mixes the images of a batch, so the gradient penalty has no per-image gradient: use layer norm or none")
+}
+
+/// f of a one-logit net: its logit, one per image.
+pub fn single_logit(logits: &Tensor) -> Result<Tensor> {
+    match logits.dims() {
+        [_, 1] => logits.flatten_all(),
+        d => candle_core::bail!("a single-logit critic needs N x 1 logits, got {d:?}"),
+    }
+}
+
+/// Supervised WINN's f: a linear map of the K class logits to one number.
+pub struct WassHead {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl WassHead {
+    /// v ~ N(0, 0.02^2), c = 0, as the reference code initializes it.
+    pub fn new(num_classes: usize, rng: &mut Rng, device: &Device) -> Result<Self> {
+        Ok(WassHead {
+            weight: Var::from_vec(rng.normal_vec(num_classes, 0.0, 0.02), (num_classes, 1), device)?,
+            bias: Var::zeros(1, DType::F32, device)?,
+        })
+    }
+
+    /// f = logits . v + c, one per row.
+    pub fn score(&self, logits: &Tensor) -> Result<Tensor> {
+        logits.matmul(self.weight.as_tensor())?.broadcast_add(self.bias.as_tensor())?.flatten_all()
+    }
+
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        vec![("wass.weight".into(), self.weight.clone()), ("wass.bias".into(), self.bias.clone())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proof() -> SecondOrder {
+        enable_second_order();
+        SecondOrder::on_this_thread().expect("second-order gradients on a test thread")
+    }
+
+    /// A linear critic f(x) = w . x has grad_x f = w everywhere: the penalty is exactly
+    /// (||w|| - 1)^2 whatever the pairs and the draws of u, its gradient in w is
+    /// 2 (||w|| - 1) w / ||w||, and the Wasserstein term is w . (mean neg - mean pos).
+    #[test]
+    fn linear_critic_has_the_analytic_loss_and_gradient() -> Result<()> {
+        let proof = proof();
+        let dev = Device::Cpu;
+        let wv = [0.6f32, -0.2, 0.9, 0.3, -0.5, 0.1];
+        let w = Var::from_vec(wv.to_vec(), (6, 1), &dev)?;
+        let mut data = Rng::new(5);
+        let pos = Tensor::from_vec(data.uniform_vec(4 * 6, -1.0, 1.0), (4, 1, 2, 3), &dev)?;
+        let neg = Tensor::from_vec(data.uniform_vec(4 * 6, -1.0, 1.0), (4, 1, 2, 3), &dev)?;
+        let score = |x: &Tensor| x.flatten_from(1)?.matmul(w.as_tensor())?.flatten_all();
+        let loss = critic_loss(&proof, &score, &pos, &neg, LAMBDA, &mut Rng::new(9))?;
+
+        let norm = wv.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let want_penalty = (norm - 1.0).powi(2);
+        let mean_row = |t: &Tensor| -> Result<Vec<f64>> {
+            let rows = t.flatten_from(1)?.to_vec2::<f32>()?;
+            Ok((0..6).map(|j| rows.iter().map(|r| r[j] as f64).sum::<f64>() / rows.len() as f64).collect())
+        };
+        let (mp, mn) = (mean_row(&pos)?, mean_row(&neg)?);
+        let want_w = (0..6).map(|j| wv[j] as f64 * (mn[j] - mp[j])).sum::<f64>();
+        let penalty = loss.penalty.to_scalar::<f32>()? as f64;
+        let wass = loss.wasserstein.to_scalar::<f32>()? as f64;
+        assert!((penalty - want_penalty).abs() < 1e-6, "penalty {penalty} vs {want_penalty}");
+        assert!((wass - want_w).abs() < 1e-6, "wasserstein {wass} vs {want_w}");
+        assert!((loss.total.to_scalar::<f32>()? as f64 - (want_w + LAMBDA * want_penalty)).abs() < 1e-5);
+
+        let g = loss.penalty.backward()?.get(&w).expect("a second-order gradient").flatten_all()?.to_vec1::<f32>()?;
+        for (j, (&gj, &wj)) in g.iter().zip(&wv).enumerate() {
+            let want = 2.0 * (norm - 1.0) * wj as f64 / norm;
+            assert!((gj as f64 - want).abs() < 1e-6, "d/dw{j}: {gj} vs {want}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn interpolation_lies_between_its_pair_and_follows_the_seed() -> Result<()> {
+        let dev = Device::Cpu;
+        let pos = Tensor::from_vec(vec![1f32; 12], (3, 1, 2, 2), &dev)?;
+        let neg = Tensor::from_vec(vec![-1f32; 12], (3, 1, 2, 2), &dev)?;
+        let a = interpolate(&pos, &neg, &mut Rng::new(4))?.flatten_from(1)?.to_vec2::<f32>()?;
+        let b = interpolate(&pos, &neg, &mut Rng::new(4))?.flatten_from(1)?.to_vec2::<f32>()?;
+        assert_eq!(a, b);
+        let mut u = Rng::new(4);
+        for row in &a {
+            // one u per pair: every pixel of a row is 2u - 1
+            let want = (2.0 * u.uniform() - 1.0) as f32;
+            assert!(row.iter().all(|v| (v - want).abs() < 1e-6), "{row:?} vs {want}");
+        }
+        assert!(interpolate(&pos, &neg.narrow(0, 0, 2)?, &mut Rng::new(4)).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_nets_are_refused() {
+        let net = |norm| NetConfig { arch: crate::nn::Arch::Resnet32, norm, width: 1.0, leaky_slope: 0.0, channels: 3, height: 32, image_width: 32, num_classes: 10 };
+        assert!(unsupported(&net(Normalization::Batch)).is_some_and(|why| why.contains("batch norm")));
+        assert!(unsupported(&net(Normalization::Layer)).is_none() && unsupported(&net(Normalization::None)).is_none());
+    }
+
+    #[test]
+    fn heads_give_one_score_per_image() -> Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[1f32, 2.0, 3.0], [0.0, -1.0, 4.0]], &dev)?;
+        assert!(single_logit(&logits).is_err());
+        assert_eq!(single_logit(&logits.narrow(1, 2, 1)?)?.to_vec1::<f32>()?, [3.0, 4.0]);
+        let head = WassHead::new(3, &mut Rng::new(1), &dev)?;
+        head.weight.set(&Tensor::new(&[[1f32], [0.5], [-1.0]], &dev)?)?;
+        head.bias.set(&Tensor::new(&[0.25f32], &dev)?)?;
+        assert_eq!(head.score(&logits)?.to_vec1::<f32>()?, [-0.75, -4.25]);
+        Ok(())
+    }
+}

@@ -1,0 +1,212 @@
+//! The WINN gradient penalty differentiated with respect to every parameter tensor of the
+//! WINN nets, through the fast CPU kernels, against central finite differences; and what
+//! happens without `CANDLE_GRAD_DO_NOT_DETACH` (in a child process, so this one keeps it).
+//!
+//! Each test gets its proof the way the binary does: `enable_second_order` (as `main`
+//! calls it), then `SecondOrder::on_this_thread`, whose probe runs on the test's thread.
+
+use stages::candle::{Device, Result, Tensor, Var};
+use stages::critic::{enable_second_order, gradient_penalty, interpolate, single_logit, SecondOrder, SecondOrderError, DO_NOT_DETACH};
+use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig};
+use stages::rng::Rng;
+
+fn proof() -> SecondOrder {
+    enable_second_order();
+    SecondOrder::on_this_thread().expect("second-order gradients after enable_second_order")
+}
+
+/// Positives and pseudo-negatives of `shape`, interpolated once: the penalty is then a
+/// deterministic function of the weights alone.
+fn xhat(n: usize, shape: (usize, usize, usize), seed: u64) -> Result<Tensor> {
+    let (c, h, w) = shape;
+    let mut r = Rng::new(seed);
+    let pos = Tensor::from_vec(r.uniform_vec(n * c * h * w, -1.0, 1.0), (n, c, h, w), &Device::Cpu)?;
+    let neg = Tensor::from_vec(r.normal_vec(n * c * h * w, 0.0, 0.5), (n, c, h, w), &Device::Cpu)?;
+    interpolate(&pos, &neg, &mut r)
+}
+
+fn penalty(proof: &SecondOrder, net: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
+    gradient_penalty(proof, x, &|x| single_logit(&net.forward(x)?))
+}
+
+/// Per tensor: the largest error of the analytic d/dW penalty against central differences
+/// over `per_tensor` coordinates drawn at random, as |fd - analytic| / scale, where scale
+/// is the tensor's largest analytic gradient (so coordinates whose derivative is ~0, e.g.
+/// every bias that only moves a ReLU's kink, are measured against the tensor's scale);
+/// with the tensor's scale and how many drawn coordinates sat next to a kink.
+///
+/// The kernels are f32 only, and the penalty is only piecewise smooth: each ReLU's kink
+/// is a jump in the input gradient, so a difference quotient whose step straddles one is
+/// off by jump / step. Both errors are bounded by measurement here: with steps from
+/// h = 1e-3 down to h/8, the f32 rounding of P (about 1e-7 relative per operation, some thousands of
+/// them) puts ~1e-4 of the tensor's scale of noise on a quotient (measured: 1e-5 to 3e-4
+/// on smooth coordinates), and truncation is O(h^2). A kink inside the step shows as two
+/// successive quotients (h, h/2) disagreeing (by jump / 2h): the step is halved (counted
+/// as a kink) until two agree, and a coordinate where none do is redrawn, not judged. A wrong or missing second-order term is a consistent error of order one (a
+/// whole layer's share) at both steps, so it still fails; at least one coordinate per
+/// tensor must be judged.
+fn fd_errors(net: &dyn Classifier, x: &Tensor, per_tensor: usize, seed: u64) -> Result<Vec<Fd>> {
+    let proof = proof();
+    let p = penalty(&proof, net, x)?;
+    let grads = p.backward()?;
+    let value = |net: &dyn Classifier| -> Result<f64> { Ok(penalty(&proof, net, x)?.to_scalar::<f32>()? as f64) };
+    let mut pick = Rng::new(seed);
+    let mut out = Vec::new();
+    for (name, var) in net.named_vars() {
+        // none at all where the penalty cannot depend on the tensor (the head's bias)
+        let analytic = match grads.get(var.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; var.elem_count()],
+        };
+        let scale = analytic.iter().fold(0f64, |m, g| m.max(g.abs() as f64)).max(1e-3);
+        let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let quotient = |j: usize, h: f32| -> Result<f64> {
+            let at = |d: f32| -> Result<f64> {
+                let mut v = base.clone();
+                v[j] += d;
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu)?)?;
+                value(net)
+            };
+            let q = (at(h)? - at(-h)?) / (2.0 * h as f64);
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu)?)?;
+            Ok(q)
+        };
+        let (mut worst, mut judged, mut kinks) = (0f64, 0, 0);
+        for _ in 0..4 * per_tensor {
+            if judged == per_tensor {
+                break;
+            }
+            let j = pick.below(base.len());
+            // halve the step until two successive quotients agree: the kink is then
+            // outside the step
+            let mut h = 1e-3f32;
+            let mut q = quotient(j, h)?;
+            let mut agreed = None;
+            for _ in 0..3 {
+                h /= 2.0;
+                let next = quotient(j, h)?;
+                if (next - q).abs() <= 1e-2 * scale {
+                    agreed = Some(next);
+                    break;
+                }
+                kinks += 1;
+                q = next;
+            }
+            let Some(q) = agreed else { continue };
+            judged += 1;
+            worst = worst.max((q - analytic[j] as f64).abs() / scale);
+        }
+        out.push(Fd { name, worst, scale, judged, kinks });
+    }
+    Ok(out)
+}
+
+struct Fd {
+    name: String,
+    worst: f64,
+    scale: f64,
+    judged: usize,
+    kinks: usize,
+}
+
+/// Every parameter tensor within `tol`; the weights of every layer with a gradient that is
+/// not zero (the silent failure leaves later layers with none).
+fn check(what: &str, errs: &[Fd], tol: f64) {
+    for e in errs {
+        println!("{what} {}: max |fd - analytic| / max|analytic| = {:.2e} (max|analytic| {:.3e}; {} judged, {} at a kink)", e.name, e.worst, e.scale, e.judged, e.kinks);
+    }
+    for e in errs {
+        assert!(e.judged > 0, "{what} {}: every coordinate drawn sat at a kink", e.name);
+        assert!(e.worst < tol, "{what} {}: finite differences disagree ({:.2e} of {:.3e})", e.name, e.worst, e.scale);
+        if e.name.ends_with("weight") || e.name.ends_with("gamma") {
+            assert!(e.scale > 1e-3, "{what} {}: no second-order gradient", e.name);
+        }
+    }
+}
+
+fn cnn4(norm: Option<NormKind>, seed: u64) -> Result<Cnn4> {
+    let mut cfg = Cnn4Config::mnist(1, 1.0 / 16.0, 0.2);
+    cfg.norm = norm;
+    Cnn4::new(cfg, &mut Rng::new(seed), &Device::Cpu)
+}
+
+#[test]
+fn cnn4_penalty_gradient_matches_finite_differences_in_every_layer() -> Result<()> {
+    let net = cnn4(None, 1)?;
+    check("cnn4", &fd_errors(&net, &xhat(3, (1, 28, 28), 2)?, 4, 3)?, 2e-2);
+    Ok(())
+}
+
+#[test]
+fn cnn4_layer_norm_penalty_gradient_matches_finite_differences_in_every_layer() -> Result<()> {
+    let net = cnn4(Some(NormKind::Layer), 4)?;
+    // gamma = 1 and beta = 0 at initialization would hide their role: move them off it.
+    let mut r = Rng::new(5);
+    for (name, var) in net.named_vars() {
+        if name.ends_with("gamma") || name.ends_with("beta") {
+            let v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let moved: Vec<f32> = v.iter().map(|g| g + r.uniform_vec(1, -0.3, 0.3)[0]).collect();
+            var.set(&Tensor::from_vec(moved, var.dims(), &Device::Cpu)?)?;
+        }
+    }
+    check("cnn4-ln", &fd_errors(&net, &xhat(3, (1, 28, 28), 6)?, 4, 7)?, 2e-2);
+    Ok(())
+}
+
+#[test]
+fn resnet32_layer_norm_penalty_gradient_matches_finite_differences_in_every_layer() -> Result<()> {
+    let cfg = ResNetConfig { in_channels: 3, height: 8, width: 8, num_classes: 1, blocks_per_stage: 5, channels: [4, 6, 8], norm: NormKind::Layer };
+    let net = ResNet::new(cfg, &mut Rng::new(8), &Device::Cpu)?;
+    check("resnet32-ln", &fd_errors(&net, &xhat(2, (3, 8, 8), 9)?, 2, 10)?, 2e-2);
+    Ok(())
+}
+
+const CHILD: &str = "PIPE_CRITIC_TEST_CHILD";
+const CHILD_DONE: &str = "child: checked the refusal";
+
+/// Without the variable, the token is refused and the failure it guards against is real:
+/// CNN4's weights get no second-order gradient at all (even the first layer's: the input
+/// reaches it through a reshape, whose incoming gradient is detached too). Run in a child
+/// process started without the variable: this process has it set for the other tests.
+#[test]
+fn without_the_variable_the_token_is_refused() {
+    if std::env::var_os(CHILD).is_some() {
+        return child().unwrap();
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "without_the_variable_the_token_is_refused", "--nocapture", "--test-threads=1"])
+        .env_remove(DO_NOT_DETACH)
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains(CHILD_DONE), "the child did not run the check:\n{text}");
+}
+
+fn child() -> Result<()> {
+    assert!(std::env::var_os(DO_NOT_DETACH).is_none());
+    assert!(matches!(SecondOrder::on_this_thread(), Err(SecondOrderError::NotSet)));
+
+    // The same penalty by hand, without a token: the gradients candle detaches.
+    let net = cnn4(None, 1)?;
+    let x = Var::from_tensor(&xhat(2, (1, 28, 28), 2)?)?;
+    let g = single_logit(&net.forward(x.as_tensor())?)?.sum_all()?.backward()?.remove(x.as_tensor()).unwrap();
+    let p = ((g.sqr()?.flatten_from(1)?.sum(1)?.sqrt()? - 1.0)?.sqr()?).mean_all()?;
+    let grads = p.backward()?;
+    let size = |name: &str| -> f32 {
+        let (_, v) = net.named_vars().into_iter().find(|(n, _)| n == name).unwrap();
+        grads.get(v.as_tensor()).map_or(0.0, |g| g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
+    };
+    for name in ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "head.weight"] {
+        assert_eq!(size(name), 0.0, "{name}: detached, it should get nothing");
+    }
+
+    // Set too late for this thread (it has run a backward pass): still refused here, while
+    // a thread started afterwards reads it and gets its token.
+    std::env::set_var(DO_NOT_DETACH, "1");
+    assert!(matches!(SecondOrder::on_this_thread(), Err(SecondOrderError::ReadTooEarly)));
+    assert!(std::thread::spawn(|| SecondOrder::on_this_thread().is_ok()).join().unwrap());
+    println!("{CHILD_DONE}");
+    Ok(())
+}
