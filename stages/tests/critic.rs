@@ -7,7 +7,7 @@
 
 use stages::candle::{Device, Result, Tensor, Var};
 use stages::critic::{enable_second_order, gradient_penalty, interpolate, single_logit, SecondOrder, SecondOrderError, DO_NOT_DETACH};
-use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig};
+use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Winn64, Winn64Config};
 use stages::rng::Rng;
 
 fn proof() -> SecondOrder {
@@ -158,6 +158,14 @@ fn resnet32_layer_norm_penalty_gradient_matches_finite_differences_in_every_laye
     let cfg = ResNetConfig { in_channels: 3, height: 8, width: 8, num_classes: 1, blocks_per_stage: 5, channels: [4, 6, 8], norm: NormKind::Layer };
     let net = ResNet::new(cfg, &mut Rng::new(8), &Device::Cpu)?;
     check("resnet32-ln", &fd_errors(&net, &xhat(2, (3, 8, 8), 9)?, 2, 10)?, 2e-2);
+    Ok(())
+}
+
+#[test]
+fn winn64_layer_norm_penalty_gradient_matches_finite_differences_in_every_layer() -> Result<()> {
+    let cfg = Winn64Config { in_channels: 1, height: 16, width: 16, num_classes: 1, channels: [2, 3, 3, 4, 4, 4, 4, 5], norm: Some(NormKind::Layer) };
+    let net = Winn64::new(cfg, &mut Rng::new(11), &Device::Cpu)?;
+    check("winn64-ln", &fd_errors(&net, &xhat(2, (1, 16, 16), 12)?, 2, 13)?, 2e-2);
     Ok(())
 }
 
