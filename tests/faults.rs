@@ -425,3 +425,16 @@ fn a_set_of_a_swept_key_is_refused_not_ignored() {
     let ls = text(&pipe().arg("ls").arg("--store").arg(&store).output().unwrap());
     assert!(ls.contains("base pipeline.seed=0") && ls.contains("base pipeline.seed=1"), "{ls}");
 }
+
+#[test]
+fn a_net_that_cannot_take_the_data_s_image_size_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::tiny(dir.path(), 1, 300);
+    let store = dir.path().join("store");
+    for verb in ["status", "run"] {
+        let out = pipe().arg(verb).arg(&file).arg("--store").arg(&store).args(["--set", "net.arch=winn64"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("net.arch=winn64: winn64 halves the image four times, so its sides must be multiples of 16; the data's images are 28x28"), "{}", text(&out));
+        assert!(!store.exists(), "{verb} wrote nothing");
+    }
+}

@@ -147,8 +147,10 @@ fn d_validation_size() -> usize {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetSection {
-    /// `cnn4` (the ICN paper's net: four 5x5 stride-2 convolutions and a linear head) or
-    /// `resnet32` (the CIFAR ResNet-32: 3 stages of 5 basic blocks).
+    /// `cnn4` (the ICN paper's net: four 5x5 stride-2 convolutions and a linear head),
+    /// `resnet32` (the CIFAR ResNet-32: 3 stages of 5 basic blocks) or `winn64` (the WINN
+    /// paper's Table 5 net for 64x64 images: eight 3x3 convolutions, Swish, four 2x2
+    /// average poolings; image sides must be multiples of 16).
     pub arch: Arch,
     /// Normalization after each convolution: `none`, `batch` or `layer`; by default none
     /// for CNN4 (the ICN paper) and batch for ResNet-32.
@@ -576,6 +578,16 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
             ))
             .into());
         }
+    }
+    let multiple = stages::nn::winn64::SIDE_MULTIPLE;
+    if spec.net.arch == Arch::Winn64 && (geometry.height % multiple != 0 || geometry.width % multiple != 0) {
+        return Err(UserError(format!(
+            "{}: winn64 halves the image four times, so its sides must be multiples of {multiple}; the data's images are {}x{}",
+            locate("net.arch"),
+            geometry.height,
+            geometry.width
+        ))
+        .into());
     }
     if spec.pipeline.positive_class as usize >= geometry.num_classes {
         return Err(UserError(format!("{}: expected a class below {}", locate("pipeline.positive_class"), geometry.num_classes)).into());
