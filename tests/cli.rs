@@ -564,3 +564,27 @@ fn lineage_out_writes_parquet_and_bench_refuses_unknown_workloads() {
     assert!(err.contains("--only bogus") && err.contains("cnn4_train_pn_lineage") && err.contains("resnet32_train"), "{err}");
     assert!(!dir.path().join("b.parquet").exists());
 }
+
+/// `synthesize.reference = "appendix-d"`: ICN-noise's pseudo-negatives are the Appendix D
+/// net's images (each spans exactly [-1, 1], unlike clipped N(0, 0.3^2) noise), synthesis
+/// starts from them too, and only synthesis and what follows it rerun.
+#[test]
+fn the_appendix_d_reference_distribution_feeds_noise_and_synthesis() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let store = dir.path().join("store");
+    let spans = |store: &Path| -> Vec<(f32, f32)> {
+        let d = output_digests(store).into_iter().find(|(s, n, _)| s == "synthesize/1" && n == "pseudo_negatives.safetensors").unwrap().2;
+        let pn = stages::codec::decode_pseudo_negatives(&std::fs::read(object(store, &d)).unwrap()).unwrap();
+        pn.images.chunks(28 * 28).map(|x| (x.iter().cloned().fold(f32::MAX, f32::min), x.iter().cloned().fold(f32::MIN, f32::max))).collect()
+    };
+    run(&file, &store, &["pipeline.method=icn-noise"]);
+    assert!(spans(&store).iter().any(|&(lo, hi)| lo > -1.0 || hi < 1.0), "clipped Gaussian noise rarely spans [-1, 1]");
+    let out = run(&file, &store, &["pipeline.method=icn-noise", "synthesize.reference=appendix-d"]);
+    assert_eq!(ran(&out), ["synthesize/1", "train/1", "evaluate/1"]);
+    let s = spans(&store);
+    assert_eq!(s.len(), 30);
+    assert!(s.iter().all(|&(lo, hi)| lo == -1.0 && hi == 1.0), "{s:?}");
+    let out = run(&file, &store, &["synthesize.reference=appendix-d"]);
+    assert_eq!(ran(&out), ["synthesize/1", "train/1", "evaluate/1"]);
+}

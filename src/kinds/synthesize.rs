@@ -13,7 +13,8 @@ use stages::candle::Device;
 use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
-use stages::synthesize::{p0_samples, synthesize, Finished, Step, StopReason, StopRule, SynthesisConfig, Target};
+use stages::nn::initial::NoiseProvider;
+use stages::synthesize::{p0_from, p0_samples, synthesize_from, Finished, Step, StopReason, StopRule, SynthesisConfig, Target};
 
 pub struct Synthesize;
 
@@ -34,10 +35,23 @@ pub struct Params {
     pub targets: Targets,
     pub per_class: usize,
     pub init_std: f64,
+    /// Where samples start when not from N(0, init_std^2); absent (not serialized) for the
+    /// Gaussian, so the keys of Gaussian stages did not move when it came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<Reference>,
     /// How: ascent on f_k, or the p0 samples themselves.
     #[serde(flatten)]
     pub method: Method,
     pub seed: u64,
+}
+
+/// A reference distribution p0 other than N(0, init_std^2).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reference {
+    /// WINN Appendix D: an untrained net of 5x5 convolutions and upsamplings maps U(-1, 1)
+    /// noise to images; its weights come from `seed` (one net per pipeline, every round).
+    AppendixD { seed: u64 },
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
@@ -85,14 +99,25 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     };
     let k = classes_made.len();
     let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes_made[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
+    // each sample's start is a function of its own seed, whatever the reference
+    let starts = match p.reference {
+        None => None,
+        Some(Reference::AppendixD { seed }) => {
+            let seeds: Vec<u64> = targets.iter().map(|t| t.seed).collect();
+            Some(NoiseProvider::new(p.net.shape(), seed, device)?.samples(&seeds)?)
+        }
+    };
     let out = match p.method {
-        Method::Noise => p0_samples(&targets, p.net.shape(), p.init_std),
+        Method::Noise => match starts {
+            Some(images) => p0_from(&targets, images),
+            None => p0_samples(&targets, p.net.shape(), p.init_std),
+        },
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
             let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
             let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop };
             let mut meter = io.progress(targets.len() as u64, "samples", "pseudo-negatives");
             let (mut done, mut steps) = (0u64, 0u64);
-            let out = synthesize(net.as_ref(), p.net.shape(), &targets, &cfg, device, &mut |f: Finished| {
+            let out = synthesize_from(net.as_ref(), p.net.shape(), &targets, starts.as_deref(), &cfg, device, &mut |f: Finished| {
                 if f.count > 0 {
                     done += f.count as u64;
                     steps += f.count as u64 * f.steps as u64;

@@ -151,12 +151,17 @@ pub fn build(p: &Pipeline) -> Graph {
     stages.push(evaluate(0));
     stages.extend(attack(0));
     let sy = &s.synthesize;
+    // p0 is one distribution for the whole pipeline: every round's net is the same one
+    let reference = match sy.reference {
+        spec::ReferenceChoice::Gaussian => None,
+        spec::ReferenceChoice::AppendixD => Some(synthesize::Reference::AppendixD { seed: stage_seed(s.pipeline.seed, "reference/appendix-d") }),
+    };
     for round in 1..=s.pipeline.rounds {
         for c in &chains {
             let previous = InputRef::output(&c.id(Train::ID.name, round - 1), train::CHECKPOINT);
             let synthesis = |how: synthesize::Method, inputs: Vec<(String, InputRef)>| {
                 let id = c.id(Synthesize::ID.name, round);
-                let params = synthesize::Params { round, net: c.net.clone(), targets: c.targets, per_class: sy.per_class, init_std: sy.init_std, method: how, seed: seed(&id) };
+                let params = synthesize::Params { round, net: c.net.clone(), targets: c.targets, per_class: sy.per_class, init_std: sy.init_std, reference, method: how, seed: seed(&id) };
                 place::<Synthesize>(id, &params, inputs)
             };
             match method {

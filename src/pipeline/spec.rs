@@ -272,6 +272,18 @@ pub enum StopChoice {
     Argmax,
 }
 
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReferenceChoice {
+    /// N(0, init_std^2), clipped to [-1, 1] (the ICN paper).
+    #[default]
+    Gaussian,
+    /// The WINN paper's Appendix D: an untrained net of four 5x5 convolutions (weights
+    /// N(0, 0.1^2)) and 2x upsamplings maps U(-1, 1) noise of 512x4x4 to images scaled to
+    /// [-1, 1]; one net per pipeline, drawn from pipeline.seed.
+    AppendixD,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum SynthesisStep {
@@ -298,6 +310,8 @@ pub struct SynthesizeSection {
     pub beta2: f64,
     /// Standard deviation of the reference distribution p0 = N(0, s^2).
     pub init_std: f64,
+    /// The reference distribution p0 samples start from (and ICN-noise's pseudo-negatives).
+    pub reference: ReferenceChoice,
     /// Most steps per sample, whatever `stop` says.
     pub max_steps: u32,
     /// When a sample is done (the stop options of the ICN paper).
@@ -318,6 +332,7 @@ impl Default for SynthesizeSection {
             beta1: 0.5,
             beta2: 0.999,
             init_std: 0.3,
+            reference: ReferenceChoice::Gaussian,
             max_steps: 500,
             stop: StopChoice::Classified,
             stop_probability: 0.9,

@@ -164,7 +164,11 @@ pub fn initial_sample(seed: u64, len: usize, std: f64) -> Vec<f32> {
 /// involved (logit and probability are NaN: nothing scored them).
 pub fn p0_samples(targets: &[Target], shape: Shape3, std: f64) -> Synthesized {
     let d = shape.0 * shape.1 * shape.2;
-    let images = targets.iter().flat_map(|t| initial_sample(t.seed, d, std)).collect();
+    p0_from(targets, targets.iter().flat_map(|t| initial_sample(t.seed, d, std)).collect())
+}
+
+/// [`p0_samples`] of another reference distribution: `images` are the targets' samples.
+pub fn p0_from(targets: &[Target], images: Vec<f32>) -> Synthesized {
     let records = targets
         .iter()
         .map(|t| SampleRecord { class: t.class, seed: t.seed, steps: 0, stop_reason: StopReason::Noise, final_logit: f32::NAN, final_prob: f32::NAN, classified: false, top: false })
@@ -233,6 +237,22 @@ pub fn synthesize(
     device: &Device,
     on_step: crate::OnStep<Finished>,
 ) -> Result<Synthesized> {
+    synthesize_from(model, shape, targets, None, cfg, device, on_step)
+}
+
+/// [`synthesize`] from given starting points (N x C x H x W, one per target, e.g. the
+/// Appendix D samples of [`crate::nn::initial`]) instead of N(0, init_std^2) noise; each
+/// sample's Langevin stream is still its own seed's.
+#[allow(clippy::too_many_arguments)]
+pub fn synthesize_from(
+    model: &dyn Classifier,
+    shape: Shape3,
+    targets: &[Target],
+    starts: Option<&[f32]>,
+    cfg: &SynthesisConfig,
+    device: &Device,
+    on_step: crate::OnStep<Finished>,
+) -> Result<Synthesized> {
     let (c, h, w) = shape;
     let d = c * h * w;
     let mut images = vec![0f32; targets.len() * d];
@@ -240,9 +260,18 @@ pub fn synthesize(
     for chunk_start in (0..targets.len()).step_by(cfg.batch_size.max(1)) {
         let chunk_end = (chunk_start + cfg.batch_size.max(1)).min(targets.len());
         let mut active: Vec<usize> = (chunk_start..chunk_end).collect();
+        if starts.is_some_and(|s| s.len() != targets.len() * d) {
+            candle_core::bail!("{} starting points for {} targets of {d} values", starts.map_or(0, <[f32]>::len) / d.max(1), targets.len());
+        }
         let mut state: Vec<Running> = active
             .iter()
-            .map(|&i| Running::new(targets[i].seed, d, cfg.init_std))
+            .map(|&i| {
+                let mut r = Running::new(targets[i].seed, d, cfg.init_std);
+                if let Some(s) = starts {
+                    r.x.copy_from_slice(&s[i * d..(i + 1) * d]);
+                }
+                r
+            })
             .collect();
         let mut step: u32 = 0;
         while !active.is_empty() {
@@ -546,6 +575,22 @@ mod tests {
         assert_eq!(s.images[..16], initial_sample(11, 16, 0.3)[..]);
         assert_eq!(s.images[16..], initial_sample(12, 16, 0.3)[..]);
         assert!(s.records.iter().all(|r| r.stop_reason == StopReason::Noise && r.steps == 0));
+    }
+
+    #[test]
+    fn given_starting_points_replace_the_gaussian_ones() -> Result<()> {
+        let dev = Device::Cpu;
+        let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(5), &dev)?;
+        let t = [Target { class: 1, seed: 9 }, Target { class: 4, seed: 10 }];
+        let starts = crate::nn::initial::NoiseProvider::new((1, 28, 28), 3, &dev)?.samples(&[9, 10])?;
+        let at0 = synthesize_from(&net, (1, 28, 28), &t, Some(&starts), &cfg(StopRule::Steps, 0), &dev, &mut crate::keep_going)?;
+        assert_eq!(at0.images, starts, "no step: the samples are their starting points");
+        let moved = synthesize_from(&net, (1, 28, 28), &t, Some(&starts), &cfg(StopRule::Steps, 3), &dev, &mut crate::keep_going)?;
+        let gaussian = synthesize(&net, (1, 28, 28), &t, &cfg(StopRule::Steps, 3), &dev, &mut crate::keep_going)?;
+        assert_ne!(moved.images, starts);
+        assert_ne!(moved.images, gaussian.images);
+        assert!(synthesize_from(&net, (1, 28, 28), &t, Some(&starts[..784]), &cfg(StopRule::Steps, 0), &dev, &mut crate::keep_going).is_err());
+        Ok(())
     }
 
     #[test]
