@@ -193,6 +193,87 @@ impl WassHead {
     }
 }
 
+/// What the critic trains on: positives and the pseudo-negatives so far (N x C x H x W
+/// each, row-major, in [-1, 1]).
+pub struct CriticSet<'a> {
+    pub shape: crate::nn::Shape3,
+    pub pos: &'a [f32],
+    pub neg: &'a [f32],
+}
+
+/// Means over the updates of one call of [`critic_updates`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CriticStats {
+    pub updates: usize,
+    /// E_neg f - E_pos f (negative when the critic tells them apart).
+    pub wasserstein: f64,
+    /// E[(||grad f(xhat)|| - 1)^2], unscaled.
+    pub penalty: f64,
+}
+
+/// `updates` critic steps of WINN-single (the paper's k per iteration): each on `batch`
+/// positives, walking one permutation of them, and `batch` pseudo-negatives drawn uniformly
+/// from all there are (WINN samples old ones uniformly), minimizing Eq. 5 with `opt`. Every
+/// draw comes from `rng`, so a rerun is bit-identical. A non-finite loss is an error.
+#[allow(clippy::too_many_arguments)]
+pub fn critic_updates(
+    proof: &SecondOrder,
+    model: &dyn crate::nn::Classifier,
+    opt: &mut dyn crate::optim::Optimizer,
+    set: &CriticSet,
+    batch: usize,
+    updates: usize,
+    lambda: f64,
+    rng: &mut Rng,
+    device: &Device,
+    on_step: crate::OnStep<usize>,
+) -> Result<CriticStats> {
+    let (c, h, w) = set.shape;
+    let d = c * h * w;
+    let (n_pos, n_neg) = (set.pos.len() / d.max(1), set.neg.len() / d.max(1));
+    if n_pos == 0 || n_neg == 0 || batch == 0 {
+        candle_core::bail!("a critic step needs positives ({n_pos}), pseudo-negatives ({n_neg}) and a batch ({batch})");
+    }
+    let vars = model.vars();
+    let score = |x: &Tensor| single_logit(&model.forward(x)?);
+    let mut order = rng.permutation(n_pos);
+    let mut at = 0;
+    let mut stats = CriticStats::default();
+    for _ in 0..updates {
+        let mut pos = Vec::with_capacity(batch * d);
+        for _ in 0..batch {
+            if at == order.len() {
+                order = rng.permutation(n_pos);
+                at = 0;
+            }
+            pos.extend_from_slice(&set.pos[order[at] * d..(order[at] + 1) * d]);
+            at += 1;
+        }
+        let neg: Vec<f32> = (0..batch).flat_map(|_| {
+            let j = rng.below(n_neg);
+            set.neg[j * d..(j + 1) * d].iter().copied()
+        }).collect();
+        let pos = Tensor::from_vec(pos, (batch, c, h, w), device)?;
+        let neg = Tensor::from_vec(neg, (batch, c, h, w), device)?;
+        let loss = critic_loss(proof, &score, &pos, &neg, lambda, rng)?;
+        let total = loss.total.to_scalar::<f32>()?;
+        if !total.is_finite() {
+            candle_core::bail!("the critic loss is {total} at update {} of {updates}", stats.updates + 1);
+        }
+        opt.step(&vars, &loss.total.backward()?)?;
+        stats.updates += 1;
+        stats.wasserstein += loss.wasserstein.to_scalar::<f32>()? as f64;
+        stats.penalty += loss.penalty.to_scalar::<f32>()? as f64;
+        if on_step(batch).is_break() {
+            return Err(crate::stopped());
+        }
+    }
+    let n = stats.updates.max(1) as f64;
+    stats.wasserstein /= n;
+    stats.penalty /= n;
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
