@@ -133,7 +133,7 @@ fn resolve(store: &Store, what: &str) -> Result<(Option<String>, Manifest)> {
     };
     let m: Manifest = store.manifest(&key)?.ok_or_else(|| UserError(format!("stage {key} is not committed in this store")))?;
     if m.kind != Synthesize::ID.name {
-        return Err(UserError(format!("{what} is a {} stage; samples are read from a synthesize stage (RUN:synthesize/N)", m.kind)).into());
+        return Err(UserError(format!("{what} is {} stage; samples are read from a synthesize stage (RUN:synthesize/N)", crate::audit::text::a_or_an(&m.kind))).into());
     }
     Ok((run, m))
 }

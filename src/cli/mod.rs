@@ -383,8 +383,9 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
     // what a `pipe run` holding the store is doing now, read from its heartbeat
     let live = progress::current(&store);
     for m in &members {
+        let running = |key: &Option<String>| live.iter().find(|(h, _)| key.as_deref() == Some(h.key.as_str()));
         let mut rows = executor::status(&store, &plan(&m.pipeline).stages)?;
-        for r in rows.iter_mut().filter(|r| live.iter().any(|(h, _)| r.key.as_deref() == Some(h.key.as_str()))) {
+        for r in rows.iter_mut().filter(|r| running(&r.key).is_some()) {
             r.state = "running".into();
         }
         let cached = rows.iter().filter(|r| r.state == "cached").count();
@@ -418,9 +419,8 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
                 (None, Some(up)) => format!("(key after {up})"),
                 _ => String::new(),
             };
-            let running = live.iter().find(|(h, _)| r.key.as_deref() == Some(h.key.as_str()));
-            match running {
-                Some((h, age)) => println!("  {:<7} {:<14} {key}  {}", "running", r.stage, live_line(h, *age)),
+            match running(&r.key) {
+                Some((h, age)) => println!("  {:<7} {:<14} {key}  {}", r.state, r.stage, live_line(h, *age)),
                 None => println!("  {:<7} {:<14} {key}", r.state, r.stage),
             }
         }

@@ -334,7 +334,7 @@ fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, 
         outputs: BTreeMap::new(),
         summary: serde_json::Map::new(),
         resumed: None,
-        live: Some(live.clone()),
+        live: live.clone(),
         started_at: started_at.clone(),
     };
     runner.run(stage, &mut io)?;
@@ -367,7 +367,7 @@ pub struct StageIo<'a> {
     outputs: BTreeMap<String, OutputInfo>,
     summary: serde_json::Map<String, Value>,
     resumed: Option<Value>,
-    live: Option<Live<'a>>,
+    live: Live<'a>,
     started_at: String,
 }
 

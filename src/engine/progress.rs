@@ -80,10 +80,17 @@ impl Heartbeat {
     /// One line: `train/0  epoch 2/5  6400/12000 samples (53%)  2100/s  eta 3s`.
     pub fn line(&self) -> String {
         let pct = if self.total > 0 { format!(" ({:.0}%)", 100.0 * self.done as f64 / self.total as f64) } else { String::new() };
-        let rate = self.rate.map(|r| format!("  {}/s", human(r, &self.unit))).unwrap_or_default();
         let eta = self.eta_seconds.map(|s| format!("  eta {}", timefmt::duration(s))).unwrap_or_default();
-        let note = self.note.as_ref().map(|n| format!("  {n}")).unwrap_or_default();
-        format!("{}  {}  {}/{} {}{pct}{rate}{eta}{note}", self.stage, self.what, self.done, self.total, self.unit)
+        format!("{}  {}  {}/{} {}{pct}{}{eta}{}", self.stage, self.what, self.done, self.total, self.unit, self.rate_text(), self.note_text())
+    }
+
+    /// `  2100/s`, or nothing before there is a rate.
+    fn rate_text(&self) -> String {
+        self.rate.map(|r| format!("  {}/s", human(r, &self.unit))).unwrap_or_default()
+    }
+
+    fn note_text(&self) -> String {
+        self.note.as_ref().map(|n| format!("  {n}")).unwrap_or_default()
     }
 }
 
@@ -108,7 +115,7 @@ pub enum Stop {
 
 /// The progress of one stage: counts, a bar or lines, the heartbeat.
 pub struct Meter<'a> {
-    live: Option<Live<'a>>,
+    live: Live<'a>,
     bar: ProgressBar,
     beat: Heartbeat,
     stop: Stop,
@@ -121,9 +128,9 @@ pub struct Meter<'a> {
 
 impl<'a> Meter<'a> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(live: Option<Live<'a>>, stage: &str, key: &str, stage_started_at: &str, total: u64, unit: &str, what: &str, stop: Stop) -> Self {
-        let bar = match live.as_ref().map(|l| l.display) {
-            Some(Display::Bar) => {
+    pub fn new(live: Live<'a>, stage: &str, key: &str, stage_started_at: &str, total: u64, unit: &str, what: &str, stop: Stop) -> Self {
+        let bar = match live.display {
+            Display::Bar => {
                 let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 // the bar takes what the terminal leaves, so the line never wraps
                 let counts = if unit == "bytes" { "{binary_bytes}/{binary_total_bytes}".to_string() } else { format!("{{pos}}/{{len}} {unit}") };
@@ -136,7 +143,7 @@ impl<'a> Meter<'a> {
             _ => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden()),
         };
         let beat = Heartbeat {
-            run: live.as_ref().map(|l| l.run.clone()).unwrap_or_default(),
+            run: live.run.clone(),
             pid: std::process::id(),
             stage: stage.to_string(),
             key: key.to_string(),
@@ -177,9 +184,11 @@ impl<'a> Meter<'a> {
 
     /// Counts `n` more units; `Break` when the stage should stop now (interrupted).
     pub fn inc(&mut self, n: u64) -> std::ops::ControlFlow<()> {
+        // the first count is news (the stage is under way); later ones at most every period
+        let first = self.beat.done == self.done_at_start;
         self.bar.inc(n);
         self.beat.done += n;
-        self.heartbeat(false);
+        self.heartbeat(first);
         if self.must_stop() {
             std::ops::ControlFlow::Break(())
         } else {
@@ -188,19 +197,13 @@ impl<'a> Meter<'a> {
     }
 
     /// Whether an interrupt asks this stage to stop at its next step.
-    pub fn must_stop(&self) -> bool {
+    fn must_stop(&self) -> bool {
         interrupt::urgent() || (interrupt::requested() && self.stop == Stop::Now)
-    }
-
-    pub fn done(&self) -> u64 {
-        self.beat.done
     }
 
     fn heartbeat(&mut self, force: bool) {
         let now = Instant::now();
-        // the first count is news (the stage is under way); later ones at most every period
-        let first = self.beat.done > self.done_at_start && self.beat.rate.is_none();
-        if !force && !first && self.last_beat.is_some_and(|t| now.duration_since(t) < HEARTBEAT_EVERY.min(self.interval)) {
+        if !force && self.last_beat.is_some_and(|t| now.duration_since(t) < HEARTBEAT_EVERY.min(self.interval)) {
             return;
         }
         self.last_beat = Some(now);
@@ -210,15 +213,12 @@ impl<'a> Meter<'a> {
         self.beat.rate = rate;
         self.beat.eta_seconds = rate.map(|r| self.beat.total.saturating_sub(self.beat.done) as f64 / r);
         self.beat.updated_at = timefmt::now_iso();
-        let rate = rate.map(|r| format!("  {}/s", human(r, &self.beat.unit))).unwrap_or_default();
-        let note = self.beat.note.as_ref().map(|n| format!("  {n}")).unwrap_or_default();
-        self.bar.set_message(format!("{}{rate}{note}", self.beat.what));
-        let Some(live) = &self.live else { return };
+        self.bar.set_message(format!("{}{}{}", self.beat.what, self.beat.rate_text(), self.beat.note_text()));
         // the heartbeat is a convenience: a failure to write it never fails the stage
         if let Ok(bytes) = serde_json::to_vec(&self.beat) {
-            let _ = live.store.write_live(&live.run, &bytes);
+            let _ = self.live.store.write_live(&self.live.run, &bytes);
         }
-        if live.display == Display::Lines && now.duration_since(self.last_line) >= self.interval {
+        if self.live.display == Display::Lines && now.duration_since(self.last_line) >= self.interval {
             self.last_line = now;
             eprintln!("{}", self.beat.line());
         }

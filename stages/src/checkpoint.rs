@@ -125,8 +125,9 @@ pub fn decode(bytes: &[u8], model: &dyn Classifier, device: &Device) -> Result<D
         }
     }
     if torch {
-        d.model = model_from_torch(model, std::mem::take(&mut d.model))?;
-        d.optim = optim_from_torch(model, std::mem::take(&mut d.optim))?;
+        let (names, dims) = (model.torch_names(), pipe_dims(model));
+        d.model = model_from_torch(&names, &dims, std::mem::take(&mut d.model))?;
+        d.optim = optim_from_torch(model, &names, &dims, std::mem::take(&mut d.optim))?;
     }
     Ok(d)
 }
@@ -146,12 +147,11 @@ fn from_torch(n: &TorchName, dims: &HashMap<String, Vec<usize>>, what: &str, t: 
     n.layout.from_torch(t)
 }
 
-fn model_from_torch(model: &dyn Classifier, mut stored: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    let dims = pipe_dims(model);
+fn model_from_torch(names: &[TorchName], dims: &HashMap<String, Vec<usize>>, mut stored: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
     let mut out = HashMap::new();
-    for n in model.torch_names() {
+    for n in names {
         let t = stored.remove(&n.torch).ok_or_else(|| msg(format!("checkpoint has no tensor `{MODEL}{}`", n.torch)))?;
-        out.insert(n.pipe.clone(), from_torch(&n, &dims, &format!("{MODEL}{}", n.torch), &t)?);
+        out.insert(n.pipe.clone(), from_torch(n, dims, &format!("{MODEL}{}", n.torch), &t)?);
     }
     let mut extra: Vec<String> = stored.into_keys().map(|k| format!("{MODEL}{k}")).collect();
     if !extra.is_empty() {
@@ -161,10 +161,9 @@ fn model_from_torch(model: &dyn Classifier, mut stored: HashMap<String, Tensor>)
     Ok(out)
 }
 
-fn optim_from_torch(model: &dyn Classifier, stored: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    let dims = pipe_dims(model);
-    let names: HashMap<String, TorchName> = model.torch_names().into_iter().map(|n| (n.pipe.clone(), n)).collect();
-    let params = model.named_vars().into_iter().map(|(p, _)| names.get(&p).ok_or_else(|| msg(format!("the net has no PyTorch name for `{p}`")))).collect::<Result<Vec<_>>>()?;
+fn optim_from_torch(model: &dyn Classifier, names: &[TorchName], dims: &HashMap<String, Vec<usize>>, stored: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    let names: HashMap<&str, &TorchName> = names.iter().map(|n| (n.pipe.as_str(), n)).collect();
+    let params = model.named_vars().into_iter().map(|(p, _)| names.get(p.as_str()).copied().ok_or_else(|| msg(format!("the net has no PyTorch name for `{p}`")))).collect::<Result<Vec<_>>>()?;
     let mut out = HashMap::new();
     for (slot, t) in stored {
         // `sgd.velocity.layer1.0.conv1.weight` also ends with `.conv1.weight`: the longest
@@ -173,7 +172,7 @@ fn optim_from_torch(model: &dyn Classifier, stored: HashMap<String, Tensor>) -> 
         match owner {
             Some((i, n)) => {
                 let kind = &slot[..slot.len() - n.torch.len() - 1];
-                out.insert(format!("{kind}.{i}"), from_torch(n, &dims, &format!("{OPTIM}{slot}"), &t)?);
+                out.insert(format!("{kind}.{i}"), from_torch(n, dims, &format!("{OPTIM}{slot}"), &t)?);
             }
             None => {
                 out.insert(slot, t);
