@@ -62,6 +62,17 @@ pub fn encode(model: &dyn Classifier, opt: Option<&dyn Optimizer>, rng: Option<&
     Ok(bytes)
 }
 
+/// Whether a checkpoint holds a net with a Wasserstein head (supervised WINN).
+pub fn has_wass_head(bytes: &[u8]) -> bool {
+    safetensors::SafeTensors::read_metadata(bytes).is_ok_and(|(_, h)| h.tensors().contains_key(&format!("{MODEL}{}", crate::critic::WASS_WEIGHT)))
+}
+
+/// The JSON header of a checkpoint (`{}` when absent), without decoding its tensors.
+pub fn meta(bytes: &[u8]) -> Result<String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| msg(format!("not a safetensors checkpoint: {e}")))?;
+    Ok(header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned()).unwrap_or_else(|| "{}".into()))
+}
+
 /// An optimizer slot of one parameter, `<kind>.<i>` with i indexing `Classifier::vars`
 /// (optim.rs names them so), as (kind, i).
 fn per_parameter(slot: &str, params: usize) -> Option<(&str, usize)> {

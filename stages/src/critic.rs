@@ -19,7 +19,7 @@
 //! logit, and f is that logit ([`single_logit`]). Both are a "score": a map from images
 //! (N x C x H x W) to one number per image (N), which is what the functions here take.
 
-use crate::nn::{NetConfig, Normalization};
+use crate::nn::{Classifier, Layout, Mode, NetConfig, Normalization, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::cell::Cell;
@@ -193,85 +193,114 @@ impl WassHead {
     }
 }
 
-/// What the critic trains on: positives and the pseudo-negatives so far (N x C x H x W
-/// each, row-major, in [-1, 1]).
-pub struct CriticSet<'a> {
-    pub shape: crate::nn::Shape3,
-    pub pos: &'a [f32],
-    pub neg: &'a [f32],
+/// The pipe (and PyTorch) name of the head's weight: a checkpoint holding it is a
+/// supervised WINN net's.
+pub const WASS_WEIGHT: &str = "wass.weight";
+const WASS_BIAS: &str = "wass.bias";
+
+/// A classifier with supervised WINN's Wasserstein head: its logits are the classifier's
+/// (evaluation and attacks see a plain K-class net), its critic is the head on them.
+pub struct WithWassHead {
+    net: Box<dyn Classifier>,
+    head: WassHead,
 }
 
-/// Means over the updates of one call of [`critic_updates`].
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct CriticStats {
-    pub updates: usize,
-    /// E_neg f - E_pos f (negative when the critic tells them apart).
-    pub wasserstein: f64,
+impl WithWassHead {
+    pub fn new(net: Box<dyn Classifier>, head: WassHead) -> Self {
+        WithWassHead { net, head }
+    }
+}
+
+impl Classifier for WithWassHead {
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.net.forward_mode(x, mode)
+    }
+    fn critic_of(&self, logits: &Tensor, mode: Mode) -> Result<Tensor> {
+        logits.matmul(&mode.param(&self.head.weight))?.broadcast_add(&mode.param(&self.head.bias))?.flatten_all()
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = self.net.named_vars();
+        v.extend(self.head.named_vars());
+        v
+    }
+    fn named_buffers(&self) -> Vec<(String, Var)> {
+        self.net.named_buffers()
+    }
+    fn torch_names(&self) -> Vec<TorchName> {
+        let mut names = self.net.torch_names();
+        let k = self.head.weight.dims()[0];
+        names.push(TorchName::new(WASS_WEIGHT, WASS_WEIGHT, Layout::Linear { channels: k }));
+        names.push(TorchName::new(WASS_BIAS, WASS_BIAS, Layout::Same));
+        names
+    }
+}
+
+/// A net seen through its critic, for synthesis: one column f(x) (`class_weight` None), or
+/// K columns f(x) + w log softmax_j(x). The second is supervised WINN's class-conditioned
+/// synthesis: the reference code descends |E f - threshold| + 0.5 CE(x, k), so a sample
+/// of class k rises in f while staying a k.
+pub struct CriticView<'a> {
+    pub net: &'a dyn Classifier,
+    pub class_weight: Option<f64>,
+}
+
+impl Classifier for CriticView<'_> {
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let logits = self.net.forward_mode(x, mode)?;
+        let f = self.net.critic_of(&logits, mode)?.unsqueeze(1)?;
+        match self.class_weight {
+            None => Ok(f),
+            Some(w) => (candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)? * w)?.broadcast_add(&f),
+        }
+    }
+    fn named_vars(&self) -> Vec<(String, Var)> {
+        self.net.named_vars()
+    }
+}
+
+/// The loss of one WINN batch and what it measured.
+pub struct CriticBatch {
+    pub loss: Tensor,
+    /// The logits of the whole batch (positives first).
+    pub logits: Tensor,
+    /// f of each row.
+    pub f: Vec<f32>,
+    /// E_neg f - E_pos f.
+    pub wasserstein: f32,
     /// E[(||grad f(xhat)|| - 1)^2], unscaled.
-    pub penalty: f64,
+    pub penalty: f32,
 }
 
-/// `updates` critic steps of WINN-single (the paper's k per iteration): each on `batch`
-/// positives, walking one permutation of them, and `batch` pseudo-negatives drawn uniformly
-/// from all there are (WINN samples old ones uniformly), minimizing Eq. 5 with `opt`. Every
-/// draw comes from `rng`, so a rerun is bit-identical. A non-finite loss is an error.
-#[allow(clippy::too_many_arguments)]
-pub fn critic_updates(
-    proof: &SecondOrder,
-    model: &dyn crate::nn::Classifier,
-    opt: &mut dyn crate::optim::Optimizer,
-    set: &CriticSet,
-    batch: usize,
-    updates: usize,
-    lambda: f64,
-    rng: &mut Rng,
-    device: &Device,
-    on_step: crate::OnStep<usize>,
-) -> Result<CriticStats> {
-    let (c, h, w) = set.shape;
-    let d = c * h * w;
-    let (n_pos, n_neg) = (set.pos.len() / d.max(1), set.neg.len() / d.max(1));
-    if n_pos == 0 || n_neg == 0 || batch == 0 {
-        candle_core::bail!("a critic step needs positives ({n_pos}), pseudo-negatives ({n_neg}) and a batch ({batch})");
+/// One batch of WINN: the first `n` rows of `x` are positives, the last `n` pseudo-negatives,
+/// paired row by row for the penalty (`rng` draws the interpolation weights). The loss is
+/// Eq. 5 (`supervised` None: WINN-single), or softmax cross-entropy on the positives with
+/// `labels` plus a times Eq. 5 (`supervised` Some(a)).
+pub fn critic_batch(proof: &SecondOrder, model: &dyn Classifier, x: &Tensor, n: usize, labels: &[u32], supervised: Option<f64>, lambda: f64, rng: &mut Rng) -> Result<CriticBatch> {
+    if x.dim(0)? != 2 * n || n == 0 {
+        candle_core::bail!("a WINN batch pairs its positives with as many pseudo-negatives: {} rows for {n} positives", x.dim(0)?);
     }
-    let vars = model.vars();
-    let score = |x: &Tensor| single_logit(&model.forward(x)?);
-    let mut order = rng.permutation(n_pos);
-    let mut at = 0;
-    let mut stats = CriticStats::default();
-    for _ in 0..updates {
-        let mut pos = Vec::with_capacity(batch * d);
-        for _ in 0..batch {
-            if at == order.len() {
-                order = rng.permutation(n_pos);
-                at = 0;
-            }
-            pos.extend_from_slice(&set.pos[order[at] * d..(order[at] + 1) * d]);
-            at += 1;
+    let logits = model.forward(x)?;
+    let f = model.critic_of(&logits, Mode::Train)?;
+    let wasserstein = wasserstein(&f.narrow(0, 0, n)?, &f.narrow(0, n, n)?)?;
+    let xhat = interpolate(&x.narrow(0, 0, n)?, &x.narrow(0, n, n)?, rng)?;
+    let penalty = gradient_penalty(proof, &xhat, &|t: &Tensor| model.critic_of(&model.forward(t)?, Mode::Train))?;
+    let critic = (&wasserstein + (&penalty * lambda)?)?;
+    let loss = match supervised {
+        None => critic,
+        Some(a) => {
+            let dev = x.device();
+            let zeros = Tensor::zeros(n, candle_core::DType::F32, dev)?;
+            let ce = crate::loss::icn_softmax(&logits.narrow(0, 0, n)?, &Tensor::new(&labels[..n], dev)?, &zeros, 0.0)?;
+            (ce + (critic * a)?)?
         }
-        let neg: Vec<f32> = (0..batch).flat_map(|_| {
-            let j = rng.below(n_neg);
-            set.neg[j * d..(j + 1) * d].iter().copied()
-        }).collect();
-        let pos = Tensor::from_vec(pos, (batch, c, h, w), device)?;
-        let neg = Tensor::from_vec(neg, (batch, c, h, w), device)?;
-        let loss = critic_loss(proof, &score, &pos, &neg, lambda, rng)?;
-        let total = loss.total.to_scalar::<f32>()?;
-        if !total.is_finite() {
-            candle_core::bail!("the critic loss is {total} at update {} of {updates}", stats.updates + 1);
-        }
-        opt.step(&vars, &loss.total.backward()?)?;
-        stats.updates += 1;
-        stats.wasserstein += loss.wasserstein.to_scalar::<f32>()? as f64;
-        stats.penalty += loss.penalty.to_scalar::<f32>()? as f64;
-        if on_step(batch).is_break() {
-            return Err(crate::stopped());
-        }
-    }
-    let n = stats.updates.max(1) as f64;
-    stats.wasserstein /= n;
-    stats.penalty /= n;
-    Ok(stats)
+    };
+    Ok(CriticBatch {
+        f: f.to_vec1::<f32>()?,
+        wasserstein: wasserstein.to_scalar::<f32>()?,
+        penalty: penalty.to_scalar::<f32>()?,
+        loss,
+        logits,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,12 @@ pub enum Objective {
     /// One logit f(x) for "is of class `positive`"; binary cross-entropy (ICN Eq. 5), with
     /// pseudo-negatives and every other class as negatives.
     Binary { positive: u32 },
+    /// WINN-single: a one-logit critic f on positives (every real sample, whatever its
+    /// label) against pseudo-negatives, Eq. 5 with penalty weight `lambda`.
+    Critic { lambda: f64 },
+    /// Supervised WINN: softmax cross-entropy on the real samples plus `weight` (the
+    /// paper's a) times Eq. 5, with f the net's Wasserstein head.
+    Winn { weight: f64, lambda: f64 },
 }
 
 impl Objective {
@@ -29,14 +35,21 @@ impl Objective {
                 let t: Vec<f32> = labels.iter().zip(negative).map(|(&y, &n)| (n == 0.0 && y == positive) as u8 as f32).collect();
                 binary_cross_entropy(&logits.flatten_all()?, &Tensor::new(t.as_slice(), dev)?)
             }
+            Objective::Critic { .. } | Objective::Winn { .. } => candle_core::bail!("a WINN loss needs the net, not only its logits (crate::critic::critic_batch)"),
         }
+    }
+
+    /// WINN's objectives: batches pair positives with pseudo-negatives, and the loss needs
+    /// the net (its gradient penalty).
+    pub fn is_critic(&self) -> bool {
+        matches!(self, Objective::Critic { .. } | Objective::Winn { .. })
     }
 
     /// Whether logits `row` claim `class`: the top class (softmax), or f(x) > 0 (binary).
     pub fn claims(&self, row: &[f32], class: u32) -> bool {
         match *self {
-            Objective::Softmax { .. } => crate::logits::argmax(row) == class as usize,
-            Objective::Binary { .. } => row[0] > 0.0,
+            Objective::Softmax { .. } | Objective::Winn { .. } => crate::logits::argmax(row) == class as usize,
+            Objective::Binary { .. } | Objective::Critic { .. } => row[0] > 0.0,
         }
     }
 
@@ -49,8 +62,10 @@ impl Objective {
     /// Whether a real sample of class `label` is classified correctly.
     pub fn correct(&self, row: &[f32], label: u32) -> bool {
         match *self {
-            Objective::Softmax { .. } => self.claims(row, label),
+            Objective::Softmax { .. } | Objective::Winn { .. } => self.claims(row, label),
             Objective::Binary { positive } => (row[0] > 0.0) == (label == positive),
+            // a critic has no class: train_epoch measures it against its pseudo-negatives
+            Objective::Critic { .. } => true,
         }
     }
 }

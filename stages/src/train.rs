@@ -4,6 +4,7 @@
 //! weights (0.5^age per round in the IGM reference code, so recent rounds count more).
 
 use crate::data::augment::pad_crop_flip;
+use crate::critic::{critic_batch, SecondOrder};
 use crate::loss::Objective;
 use crate::nn::Classifier;
 use crate::optim::Optimizer;
@@ -131,9 +132,24 @@ pub struct EpochStats {
     /// Times each pseudo-negative was drawn into a batch this epoch (lineage: which
     /// samples shaped the weights, and how much).
     pub neg_draws: Vec<u32>,
+    /// WINN objectives: what the critic measured over the epoch.
+    pub critic: Option<CriticEpoch>,
     /// Set when the epoch stopped on a non-finite loss, gradient or weight: the other
     /// fields then cover the batches before it, and the weights must not be kept.
     pub diverged: Option<Divergence>,
+}
+
+/// A WINN epoch's critic measures, means over batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CriticEpoch {
+    /// E_neg f - E_pos f (negative when the critic tells them apart).
+    pub wasserstein: f64,
+    /// E[(||grad f(xhat)|| - 1)^2], unscaled.
+    pub penalty: f64,
+    /// The lowest and highest batch mean of f over positives: WINN's synthesis stops each
+    /// sample at a threshold drawn between them (the reference code's min and max of
+    /// `D_pos_loss` over the last pass).
+    pub f_positive: (f64, f64),
 }
 
 /// One pass over `set` in an order drawn from `rng`; `on_batch` gets the samples done.
@@ -154,6 +170,9 @@ pub fn train_epoch(
     let mut stats = EpochStats { neg_draws: vec![0; if set.count_draws { set.neg_y.len() } else { 0 }], ..EpochStats::default() };
     let n_real = set.real_y.len();
     let (mut real_wrong, mut real_seen, mut neg_fool, mut neg_seen) = (0usize, 0usize, 0usize, 0usize);
+    let mut proof: Option<SecondOrder> = None;
+    let mut critic = CriticEpoch { wasserstein: 0.0, penalty: 0.0, f_positive: (f64::INFINITY, f64::NEG_INFINITY) };
+    let (mut critic_fool, mut critic_missed) = (0usize, 0usize);
     for batch in &batches {
         let mut xs = Vec::with_capacity(batch.len() * set.dim());
         let mut ys = Vec::with_capacity(batch.len());
@@ -172,8 +191,37 @@ pub fn train_epoch(
             }
         }
         let x = Tensor::from_vec(xs, (batch.len(), c, h, w), device)?;
-        let logits = model.forward(&x)?;
-        let loss = objective.loss(&logits, &ys, &negs)?;
+        let (logits, loss) = match objective {
+            Objective::Critic { lambda } | Objective::Winn { lambda, .. } => {
+                let proof = proof.get_or_insert(SecondOrder::on_this_thread().map_err(|e| candle_core::Error::Msg(e.to_string()))?);
+                let n = negs.iter().filter(|&&v| v == 0.0).count();
+                if negs[..n].iter().any(|&v| v != 0.0) {
+                    candle_core::bail!("a WINN batch needs its positives first, then as many pseudo-negatives (balanced sampling)");
+                }
+                let supervised = match objective {
+                    Objective::Winn { weight, .. } => Some(weight),
+                    _ => None,
+                };
+                let b = critic_batch(proof, model, &x, n, &ys, supervised, lambda, rng)?;
+                let mean = |v: &[f32]| v.iter().map(|&f| f as f64).sum::<f64>() / v.len().max(1) as f64;
+                let (fp, fn_) = (mean(&b.f[..n]), mean(&b.f[n..]));
+                critic.wasserstein += b.wasserstein as f64;
+                critic.penalty += b.penalty as f64;
+                critic.f_positive = (critic.f_positive.0.min(fp), critic.f_positive.1.max(fp));
+                // a pseudo-negative fools the critic when it scores above the positives' mean
+                critic_fool += b.f[n..].iter().filter(|&&f| f as f64 > fp).count();
+                // a positive is missed when it scores below the pseudo-negatives' mean
+                if supervised.is_none() {
+                    critic_missed += b.f[..n].iter().filter(|&&f| (f as f64) < fn_).count();
+                }
+                (b.logits, b.loss)
+            }
+            _ => {
+                let logits = model.forward(&x)?;
+                let loss = objective.loss(&logits, &ys, &negs)?;
+                (logits, loss)
+            }
+        };
         let grads = loss.backward()?;
         let value = loss.to_scalar::<f32>()?;
         let what = if !value.is_finite() {
@@ -192,7 +240,7 @@ pub fn train_epoch(
         for ((row, &y), &n) in logits.to_vec2::<f32>()?.iter().zip(&ys).zip(&negs) {
             if n > 0.0 {
                 neg_seen += 1;
-                neg_fool += objective.fooled_by(row, y) as usize;
+                neg_fool += (!objective.is_critic() && objective.fooled_by(row, y)) as usize;
             } else {
                 real_seen += 1;
                 real_wrong += (!objective.correct(row, y)) as usize;
@@ -208,6 +256,12 @@ pub fn train_epoch(
         if !finite_sum(&w)?.is_finite() {
             stats.diverged = Some(Divergence { batch: stats.batches, what: NonFinite::Weights });
         }
+    }
+    if objective.is_critic() {
+        neg_fool = critic_fool;
+        real_wrong += critic_missed;
+        let n = stats.batches.max(1) as f64;
+        stats.critic = Some(CriticEpoch { wasserstein: critic.wasserstein / n, penalty: critic.penalty / n, f_positive: critic.f_positive });
     }
     stats.loss /= stats.batches.max(1) as f64;
     stats.real_error = real_wrong as f64 / real_seen.max(1) as f64;

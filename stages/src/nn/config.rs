@@ -49,6 +49,15 @@ pub struct NetConfig {
     pub height: usize,
     pub image_width: usize,
     pub num_classes: usize,
+    /// Supervised WINN's Wasserstein head on the logits ([`crate::critic::WassHead`]): the
+    /// critic f(x) = v . logits(x) + c. Absent from keys when false, so nets without one
+    /// kept their keys when it came.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub wass_head: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,15 @@ impl NetConfig {
 
     /// A freshly initialized net; weights drawn from `rng`.
     pub fn build(&self, rng: &mut Rng, device: &Device) -> Result<Box<dyn Classifier>, NetError> {
+        let net = self.build_classifier(rng, device)?;
+        if !self.wass_head {
+            return Ok(net);
+        }
+        let head = crate::critic::WassHead::new(self.num_classes, rng, device)?;
+        Ok(Box::new(crate::critic::WithWassHead::new(net, head)))
+    }
+
+    fn build_classifier(&self, rng: &mut Rng, device: &Device) -> Result<Box<dyn Classifier>, NetError> {
         match self.arch {
             Arch::Cnn4 => {
                 let mut cfg = Cnn4Config::mnist(self.num_classes, self.width, self.leaky_slope);
@@ -101,9 +119,13 @@ impl NetConfig {
         }
     }
 
-    /// The net of a checkpoint (weights only).
+    /// The net of a checkpoint (weights only). A checkpoint whose net carries a Wasserstein
+    /// head loads with it whatever this config says: evaluation and attacks compare a
+    /// supervised WINN classifier with plain ones through the same config, and the head
+    /// changes no logit.
     pub fn load(&self, checkpoint: &[u8], device: &Device) -> Result<Box<dyn Classifier>, NetError> {
-        let net = self.build(&mut Rng::new(0), device)?;
+        let cfg = NetConfig { wass_head: self.wass_head || crate::checkpoint::has_wass_head(checkpoint), ..self.clone() };
+        let net = cfg.build(&mut Rng::new(0), device)?;
         let decoded = crate::checkpoint::decode(checkpoint, net.as_ref(), device)?;
         net.load_tensors(&decoded.model)?;
         Ok(net)

@@ -59,6 +59,13 @@ pub trait Classifier {
     /// Logits (N x K) for images (N x C x H x W) in [-1, 1].
     fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
 
+    /// The critic f(x) of WINN, one per image, from this net's `logits`: the logit of a
+    /// one-logit net (WINN-single). A net with a Wasserstein head (supervised WINN) maps
+    /// its K logits through the head.
+    fn critic_of(&self, logits: &Tensor, _mode: Mode) -> Result<Tensor> {
+        crate::critic::single_logit(logits)
+    }
+
     /// Logits with gradients reaching the parameters.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_mode(x, Mode::Train)
