@@ -14,6 +14,7 @@ pub mod logits;
 pub mod loss;
 pub mod nn;
 pub mod optim;
+pub mod patch;
 pub mod plot;
 pub mod rng;
 pub mod synthesize;
