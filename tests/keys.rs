@@ -101,7 +101,7 @@ fn fake_data(root: &Path) -> Vec<(&'static str, PathBuf)> {
         }
         std::fs::write(full.join(f), header).unwrap();
     }
-    vec![("mnist", repo().join("pipelines/data/mnist")), ("mnist", full), ("cifar10", cifar), ("svhn", svhn)]
+    vec![("mnist", repo().join("pipelines/data/mnist")), ("mnist", full), ("cifar10", cifar), ("svhn", svhn), ("folder", repo().join("pipelines/data/faces")), ("texture", repo().join("pipelines/data/textures"))]
 }
 
 /// One line per planned stage: what its key is made of.

@@ -51,6 +51,7 @@ fn value(setting: &Value, file: &toml::Table) -> String {
         "pipeline.patience" => "2",
         "train.lr_drop_round" => "1",
         "net.norm" => "\"batch\"",
+        "data.texture" => "\"brick\"",
         _ => panic!("{k} has no default and the quickstart does not set it: add an example value here"),
     };
     example.to_string()

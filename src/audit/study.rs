@@ -178,10 +178,11 @@ pub struct TwoWayRow {
 fn two_way_table(rows: &[Direction]) -> Vec<TwoWayRow> {
     let num = |d: &Direction, k: &str| d.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
     let setting = |d: &Direction| d.config.split(' ').filter(|kv| !kv.starts_with("pipeline.seed=")).collect::<Vec<_>>().join(" ");
-    group(rows.iter().map(|d| (format!("{}\u{0}{}", setting(d), d.attacked), d)))
+    group(rows.iter().map(|d| (format!("{}\u{0}{}\u{0}{}", setting(d), d.attacked, d.tested), d)))
         .into_iter()
         .map(|(label, ds)| {
-            let (set, attacked) = label.split_once('\u{0}').unwrap_or(("", ""));
+            let (set, rest) = label.split_once('\u{0}').unwrap_or(("", ""));
+            let attacked = rest.split('\u{0}').next().unwrap_or("");
             let pct = |k: &str| sweep::mean_sd(&ds.iter().map(|d| 100.0 * num(d, k)).collect::<Vec<_>>());
             let sum = |k: &str| ds.iter().map(|d| num(d, k)).sum::<f64>();
             TwoWayRow {
@@ -208,7 +209,8 @@ pub fn stored_two_way(record: &RunRecord) -> Vec<TwoWayRow> {
         .iter()
         .filter(|s| s.kind == Attack::ID.name)
         .filter_map(|s| {
-            let (config, attacked) = s.stage.strip_prefix(&prefix)?.rsplit_once('/')?;
+            let (config, direction) = s.stage.strip_prefix(&prefix)?.rsplit_once('/')?;
+            let attacked = direction.split(VS).next().unwrap_or(direction);
             let seed = config.split(' ').find_map(|kv| kv.strip_prefix("pipeline.seed=")?.parse().ok());
             Some(Direction {
                 config: config.to_string(),
@@ -222,6 +224,10 @@ pub fn stored_two_way(record: &RunRecord) -> Vec<TwoWayRow> {
         .collect();
     two_way_table(&rows)
 }
+
+/// Between the attacked and the tested case in the stage ids of a comparison of more than
+/// two cases.
+const VS: &str = " vs ";
 
 /// One direction of a two-way comparison in one configuration.
 struct Direction {
@@ -238,14 +244,12 @@ struct Direction {
 /// has both; the stages go through the store like any other, under a run record of their own.
 fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<Vec<PathBuf>> {
     let Some(a) = members[0].pipeline.spec.attack.clone() else { return Ok(Vec::new()) };
-    let [case_a, case_b] = match a.compare.as_slice() {
-        [x, y] => [x.clone(), y.clone()],
-        _ => return Ok(Vec::new()),
-    };
+    let Some((case_a, others)) = a.compare.split_first() else { return Ok(Vec::new()) };
+    let case_a = case_a.clone();
     let name = &members[0].pipeline.name;
     let mut stages: Vec<StageDef> = Vec::new();
     let mut meta = Vec::new();
-    for (config, ia, ib) in compared_pairs(members, &case_a, &case_b) {
+    for (config, ia, ib, case_b) in others.iter().flat_map(|b| compared_pairs(members, &case_a, b).into_iter().map(move |(c, ia, ib)| (c, ia, ib, b.clone()))) {
         let (ma, ra, mb, rb) = (&members[ia], &records[ia], &members[ib], &records[ib]);
         let checkpoint = |r: &RunRecord| match a.classifier {
             AttackClassifier::Selected => r.selected.as_ref().and_then(|s| s["checkpoint"].as_str()).map(String::from),
@@ -256,7 +260,8 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
             println!("two-way: {config}: no single classifier on both sides; skipped");
             continue;
         };
-        let net_of = |m: &Member| plan(&m.pipeline).stages.into_iter().find(|s| s.kind == Train::ID).and_then(|s| read_params::<train::Params>(&s.params).ok()).map(|p| p.net);
+        // a supervised WINN net is the same classifier with a head on its logits
+        let net_of = |m: &Member| plan(&m.pipeline).stages.into_iter().find(|s| s.kind == Train::ID).and_then(|s| read_params::<train::Params>(&s.params).ok()).map(|p| stages::nn::NetConfig { wass_head: false, ..p.net });
         let (Some(net), net_b) = (net_of(ma), net_of(mb)) else { continue };
         if Some(&net) != net_b.as_ref() {
             println!("two-way: {config}: {case_a} and {case_b} train different nets; skipped");
@@ -264,7 +269,9 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
         }
         let seed = ma.pipeline.spec.pipeline.seed;
         for (attacked, tested, ck_attacked, ck_tested) in [(&case_a, &case_b, &ca, &cb), (&case_b, &case_a, &cb, &ca)] {
-            let id = format!("{}/{config}/{attacked}", Attack::ID.name);
+            // with one comparison the attacked case names the stage; with more, each
+            // direction of each pair needs its own
+            let id = if others.len() == 1 { format!("{}/{config}/{attacked}", Attack::ID.name) } else { format!("{}/{config}/{attacked}{VS}{tested}", Attack::ID.name) };
             let models = [(attacked.clone(), InputRef::Object(ck_attacked.clone())), (tested.clone(), InputRef::Object(ck_tested.clone()))];
             let stage_seed = stage_seed(seed, &id);
             stages.push(attack_stage(id, &a, &net, 0, stage_seed, InputRef::Object(test.clone()), &models));
@@ -274,7 +281,7 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     if stages.is_empty() {
         return Ok(Vec::new());
     }
-    println!("\n== two-way attack: {case_a} vs {case_b}, {}", crate::audit::text::count(stages.len(), "stage"));
+    println!("\n== two-way attack: {case_a} vs {}, {}", others.join(", "), crate::audit::text::count(stages.len(), "stage"));
     let pipeline = &members[0].pipeline;
     let runner = Kinds::for_device(&pipeline.spec.pipeline.device)?;
     let mut record = crate::audit::runs::new_record(&format!("{name}:two-way"), pipeline, executor::Runner::device(&runner));
@@ -341,7 +348,7 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
 /// The number of two-way attack stages a sweep will add after its members.
 pub fn two_way_stage_count(members: &[Member]) -> usize {
     match members.first().and_then(|m| m.pipeline.spec.attack.as_ref()).map(|a| a.compare.as_slice()) {
-        Some([a, b]) => 2 * compared_pairs(members, a, b).len(),
+        Some([a, others @ ..]) => others.iter().map(|b| 2 * compared_pairs(members, a, b).len()).sum(),
         _ => 0,
     }
 }

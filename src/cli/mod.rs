@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod samples;
+pub mod sample;
 
 use crate::audit::runs::{new_record, run_stage, shown_status, unique_match};
 use crate::engine::executor::{self, Manifest, RunRecord, Runner};
@@ -101,6 +102,10 @@ enum Command {
     /// A synthesize stage's pseudo-negatives: a table, a PNG each, a Parquet or NPY file or
     /// a labelled grid; of one class, or only those that still fool a later classifier.
     Samples(samples::Args),
+    /// Images drawn from a trained WINN model (through its cascades in order), of its own
+    /// size or any larger one from patches: a cached, resumable `sample` stage, copied to
+    /// --out as samples.safetensors, samples.parquet (seed, steps, final f) and grid.png.
+    Sample(sample::Args),
     /// Show each stage as cached or to run, with its key, without running anything.
     Status {
         #[command(flatten)]
@@ -239,6 +244,7 @@ pub fn main() -> Result<()> {
         Command::Run { args, quiet } => run(&args, Display::detect(quiet)),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Samples(a) => samples::run(&a),
+        Command::Sample(a) => sample::run(&a),
         Command::Status { args, json } => status(&args, json),
         Command::Ls { store, json } => ls(&store.store, json),
         Command::Show { what, store, json } => show(&store.store, &what, json),

@@ -30,6 +30,9 @@ pub enum DataFormat {
     /// An image folder: one sub-folder per class (PNG or JPEG), e.g. `face/` and `nonface/`.
     /// The test set is split off like the validation set (`test_size`).
     Folder,
+    /// One texture image (`<data.path>/<data.texture>.png` or `.jpg`): every split is
+    /// random `data.patch`-sided crops of it, all of class 0 (WINN and IGM textures).
+    Texture,
     /// Hugging Face style Parquet shards (`train*.parquet`, `test*.parquet`, in the folder
     /// or its `data/`): an `image` column of PNG/JPEG bytes and a `label` column.
     Parquet,
@@ -53,6 +56,9 @@ pub struct Params {
     pub validation_size: usize,
     pub test_size: usize,
     pub balanced: bool,
+    /// Texture: the side of the square crops. Absent for other formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
     /// Seeds the validation split and the `train_size` draw.
     pub seed: u64,
 }
@@ -84,9 +90,10 @@ const SVHN_TEST: &str = "test";
 /// Input of formats read as a whole directory.
 const FOLDER: &str = "folder";
 const PARQUET: &str = "parquet";
+const TEXTURE: &str = "texture";
 
 /// The files a `load` stage reads, by input name, or the name of the first one missing.
-pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::result::Result<Vec<(String, PathBuf)>, String> {
+pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool, texture: Option<&str>) -> std::result::Result<Vec<(String, PathBuf)>, String> {
     let need = |name: String, file: &str| {
         let p = dir.join(file);
         if p.is_file() { Ok((name, p)) } else { Err(file.to_string()) }
@@ -107,6 +114,10 @@ pub fn data_files(format: DataFormat, dir: &Path, svhn_extra: bool) -> std::resu
             .chain([need(format!("{TEST_FILES}1"), "test_batch.bin")])
             .collect(),
         DataFormat::Folder => Ok(vec![(FOLDER.to_string(), dir.to_path_buf())]),
+        DataFormat::Texture => {
+            let name = texture.unwrap_or("");
+            ["png", "jpg", "jpeg"].iter().map(|e| dir.join(format!("{name}.{e}"))).find(|p| p.is_file()).map(|p| vec![(TEXTURE.to_string(), p)]).ok_or_else(|| format!("{name}.png (or .jpg)"))
+        }
         DataFormat::Parquet => {
             for split in ["train", "test"] {
                 stages::data::parquet::split_files(dir, split).map_err(|_| format!("{split}*.parquet shards"))?;
@@ -150,6 +161,9 @@ fn bytes_under(path: &Path) -> u64 {
 }
 
 fn run(p: Params, io: &mut StageIo) -> Result<()> {
+    if p.format == DataFormat::Texture {
+        return crops(p, io);
+    }
     let (full, test) = read(&p, io)?;
     if (full.channels, full.height, full.width) != (test.channels, test.height, test.width) {
         return Err(UserError(format!(
@@ -194,6 +208,7 @@ fn read_files(p: &Params, io: &mut StageIo) -> Result<(ImageSet, ImageSet)> {
             let c = channels()?;
             read_counted(io, &mut meter, &[PARQUET], |d| Ok((parquet::load_split(&d[0], "train", c)?, parquet::load_split(&d[0], "test", c)?)))?
         }
+        DataFormat::Texture => unreachable!("textures are cropped, not split (crops)"),
         DataFormat::Folder => {
             // One folder, no official test split: test examples are drawn like validation.
             let c = channels()?;
@@ -266,5 +281,37 @@ fn split(p: Params, io: &mut StageIo, full: ImageSet, test: ImageSet) -> Result<
         io.summary(name, json!({"count": set.len(), "class_counts": set.class_counts(classes)}));
     }
     io.summary("line", json!(format!("train {}  validation {}  test {}", train.len(), validation.len(), test.len())));
+    Ok(())
+}
+
+/// The splits of a texture: `train_size`, `validation_size` and `test_size` crops of
+/// `patch` x `patch` at top-left corners drawn uniformly from the data seed.
+fn crops(p: Params, io: &mut StageIo) -> Result<()> {
+    let side = p.patch.with_context(|| format!("stage {}: a texture needs a `patch` parameter", io.stage_id()))?;
+    let c = p.channels.with_context(|| format!("stage {}: a texture needs a `channels` parameter", io.stage_id()))?;
+    let path = io.file(TEXTURE)?;
+    let (pixels, h, w) = folder::load_image(&path, c).map_err(|e| UserError(format!("{e}")))?;
+    if h < side || w < side {
+        return Err(UserError(format!("{}: the texture is {h}x{w}, smaller than data.patch = {side}", path.display())).into());
+    }
+    let mut rng = Rng::new(p.seed);
+    let mut take = |n: usize| {
+        let mut set = ImageSet { pixels: Vec::with_capacity(n * c * side * side), labels: vec![0; n], channels: c, height: side, width: side };
+        for _ in 0..n {
+            let (top, left) = (rng.below(h - side + 1), rng.below(w - side + 1));
+            for ch in 0..c {
+                for y in top..top + side {
+                    let at = ch * h * w + y * w + left;
+                    set.pixels.extend_from_slice(&pixels[at..at + side]);
+                }
+            }
+        }
+        set
+    };
+    let (train, validation, test) = (take(p.train_size), take(p.validation_size), take(p.test_size));
+    for (output, set) in [(TRAIN, &train), (VALIDATION, &validation), (TEST, &test)] {
+        io.write(output, &encode_image_set(set)?)?;
+    }
+    io.summary("line", json!(format!("{} training, {} validation, {} test crops of {side}x{side} from a {h}x{w} texture", train.len(), validation.len(), test.len())));
     Ok(())
 }

@@ -9,6 +9,7 @@
 pub mod attack;
 pub mod evaluate;
 pub mod load;
+pub mod sample;
 pub mod synthesize;
 pub mod train;
 
@@ -62,7 +63,7 @@ pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
 }
 
 /// Every kind this `pipe` runs.
-pub static REGISTRY: [Entry; 5] = [entry::<load::Load>(), entry::<train::Train>(), entry::<synthesize::Synthesize>(), entry::<evaluate::Evaluate>(), entry::<attack::Attack>()];
+pub static REGISTRY: [Entry; 6] = [entry::<load::Load>(), entry::<train::Train>(), entry::<synthesize::Synthesize>(), entry::<evaluate::Evaluate>(), entry::<attack::Attack>(), entry::<sample::Sample>()];
 
 /// Runs stages on one candle device.
 pub struct Kinds {
@@ -125,7 +126,7 @@ mod tests {
     fn parameters_missing_a_field_are_an_error_naming_it() {
         let mut v = serde_json::to_value(train::Params {
             round: 1,
-            net: stages::nn::NetConfig { arch: stages::nn::Arch::Cnn4, norm: stages::nn::Normalization::None, width: 1.0, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10 },
+            net: stages::nn::NetConfig { arch: stages::nn::Arch::Cnn4, norm: stages::nn::Normalization::None, width: 1.0, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10, wass_head: false },
             optimizer: stages::optim::OptimizerConfig::Sgd { lr: 0.1, momentum: 0.9 },
             batch_size: 64,
             epochs: 5,

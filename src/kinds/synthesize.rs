@@ -10,16 +10,22 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
-use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
+use stages::codec::{decode_pseudo_negatives, encode_pseudo_negatives, PseudoNegatives};
+use stages::critic::CriticView;
+use stages::nn::{Classifier, Shape3};
+use super::train::critic_thresholds;
 use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
 use stages::nn::initial::NoiseProvider;
-use stages::synthesize::{p0_from, p0_samples, synthesize_from, Finished, Step, StopReason, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{p0_from, p0_samples, synthesize_from, Finished, Step, StopReason, StopRule, SynthesisConfig, Synthesized, Target};
 
 pub struct Synthesize;
 
 /// Input: the classifier samples are synthesized from (none for p0 noise).
 pub const CHECKPOINT: &str = "checkpoint";
+/// Input (WINN cascades after the first): the previous cascade's samples, where this
+/// stage's samples start (sample i from sample i mod n) instead of p0.
+pub const STARTS: &str = "starts";
 /// Output: the samples with their classes.
 pub const PSEUDO_NEGATIVES: &str = "pseudo_negatives.safetensors";
 /// Output: one row per sample: seed, steps, stop reason, final logit.
@@ -70,6 +76,11 @@ pub enum Method {
     Synthesis { batch_size: usize, lr: f64, max_steps: u32, step: Step, stop: StopRule },
     /// The p0 samples themselves (ICN-noise): no classifier involved.
     Noise,
+    /// WINN: ascent on the critic f of the checkpoint (its Wasserstein head, or its one
+    /// logit), each sample stopping once it reaches its own threshold, drawn in the range
+    /// of f over positives that the checkpoint carries. With `class_weight` (supervised
+    /// WINN) a sample of class k ascends f + w log softmax_k.
+    Critic { batch_size: usize, lr: f64, max_steps: u32, step: Step, class_weight: Option<f64> },
 }
 
 impl Kind for Synthesize {
@@ -88,8 +99,24 @@ impl Kind for Synthesize {
 pub const GRID_COLUMNS: usize = 10;
 
 /// The seed of sample i of a stage: recorded per sample, so any one can be remade alone.
-fn sample_seed(stage_seed: u64, i: usize) -> u64 {
+pub fn sample_seed(stage_seed: u64, i: usize) -> u64 {
     crate::engine::graph::derive_seed(&format!("pipe-sample/{stage_seed}/{i}"))
+}
+
+/// Gradient ascent from `starts` (p0 when none), with a progress meter.
+fn ascend(io: &StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target], starts: Option<&[f32]>, cfg: &SynthesisConfig, device: &Device) -> Result<Synthesized> {
+    let mut meter = io.progress(targets.len() as u64, "samples", "pseudo-negatives");
+    let (mut done, mut steps) = (0u64, 0u64);
+    let out = synthesize_from(net, shape, targets, starts, cfg, device, &mut |f: Finished| {
+        if f.count > 0 {
+            done += f.count as u64;
+            steps += f.count as u64 * f.steps as u64;
+            meter.set_note(format!("mean {:.1} steps", steps as f64 / done as f64));
+        }
+        meter.inc(f.count as u64)
+    })?;
+    meter.finish();
+    Ok(out)
 }
 
 fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -100,11 +127,20 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let k = classes_made.len();
     let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes_made[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
     // each sample's start is a function of its own seed, whatever the reference
-    let starts = match p.reference {
-        None => None,
-        Some(Reference::AppendixD { seed }) => {
-            let seeds: Vec<u64> = targets.iter().map(|t| t.seed).collect();
-            Some(NoiseProvider::new(p.net.shape(), seed, device)?.samples(&seeds)?)
+    let shape = p.net.shape();
+    let d = shape.0 * shape.1 * shape.2;
+    let starts = if io.has_input(STARTS) {
+        let from = decode_pseudo_negatives(&io.read(STARTS)?)?;
+        anyhow::ensure!(from.shape == shape && !from.classes.is_empty(), "input {STARTS}: {} samples of {:?}, expected some of {shape:?}", from.classes.len(), from.shape);
+        let n = from.classes.len();
+        Some((0..targets.len()).flat_map(|i| from.images[(i % n) * d..(i % n + 1) * d].to_vec()).collect())
+    } else {
+        match p.reference {
+            None => None,
+            Some(Reference::AppendixD { seed }) => {
+                let seeds: Vec<u64> = targets.iter().map(|t| t.seed).collect();
+                Some(NoiseProvider::new(shape, seed, device)?.samples(&seeds)?)
+            }
         }
     };
     let out = match p.method {
@@ -115,22 +151,18 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
             let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
             let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop };
-            let mut meter = io.progress(targets.len() as u64, "samples", "pseudo-negatives");
-            let (mut done, mut steps) = (0u64, 0u64);
-            let out = synthesize_from(net.as_ref(), p.net.shape(), &targets, starts.as_deref(), &cfg, device, &mut |f: Finished| {
-                if f.count > 0 {
-                    done += f.count as u64;
-                    steps += f.count as u64 * f.steps as u64;
-                    meter.set_note(format!("mean {:.1} steps", steps as f64 / done as f64));
-                }
-                meter.inc(f.count as u64)
-            })?;
-            meter.finish();
-            out
+            ascend(io, net.as_ref(), shape, &targets, starts.as_deref(), &cfg, device)?
+        }
+        Method::Critic { batch_size, lr, max_steps, step, class_weight } => {
+            let bytes = io.read(CHECKPOINT)?;
+            let range = critic_thresholds(&bytes)?;
+            let net = p.net.load(&bytes, device)?;
+            let view = CriticView { net: net.as_ref(), class_weight: if binary { None } else { Some(class_weight.unwrap_or(0.0)) } };
+            let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop: StopRule::Threshold { min: range.min, max: range.max } };
+            io.summary("critic_thresholds", json!([range.min, range.max]));
+            ascend(io, &view, shape, &targets, starts.as_deref(), &cfg, device)?
         }
     };
-    let shape = p.net.shape();
-    let d = shape.0 * shape.1 * shape.2;
     // A sample that went non-finite is dropped, never stored: its seed is listed in the
     // summary, and the others keep their order (sample_id is the index in the output).
     let (mut images, mut records, mut dropped) = (Vec::with_capacity(out.images.len()), Vec::with_capacity(out.records.len()), Vec::new());

@@ -30,6 +30,8 @@ pub const TRAIN_SET: &str = "train";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 /// Output: one row per epoch.
 pub const LOG: &str = "train_log.parquet";
+/// Summary metric of WINN critics: E_neg f - E_pos f of the last epoch.
+pub const WASSERSTEIN: &str = "wasserstein";
 /// Output (rounds with pseudo-negatives): how often each was drawn into a batch.
 pub const DRAWS: &str = "draws.parquet";
 
@@ -120,6 +122,38 @@ struct EpochRow {
     real_error: f64,
     negatives_fooling: f64,
     lr: f64,
+    /// WINN objectives only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    critic: Option<CriticRow>,
+}
+
+/// What a WINN epoch's critic measured (stages::train::CriticEpoch, as stored).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+struct CriticRow {
+    wasserstein: f64,
+    penalty: f64,
+    f_positive_min: f64,
+    f_positive_max: f64,
+}
+
+/// The range of f over positives that a WINN critic's synthesis draws its thresholds from,
+/// as its checkpoint's header carries it (`critic` in the JSON), so that sampling later
+/// stops where training did.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq)]
+pub struct CriticThresholds {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// The thresholds in a checkpoint's header; an error that says so when it is not a WINN
+/// critic's.
+pub fn critic_thresholds(checkpoint: &[u8]) -> Result<CriticThresholds> {
+    #[derive(Deserialize)]
+    struct Header {
+        critic: Option<CriticThresholds>,
+    }
+    let h: Header = serde_json::from_str(&stages::checkpoint::meta(checkpoint)?).context("checkpoint header")?;
+    h.critic.context("the checkpoint carries no critic thresholds: it is not a WINN critic's (pipeline.method = \"winn\")")
 }
 
 /// What a resumption checkpoint carries besides tensors.
@@ -175,6 +209,11 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         pool.push(PoolEntry { round, digest: io.input_digest(&name)?.to_string() });
     }
     ensure!(pool.is_empty() || p.sampling.is_some(), "stage {}: pseudo-negative inputs but no `sampling` parameter", io.stage_id());
+    ensure!(
+        !p.objective.is_critic() || matches!(p.sampling, Some(Sampling::Balanced { .. })),
+        "stage {}: a WINN objective pairs each batch's positives with as many pseudo-negatives: it needs balanced sampling",
+        io.stage_id()
+    );
     for entry in &pool {
         let pn = decode_pseudo_negatives(&io.read_named(&entry.digest)?).with_context(|| format!("pseudo-negatives of round {}", entry.round))?;
         let made_in = entry.round;
@@ -209,7 +248,8 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     }
 
     let objective = p.objective;
-    let samples = real_y.len() + neg_y.len();
+    // a balanced batch pairs each real sample with a pseudo-negative drawn for it
+    let samples = if decay.is_some() && !neg_y.is_empty() { 2 * real_y.len() } else { real_y.len() + neg_y.len() };
     // the state at the start of the current epoch: what a rollback returns to
     let mut good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), "{}")?;
     let mut epoch = progress.epochs_done;
@@ -251,7 +291,8 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
                 ),
             }
         }
-        progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate() });
+        let critic = stats.critic.map(|c| CriticRow { wasserstein: c.wasserstein, penalty: c.penalty, f_positive_min: c.f_positive.0, f_positive_max: c.f_positive.1 });
+        progress.log.push(EpochRow { epoch: epoch + 1, loss: stats.loss, real_error: stats.real_error, negatives_fooling: stats.negatives_fooling, lr: opt.learning_rate(), critic });
         progress.epochs_done = epoch + 1;
         progress.draws.iter_mut().zip(&stats.neg_draws).for_each(|(total, d)| *total += d);
         good = checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &serde_json::to_string(&progress)?)?;
@@ -263,17 +304,31 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     }
     meter.finish();
 
-    let meta = json!({"round": p.round, "epochs": p.epochs}).to_string();
-    io.write(CHECKPOINT, &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta)?)?;
+    let last_critic = progress.log.last().and_then(|r| r.critic);
+    let mut meta = json!({"round": p.round, "epochs": p.epochs});
+    if let Some(c) = last_critic {
+        meta["critic"] = serde_json::to_value(CriticThresholds { min: c.f_positive_min, max: c.f_positive_max })?;
+    }
+    io.write(CHECKPOINT, &checkpoint::encode(net.as_ref(), Some(opt.as_ref()), Some(&rng), &meta.to_string())?)?;
     let log = &progress.log;
-    let table = to_parquet(vec![
+    let mut columns = vec![
         ("round", Column::U32(vec![p.round; log.len()])),
         ("epoch", Column::U32(log.iter().map(|r| r.epoch).collect())),
         ("loss", Column::F64(log.iter().map(|r| r.loss).collect())),
         ("real_error", Column::F64(log.iter().map(|r| r.real_error).collect())),
         ("negatives_fooling", Column::F64(log.iter().map(|r| r.negatives_fooling).collect())),
         ("lr", Column::F64(log.iter().map(|r| r.lr).collect())),
-    ])?;
+    ];
+    if p.objective.is_critic() {
+        let c = |f: fn(&CriticRow) -> f64| Column::F64(log.iter().map(|r| r.critic.as_ref().map_or(f64::NAN, f)).collect());
+        columns.extend([
+            ("wasserstein", c(|r| r.wasserstein)),
+            ("penalty", c(|r| r.penalty)),
+            ("f_positive_min", c(|r| r.f_positive_min)),
+            ("f_positive_max", c(|r| r.f_positive_max)),
+        ]);
+    }
+    let table = to_parquet(columns)?;
     io.write(LOG, &table)?;
     if !neg_id.is_empty() {
         let draws = to_parquet(vec![
@@ -291,6 +346,11 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     io.summary("real", json!(real_y.len()));
     io.summary("pseudo_negatives", json!(neg_y.len()));
     io.summary("final_loss", json!(last.loss));
+    if let Some(c) = last.critic {
+        io.summary(WASSERSTEIN, json!(c.wasserstein));
+        io.summary("penalty", json!(c.penalty));
+        io.summary("critic_thresholds", json!([c.f_positive_min, c.f_positive_max]));
+    }
     if !progress.rollbacks.is_empty() {
         io.summary("rollbacks", serde_json::to_value(&progress.rollbacks)?);
     }
@@ -298,7 +358,8 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         0 => String::new(),
         n => format!(", {n} rollback(s), lr now {}", num(last.lr)),
     };
-    io.summary("line", json!(format!("{} real + {} pseudo-negatives, loss {:.4}, train error {:.2}%{rolled}", real_y.len(), neg_y.len(), last.loss, 100.0 * last.real_error)));
+    let critic = last.critic.map(|c| format!(", E_neg f - E_pos f {:.3}, penalty {:.3}", c.wasserstein, c.penalty)).unwrap_or_default();
+    io.summary("line", json!(format!("{} real + {} pseudo-negatives, loss {:.4}, train error {:.2}%{critic}{rolled}", real_y.len(), neg_y.len(), last.loss, 100.0 * last.real_error)));
     Ok(())
 }
 

@@ -82,32 +82,19 @@ pub fn build(p: &Pipeline) -> Graph {
         }],
         Variant::Binary => vec![binary_chain(s.pipeline.positive_class, None)],
         Variant::OneVsAll => (0..g.num_classes as u32).map(|k| binary_chain(k, Some(k))).collect(),
+        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN"),
     };
     let evaluation = match s.pipeline.variant {
         Variant::Softmax => Evaluation::Softmax,
         Variant::Binary => Evaluation::Binary { positive: s.pipeline.positive_class },
         Variant::OneVsAll => Evaluation::OneVsAll,
+        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN"),
     };
     let augment_pad = if t.augment { 4 } else { 0 };
     let method = s.pipeline.method;
     let mut stages: Vec<StageDef> = Vec::new();
 
-    let files = load::data_files(s.data.format, &p.data_path, s.data.svhn_extra).unwrap_or_default();
-    stages.push(place::<Load>(
-        Load::ID.name.into(),
-        &load::Params {
-            format: s.data.format,
-            train_size: s.data.train_size,
-            validation_size: s.data.validation_size,
-            test_size: s.data.test_size,
-            // the files of the other formats fix it: in the key it would only mislead
-            channels: matches!(s.data.format, load::DataFormat::Folder | load::DataFormat::Parquet).then_some(s.data.channels),
-            balanced: s.data.balanced,
-            // the split depends on data.seed only: pipelines that differ in pipeline.seed share it
-            seed: stage_seed(s.data.seed, Load::ID.name),
-        },
-        files.into_iter().map(|(name, path)| (name, InputRef::File(path))).collect(),
-    ));
+    stages.push(super::load_stage(p));
     let data = |output: &str| InputRef::output(Load::ID.name, output);
 
     let evaluate = |round: u32| {
@@ -173,6 +160,7 @@ pub fn build(p: &Pipeline) -> Graph {
                 // noise is made once and shared by every pipeline with the same seed.
                 Method::IcnNoise => stages.push(synthesis(synthesize::Method::Noise, vec![])),
                 Method::Baseline => {}
+                Method::Winn => unreachable!("methods::plan builds WINN with methods::winn"),
             }
             let mut inputs = vec![(train::INIT.to_string(), previous), (train::TRAIN_SET.to_string(), data(load::TRAIN))];
             let sampling = (method != Method::Baseline).then(|| sampling(t));

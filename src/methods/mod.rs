@@ -4,9 +4,12 @@
 
 pub mod icn;
 pub mod select;
+pub mod winn;
 
-use crate::engine::graph::{KindId, StageDef};
-use crate::pipeline::spec::Pipeline;
+use crate::engine::graph::{stage_seed, InputRef, KindId, StageDef};
+use crate::kinds::load::{self, Load};
+use crate::kinds::{place, Kind};
+use crate::pipeline::spec::{Method, Pipeline};
 
 /// What a method declares about its rounds.
 #[derive(Clone, Copy, Debug)]
@@ -30,11 +33,41 @@ pub struct Graph {
 
 /// The graph of a pipeline.
 pub fn plan(p: &Pipeline) -> Graph {
-    icn::build(p)
+    match p.spec.pipeline.method {
+        Method::Winn => winn::build(p),
+        Method::Icn | Method::IcnNoise | Method::Baseline => icn::build(p),
+    }
 }
 
-/// The declaration that reads a stored run's rounds. Every method so far is ICN; a run
-/// record names its method once there is more than one.
-pub fn rounds_of(_record: &crate::engine::executor::RunRecord) -> Rounds {
-    icn::ROUNDS
+/// The declaration that reads a stored run's rounds, from the method and variant its
+/// record's settings name.
+pub fn rounds_of(record: &crate::engine::executor::RunRecord) -> Rounds {
+    let pipeline = &record.spec["pipeline"];
+    match (pipeline["method"].as_str(), pipeline["variant"].as_str()) {
+        (Some("winn"), Some("unsupervised")) => winn::UNSUPERVISED_ROUNDS,
+        _ => icn::ROUNDS,
+    }
+}
+
+/// The `load` stage of a pipeline: its data files and how they split. The split depends
+/// on data.seed only, so pipelines that differ in pipeline.seed share it.
+pub fn load_stage(p: &Pipeline) -> StageDef {
+    let s = &p.spec;
+    let files = load::data_files(s.data.format, &p.data_path, s.data.svhn_extra, s.data.texture.as_deref()).unwrap_or_default();
+    let texture = s.data.format == load::DataFormat::Texture;
+    place::<Load>(
+        Load::ID.name.into(),
+        &load::Params {
+            format: s.data.format,
+            train_size: s.data.train_size,
+            validation_size: s.data.validation_size,
+            test_size: s.data.test_size,
+            // the files of the other formats fix it: in the key it would only mislead
+            channels: matches!(s.data.format, load::DataFormat::Folder | load::DataFormat::Parquet | load::DataFormat::Texture).then_some(s.data.channels),
+            balanced: s.data.balanced,
+            patch: texture.then_some(s.data.patch),
+            seed: stage_seed(s.data.seed, Load::ID.name),
+        },
+        files.into_iter().map(|(name, path)| (name, InputRef::File(path))).collect(),
+    )
 }

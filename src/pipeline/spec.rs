@@ -35,6 +35,9 @@ pub struct Spec {
     /// Errors of every round's classifier on the validation and test sets.
     #[serde(default)]
     pub evaluate: EvaluateSection,
+    /// WINN's settings (`pipeline.method = "winn"`); the defaults are the paper's.
+    #[serde(default)]
+    pub winn: WinnSection,
     /// Adversarial attack of every round's classifier; absent: no attack stages.
     #[serde(default)]
     pub attack: Option<AttackSection>,
@@ -58,13 +61,16 @@ pub struct PipelineSection {
     /// Introspection rounds after the plain classifier of round 0.
     pub rounds: u32,
     /// `icn` (pseudo-negatives by synthesis), `icn-noise` (pseudo-negatives are plain p0
-    /// noise) or `baseline` (no pseudo-negatives: plain cross-entropy every round, the same
-    /// epochs, batch size and learning-rate schedule).
+    /// noise), `baseline` (no pseudo-negatives: plain cross-entropy every round, the same
+    /// epochs, batch size and learning-rate schedule) or `winn` (a Wasserstein critic with
+    /// a gradient penalty: supervised with `variant = "softmax"`, WINN-single and cascades
+    /// with `variant = "unsupervised"`; settings in [winn]).
     #[serde(default)]
     pub method: Method,
     /// `softmax` (one net, K logits, Eq. 9), `binary` (Algorithm 1: one net, class
-    /// `positive_class` against everything else) or `one-vs-all` (K binary nets, each with
-    /// its own pseudo-negatives; prediction argmax_k f_k(x)).
+    /// `positive_class` against everything else), `one-vs-all` (K binary nets, each with
+    /// its own pseudo-negatives; prediction argmax_k f_k(x)) or `unsupervised` (WINN: every
+    /// training image is a positive, labels unused, one critic logit).
     #[serde(default)]
     pub variant: Variant,
     /// Where stages run: `cpu` or `cuda:N` (a build with the `cuda` feature). Recorded in
@@ -87,6 +93,7 @@ pub enum Variant {
     Softmax,
     Binary,
     OneVsAll,
+    Unsupervised,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -96,6 +103,68 @@ pub enum Method {
     Icn,
     IcnNoise,
     Baseline,
+    Winn,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WinnSection {
+    /// lambda of Eq. 5: the weight of the gradient penalty.
+    pub lambda: f64,
+    /// Supervised WINN: a, the weight of (Wasserstein term + penalty) beside the
+    /// cross-entropy.
+    pub weight: f64,
+    /// Unsupervised WINN: the paper's k, passes of the critic over the positives per round
+    /// (epochs of each round's train stage).
+    pub critic_updates: u32,
+    /// Unsupervised WINN: cascades, each of `pipeline.rounds` rounds; 1 is WINN-single.
+    /// Cascade c's synthesis starts from cascade c-1's last samples.
+    pub cascades: u32,
+    /// Supervised WINN: w of the class-conditioned synthesis, which ascends
+    /// f + w log softmax_k (0.5 in the reference code).
+    pub class_weight: f64,
+    /// Unsupervised WINN: sizes (pixels per side) of the images sampled from the trained
+    /// model at the end, one `sample/<size>` stage each; sizes beyond the training images
+    /// are synthesized from patches (WINN 5.2).
+    pub sample_sizes: Vec<usize>,
+    /// Images drawn by each `sample/<size>` stage.
+    pub sample_count: usize,
+    /// Patches per synthesis step of a sample larger than the training images (200 in the
+    /// paper).
+    pub sample_patches: usize,
+    /// Most synthesis steps of a patch sample.
+    pub sample_max_steps: u32,
+}
+impl Default for WinnSection {
+    fn default() -> Self {
+        WinnSection { lambda: 10.0, weight: 0.01, critic_updates: 3, cascades: 1, class_weight: 0.5, sample_sizes: Vec::new(), sample_count: 4, sample_patches: 200, sample_max_steps: 500 }
+    }
+}
+
+impl WinnSection {
+    fn validate(&self, spec: &Spec, need: &mut Need) {
+        let winn = spec.pipeline.method == Method::Winn;
+        need(self.lambda >= 0.0, "winn.lambda", "a penalty weight >= 0");
+        need(self.weight > 0.0, "winn.weight", "a positive weight");
+        need(self.class_weight >= 0.0, "winn.class_weight", "a weight >= 0");
+        need((1..=MAX_EPOCHS).contains(&self.critic_updates), "winn.critic_updates", &format!("1 to {MAX_EPOCHS} passes"));
+        need((1..=MAX_ROUNDS).contains(&self.cascades), "winn.cascades", &format!("1 to {MAX_ROUNDS} cascades"));
+        need(self.cascades == 1 || spec.pipeline.variant == Variant::Unsupervised, "winn.cascades", "1 for supervised WINN (cascades are unsupervised)");
+        need(self.cascades as u64 * spec.pipeline.rounds as u64 <= MAX_ROUNDS as u64, "winn.cascades", &format!("at most {MAX_ROUNDS} rounds in all (cascades x pipeline.rounds)"));
+        need((1..=MAX_PER_CLASS).contains(&self.sample_count), "winn.sample_count", "1 to 1,000,000 images");
+        need((1..=MAX_BATCH).contains(&self.sample_patches), "winn.sample_patches", &format!("1 to {MAX_BATCH} patches"));
+        need(self.sample_max_steps <= MAX_STEPS, "winn.sample_max_steps", &format!("at most {MAX_STEPS} steps"));
+        need(self.sample_sizes.iter().all(|&s| (1..=4096).contains(&s)), "winn.sample_sizes", "sides of 1 to 4096 pixels");
+        need(self.sample_sizes.is_empty() || (winn && spec.pipeline.variant == Variant::Unsupervised), "winn.sample_sizes", "pipeline.method = \"winn\" with variant = \"unsupervised\" (the samples come from its critic)");
+        if winn {
+            need(matches!(spec.pipeline.variant, Variant::Softmax | Variant::Unsupervised), "pipeline.variant", "`softmax` (supervised WINN) or `unsupervised` (WINN-single, cascades) for method winn");
+            need(spec.synthesize.stop == StopChoice::Threshold, "synthesize.stop", "\"threshold\" for method winn (its samples stop at thresholds drawn from f over positives)");
+            need(spec.net.norm != Some(Normalization::Batch) && !(spec.net.norm.is_none() && spec.net.arch == Arch::Resnet32), "net.norm", "`layer` or `none` for method winn: batch norm mixes the images of a batch, so the gradient penalty has no per-image gradient (the paper uses layer norm)");
+        } else {
+            need(spec.pipeline.variant != Variant::Unsupervised, "pipeline.variant", "`softmax`, `binary` or `one-vs-all`; `unsupervised` is WINN's (pipeline.method = \"winn\")");
+            need(spec.synthesize.stop != StopChoice::Threshold, "synthesize.stop", "`classified`, `probability`, `steps` or `argmax`; `threshold` is WINN's (pipeline.method = \"winn\")");
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -125,11 +194,21 @@ pub struct DataSection {
     /// MNIST (grey), CIFAR-10 and SVHN (RGB) files fix their own and ignore this.
     #[serde(default = "d_one")]
     pub channels: usize,
+    /// `format = "texture"`: the file stem of the texture image under `path` (e.g. `brick`
+    /// for brick.png).
+    #[serde(default)]
+    pub texture: Option<String>,
+    /// `format = "texture"`: the side of the square crops every split is made of.
+    #[serde(default = "d_patch")]
+    pub patch: usize,
     /// Seed of the validation split and of the `train_size` draw. Separate from
     /// `pipeline.seed`, so that a sweep over seeds trains every seed on the same examples
     /// and loads the data once.
     #[serde(default)]
     pub seed: u64,
+}
+fn d_patch() -> usize {
+    64
 }
 fn d_one() -> usize {
     1
@@ -270,6 +349,10 @@ pub enum StopChoice {
     /// Not the papers': once k is the top class, argmax_j f_j(x) = k. Much weaker after a
     /// few rounds (it holds with f_k deeply negative); for comparison only.
     Argmax,
+    /// WINN's rule (method winn only): once the critic's f reaches the sample's threshold,
+    /// drawn uniformly in the range of f over positives that the critic's checkpoint
+    /// carries.
+    Threshold,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -444,8 +527,8 @@ pub struct AttackSection {
     /// Examples attacked per forward and backward pass.
     #[serde(default = "d_attack_batch")]
     pub batch_size: usize,
-    /// Sweeps: two case names whose classifiers are attacked two-way (each attacked, the
-    /// other tested on its adversarial examples).
+    /// Sweeps: two or more case names; the first one's classifier and each other one's are
+    /// attacked two-way (each attacked, the other tested on its adversarial examples).
     #[serde(default)]
     pub compare: Vec<String>,
     /// Which classifier of each case the two-way comparison uses: `last` (after every
@@ -558,13 +641,14 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
         ))
         .into());
     }
-    if let Err(missing) = data_files(spec.data.format, &data_path, spec.data.svhn_extra) {
+    if let Err(missing) = data_files(spec.data.format, &data_path, spec.data.svhn_extra, spec.data.texture.as_deref()) {
         return Err(UserError(format!("{}: {} holds no {missing}; expected the {:?} files there", locate("data.path"), data_path.display(), spec.data.format)).into());
     }
     let geometry = match spec.data.format {
         DataFormat::Mnist => Geometry { channels: 1, height: 28, width: 28, num_classes: 10 },
         DataFormat::Cifar10 | DataFormat::Svhn => Geometry { channels: 3, height: 32, width: 32, num_classes: 10 },
         DataFormat::Folder => folder_geometry(&data_path, spec.data.channels).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?,
+        DataFormat::Texture => Geometry { channels: spec.data.channels, height: spec.data.patch, width: spec.data.patch, num_classes: 1 },
         DataFormat::Parquet => {
             let (height, width, num_classes) = stages::data::parquet::describe(&data_path, "train", spec.data.channels).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?;
             Geometry { channels: spec.data.channels, height, width, num_classes }
@@ -575,7 +659,7 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
     }
     if spec.pipeline.method != Method::Baseline {
         let per_round = match spec.pipeline.variant {
-            Variant::Binary => 1,
+            Variant::Binary | Variant::Unsupervised => 1,
             Variant::Softmax | Variant::OneVsAll => geometry.num_classes,
         } as u64
             * spec.synthesize.per_class as u64;
@@ -614,7 +698,7 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
 /// MNIST files are checked from their headers before anything runs: 28x28 images in both
 /// splits, as many labels as images, and enough examples for the sizes asked.
 fn check_idx(data: &DataSection, dir: &Path, locate: &dyn Fn(&str) -> String) -> Result<()> {
-    let files: std::collections::BTreeMap<String, PathBuf> = data_files(DataFormat::Mnist, dir, false).map_err(|m| UserError(format!("{}: no {m}", locate("data.path"))))?.into_iter().collect();
+    let files: std::collections::BTreeMap<String, PathBuf> = data_files(DataFormat::Mnist, dir, false, None).map_err(|m| UserError(format!("{}: no {m}", locate("data.path"))))?.into_iter().collect();
     let dims = |name: &str| -> Result<(PathBuf, Vec<usize>)> {
         let path = files[name].clone();
         let d = stages::data::mnist::idx_dims(&path).map_err(|e| UserError(format!("{}: {e}", locate("data.path"))))?;
@@ -727,6 +811,7 @@ pub(super) fn rules(spec: &Spec, need: &mut Need) {
     spec.net.validate(need);
     spec.train.validate(need);
     spec.synthesize.validate(need);
+    spec.winn.validate(spec, need);
     need((1..=MAX_BATCH).contains(&spec.evaluate.batch_size), "evaluate.batch_size", &format!("1 to {MAX_BATCH}"));
     if let Some(a) = &spec.attack {
         a.validate(need);
@@ -767,6 +852,11 @@ impl DataSection {
             need(v <= 100_000_000, key, "at most 100,000,000 examples");
         }
         need(self.validation_size >= 1, "data.validation_size", "at least 1 validation example");
+        if self.format == DataFormat::Texture {
+            need(self.texture.is_some(), "data.texture", "the file stem of the texture image under data.path, e.g. \"brick\"");
+            need((1..=4096).contains(&self.patch), "data.patch", "a crop side of 1 to 4096 pixels");
+            need(self.train_size >= 1, "data.train_size", "at least 1 crop (a texture has no natural count)");
+        }
     }
 }
 
@@ -785,7 +875,7 @@ impl NetSection {
             (None, Arch::Cnn4) => Normalization::None,
             (None, Arch::Winn64) => Normalization::Layer,
         };
-        NetConfig { arch: self.arch, norm, width: self.width, leaky_slope: self.leaky_slope, channels: g.channels, height: g.height, image_width: g.width, num_classes }
+        NetConfig { arch: self.arch, norm, width: self.width, leaky_slope: self.leaky_slope, channels: g.channels, height: g.height, image_width: g.width, num_classes, wass_head: false }
     }
 }
 
@@ -853,6 +943,8 @@ impl SynthesizeSection {
             StopChoice::Probability => StopRule::Probability { threshold: self.stop_probability },
             StopChoice::Steps => StopRule::Steps,
             StopChoice::Argmax => StopRule::Argmax,
+            // the range comes from the critic's checkpoint, at run time
+            StopChoice::Threshold => StopRule::Threshold { min: f64::NAN, max: f64::NAN },
         }
     }
 }
@@ -873,7 +965,7 @@ impl AttackSection {
             EpsUnit::ZeroToOne => 0.0..=1.0,
         };
         need(self.clip.is_none_or(|[lo, hi]| lo < hi && range.contains(&lo) && range.contains(&hi)), "attack.clip", "[lo, hi] with lo < hi inside the range of eps_unit");
-        need(self.compare.is_empty() || self.compare.len() == 2, "attack.compare", "two case names of the [sweep], e.g. [\"baseline\", \"icn\"]");
+        need(self.compare.is_empty() || self.compare.len() >= 2, "attack.compare", "two or more case names of the [sweep], e.g. [\"baseline\", \"icn\", \"winn\"]: the first is attacked two-way with each other");
     }
 
     /// The attack in the models' [-1, 1] units (eps and clip converted), so the same attack

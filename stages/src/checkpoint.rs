@@ -231,7 +231,7 @@ mod tests {
     }
 
     fn resnet(norm: Normalization) -> NetConfig {
-        NetConfig { arch: Arch::Resnet32, norm, width: 0.25, leaky_slope: 0.0, channels: 3, height: 8, image_width: 8, num_classes: 10 }
+        NetConfig { arch: Arch::Resnet32, norm, width: 0.25, leaky_slope: 0.0, channels: 3, height: 8, image_width: 8, num_classes: 10, wass_head: false }
     }
 
     /// Optimizer moments ride under their parameter's PyTorch name and layout, and come
@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn checkpoints_without_a_format_are_read_in_the_old_layout() -> Result<()> {
         let dev = Device::Cpu;
-        let cfg = NetConfig { arch: Arch::Cnn4, norm: Normalization::Batch, width: 0.125, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10 };
+        let cfg = NetConfig { arch: Arch::Cnn4, norm: Normalization::Batch, width: 0.125, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10, wass_head: false };
         let net = cfg.build(&mut Rng::new(1), &dev).unwrap();
         let mut opt = SgdMomentum::new(0.1, 0.9);
         let x = Tensor::from_vec(Rng::new(2).uniform_vec(2 * 784, -1.0, 1.0), (2, 1, 28, 28), &dev)?;

@@ -275,6 +275,7 @@ pub struct CriticBatch {
 /// paired row by row for the penalty (`rng` draws the interpolation weights). The loss is
 /// Eq. 5 (`supervised` None: WINN-single), or softmax cross-entropy on the positives with
 /// `labels` plus a times Eq. 5 (`supervised` Some(a)).
+#[allow(clippy::too_many_arguments)]
 pub fn critic_batch(proof: &SecondOrder, model: &dyn Classifier, x: &Tensor, n: usize, labels: &[u32], supervised: Option<f64>, lambda: f64, rng: &mut Rng) -> Result<CriticBatch> {
     if x.dim(0)? != 2 * n || n == 0 {
         candle_core::bail!("a WINN batch pairs its positives with as many pseudo-negatives: {} rows for {n} positives", x.dim(0)?);
@@ -369,7 +370,7 @@ mod tests {
 
     #[test]
     fn batch_norm_nets_are_refused() {
-        let net = |norm| NetConfig { arch: crate::nn::Arch::Resnet32, norm, width: 1.0, leaky_slope: 0.0, channels: 3, height: 32, image_width: 32, num_classes: 10 };
+        let net = |norm| NetConfig { arch: crate::nn::Arch::Resnet32, norm, width: 1.0, leaky_slope: 0.0, channels: 3, height: 32, image_width: 32, num_classes: 10, wass_head: false };
         assert!(unsupported(&net(Normalization::Batch)).is_some_and(|why| why.contains("batch norm")));
         assert!(unsupported(&net(Normalization::Layer)).is_none() && unsupported(&net(Normalization::None)).is_none());
     }

@@ -154,7 +154,7 @@ fn net(cfg: &NetConfig, seed: u64) -> Result<Box<dyn Classifier>> {
 }
 
 fn config(arch: Arch, norm: Normalization, width: f64, leaky_slope: f64, (channels, height, image_width): (usize, usize, usize), num_classes: usize) -> NetConfig {
-    NetConfig { arch, norm, width, leaky_slope, channels, height, image_width, num_classes }
+    NetConfig { arch, norm, width, leaky_slope, channels, height, image_width, num_classes, wass_head: false }
 }
 
 /// Pipe's frozen forward against the reference over the checkpoint, on 3 images.

@@ -6,6 +6,9 @@
 //! calls it), then `SecondOrder::on_this_thread`, whose probe runs on the test's thread.
 
 use stages::candle::{Device, Result, Tensor, Var};
+use stages::loss::Objective;
+use stages::nn::NetConfig;
+use stages::train::{train_epoch, EpochStats, TrainSet};
 use stages::critic::{enable_second_order, gradient_penalty, interpolate, single_logit, SecondOrder, SecondOrderError, DO_NOT_DETACH};
 use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Winn64, Winn64Config};
 use stages::rng::Rng;
@@ -235,28 +238,61 @@ fn gap(net: &Cnn4, pos: &[f32], neg: &[f32]) -> Result<f32> {
     Ok(f(pos)? - f(neg)?)
 }
 
-/// The mechanism of WINN's critic step: updates on Eq. 5 raise E_pos f - E_neg f on images
-/// they never saw, keep the penalty bounded, and rerun bit-identically.
+/// The mechanism of WINN's critic step, through the training loop pipe runs: epochs of
+/// Eq. 5 on balanced batches raise E_pos f - E_neg f on images they never saw, keep the
+/// penalty bounded, record the range of f over positives, and rerun bit-identically.
 #[test]
-fn critic_updates_learn_to_tell_positives_from_p0_and_rerun_identically() -> Result<()> {
-    let proof = proof();
+fn critic_epochs_learn_to_tell_positives_from_p0_and_rerun_identically() -> Result<()> {
+    let _ = proof();
     let mut data = Rng::new(21);
     let (pos, neg, pos_eval, neg_eval) = (strokes(64, &mut data), noise(64, &mut data), strokes(32, &mut data), noise(32, &mut data));
-    let set = stages::critic::CriticSet { shape: (1, 28, 28), pos: &pos, neg: &neg };
-    let train = || -> Result<(Cnn4, stages::critic::CriticStats, Vec<f32>)> {
+    let (ys, ny, weights) = (vec![0u32; 64], vec![0u32; 64], vec![1.0; 64]);
+    let set = TrainSet { shape: (1, 28, 28), real_x: &pos, real_y: &ys, neg_x: &neg, neg_y: &ny, neg_weights: Some(&weights), augment_pad: 0, count_draws: true };
+    let train = || -> Result<(Cnn4, Vec<EpochStats>, Vec<f32>)> {
         let net = cnn4(Some(NormKind::Layer), 22)?;
         let mut opt = stages::optim::Adam::new(1e-3, 0.0, 0.9, 1e-8);
-        let stats = stages::critic::critic_updates(&proof, &net, &mut opt, &set, 16, 30, stages::critic::LAMBDA, &mut Rng::new(23), &Device::Cpu, &mut stages::keep_going)?;
+        let mut rng = Rng::new(23);
+        let stats = (0..8).map(|_| train_epoch(&net, &mut opt, &set, 32, Objective::Critic { lambda: stages::critic::LAMBDA }, &mut rng, &Device::Cpu, &mut stages::keep_going)).collect::<Result<Vec<_>>>()?;
         let w = net.named_tensors().iter().map(|(_, t)| t.flatten_all()?.to_vec1::<f32>()).collect::<Result<Vec<_>>>()?.concat();
         Ok((net, stats, w))
     };
     let before = gap(&cnn4(Some(NormKind::Layer), 22)?, &pos_eval, &neg_eval)?;
     let (net, stats, w) = train()?;
     let after = gap(&net, &pos_eval, &neg_eval)?;
-    assert_eq!(stats.updates, 30);
+    let last = stats.last().unwrap().critic.expect("a critic epoch measures its critic");
+    assert_eq!(stats[0].batches, 4, "16 positives + 16 pseudo-negatives per batch");
     assert!(after > 0.5 && after > before + 0.5, "held-out E_pos f - E_neg f: {before} -> {after} ({stats:?})");
-    assert!(stats.wasserstein < 0.0 && stats.penalty.is_finite() && stats.penalty < 1.0, "{stats:?}");
+    assert!(last.wasserstein < 0.0 && last.penalty.is_finite() && last.penalty < 1.0, "{last:?}");
+    assert!(last.f_positive.0 <= last.f_positive.1 && last.f_positive.0.is_finite(), "{last:?}");
+    assert_eq!(stats.last().unwrap().neg_draws.iter().sum::<u32>(), 64, "one pseudo-negative drawn per positive");
     let (_, again, w_again) = train()?;
     assert_eq!((stats, w), (again, w_again), "a rerun is bit-identical");
+    Ok(())
+}
+
+/// Supervised WINN's loss is cross-entropy plus a (Eq. 5) through the Wasserstein head:
+/// with a = 0 it is exactly the cross-entropy, and the head gets a gradient only when
+/// a > 0.
+#[test]
+fn supervised_winn_adds_a_times_eq5_to_cross_entropy_through_the_head() -> Result<()> {
+    let proof = proof();
+    let cfg = NetConfig { arch: stages::nn::Arch::Cnn4, norm: stages::nn::Normalization::Layer, width: 0.125, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10, wass_head: true };
+    let net = cfg.build(&mut Rng::new(5), &Device::Cpu).map_err(|e| stages::candle::Error::Msg(e.to_string()))?;
+    let mut data = Rng::new(6);
+    let x = Tensor::from_vec([strokes(4, &mut data), noise(4, &mut data)].concat(), (8, 1, 28, 28), &Device::Cpu)?;
+    let labels = [3u32, 1, 4, 1, 0, 0, 0, 0];
+    let ce = stages::loss::Objective::Softmax { alpha: 0.0 }.loss(&net.forward(&x.narrow(0, 0, 4)?)?, &labels[..4], &[0.0; 4])?.to_scalar::<f32>()?;
+    let head = |loss: &Tensor| -> Result<f32> {
+        let grads = loss.backward()?;
+        let (_, v) = net.named_vars().into_iter().find(|(n, _)| n == stages::critic::WASS_WEIGHT).expect("the head is a parameter");
+        Ok(grads.get(v.as_tensor()).map_or(0.0, |g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()))
+    };
+    let b0 = stages::critic::critic_batch(&proof, net.as_ref(), &x, 4, &labels, Some(0.0), 10.0, &mut Rng::new(1))?;
+    assert!((b0.loss.to_scalar::<f32>()? - ce).abs() < 1e-5);
+    assert_eq!(head(&b0.loss)?, 0.0);
+    let b = stages::critic::critic_batch(&proof, net.as_ref(), &x, 4, &labels, Some(0.01), 10.0, &mut Rng::new(1))?;
+    let want = ce + 0.01 * (b.wasserstein + 10.0 * b.penalty);
+    assert!((b.loss.to_scalar::<f32>()? - want).abs() < 1e-5, "{} vs {want}", b.loss.to_scalar::<f32>()?);
+    assert!(head(&b.loss)? > 0.0);
     Ok(())
 }

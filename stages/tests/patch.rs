@@ -110,7 +110,7 @@ fn one_step_moves_each_pixel_by_the_average_gradient_of_the_patches_covering_it(
 
 /// WINN's Table 5 net, one logit, on 16x16 patches (a narrow copy, for speed).
 fn winn_critic(seed: u64) -> Box<dyn Classifier> {
-    let cfg = NetConfig { arch: Arch::Winn64, norm: Normalization::Layer, width: 0.125, leaky_slope: 0.2, channels: 3, height: 16, image_width: 16, num_classes: 1 };
+    let cfg = NetConfig { arch: Arch::Winn64, norm: Normalization::Layer, width: 0.125, leaky_slope: 0.2, channels: 3, height: 16, image_width: 16, num_classes: 1, wass_head: false };
     cfg.build(&mut Rng::new(seed), &Device::Cpu).unwrap()
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 type Result<T> = anyhow::Result<T>;
 
 fn config(width: f64, side: usize, norm: Normalization) -> NetConfig {
-    NetConfig { arch: Arch::Winn64, norm, width, leaky_slope: 0.2, channels: 3, height: side, image_width: side, num_classes: 2 }
+    NetConfig { arch: Arch::Winn64, norm, width, leaky_slope: 0.2, channels: 3, height: side, image_width: side, num_classes: 2, wass_head: false }
 }
 
 fn tensor(shape: &[usize], seed: u64, lo: f64, hi: f64) -> Tensor {

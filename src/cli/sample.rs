@@ -1,0 +1,112 @@
+//! `pipe sample`: images drawn from a trained WINN model, as a `sample` stage run through
+//! the store like any other (cached by its key, resumable, under a run record of its own),
+//! then copied out.
+
+use super::StoreArg;
+use crate::audit::runs::{find_run, new_record};
+use crate::engine::executor::{self, RunRecord, Runner};
+use crate::engine::graph::{InputRef, StageDef};
+use crate::engine::store::Store;
+use crate::kinds::sample::{self, Sample};
+use crate::kinds::train::{self, Train};
+use crate::kinds::{read_params, Kind, Kinds};
+use crate::methods::winn::sample_params;
+use crate::pipeline::spec::{Geometry, Method, Pipeline, Spec, Variant};
+use crate::UserError;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model: a run (its id or a unique prefix) of `pipeline.method = "winn"`, whose
+    /// last critic of each cascade is sampled through in order; or RUN:train/N for the
+    /// critic of one round.
+    model: String,
+    /// Images to draw.
+    #[arg(short = 'n', long, default_value_t = 16)]
+    count: usize,
+    /// Seed of the draw: each image's start and thresholds follow from it.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Image size, SIDE or HxW; the critics' own size by default. Larger sizes are
+    /// synthesized from patches of the critics' size (WINN 5.2).
+    #[arg(long)]
+    size: Option<String>,
+    /// Folder to write samples.safetensors, samples.parquet and grid.png into (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let store = Store::open_existing(&a.store.store)?;
+    let (run_part, stage_part) = match a.model.split_once(':') {
+        Some((r, s)) => (r, Some(s)),
+        None => (a.model.as_str(), None),
+    };
+    let id = find_run(&store, run_part)?;
+    let record: RunRecord = store.run(&id)?.with_context(|| format!("run {id} has no record"))?;
+    let spec: Spec = serde_json::from_value(record.spec.clone()).map_err(|e| UserError(format!("run {id}: its settings do not read as this pipe's ({e})")))?;
+    if spec.pipeline.method != Method::Winn || spec.pipeline.variant != Variant::Unsupervised {
+        return Err(UserError(format!("run {id} is not an unsupervised WINN run (pipeline.method = \"winn\", variant = \"unsupervised\"): it has no critic to sample from")).into());
+    }
+    let trains: Vec<&executor::RunStage> = record.stages.iter().filter(|s| s.kind == Train::ID.name).collect();
+    let wanted: Vec<String> = match stage_part {
+        Some(s) => vec![s.to_string()],
+        None => (1..=spec.winn.cascades).map(|c| format!("{}/{}", Train::ID.name, c * spec.pipeline.rounds)).collect(),
+    };
+    let mut critics = Vec::new();
+    for w in &wanted {
+        let s = trains.iter().find(|s| &s.stage == w).ok_or_else(|| UserError(format!("run {id} has no stage {w} that made a checkpoint (its train stages: {})", trains.iter().map(|s| s.stage.as_str()).collect::<Vec<_>>().join(", "))))?;
+        critics.push(s.outputs.get(train::CHECKPOINT).with_context(|| format!("{w} of run {id} has no checkpoint"))?.digest.clone());
+    }
+    let manifest: executor::Manifest = store.manifest(&trains[0].key)?.context("the train stage's manifest")?;
+    let net = read_params::<train::Params>(&manifest.params)?.net;
+    let size = match &a.size {
+        None => (net.height, net.image_width),
+        Some(s) => parse_size(s)?,
+    };
+    if a.count == 0 {
+        return Err(UserError("-n 0: expected at least one image".into()).into());
+    }
+    if let Some(why) = sample::check_size(&net, size.0, size.1) {
+        return Err(UserError(format!("--size {}: {why}", a.size.as_deref().unwrap_or(""))).into());
+    }
+    let geometry = Geometry { channels: net.channels, height: net.height, width: net.image_width, num_classes: 1 };
+    let pipeline = Pipeline { file: PathBuf::from(&record.file), spec, geometry, name: record.pipeline.clone(), data_path: PathBuf::new(), overrides: record.overrides.clone() };
+    let mut params = sample_params(&pipeline, &net, size, a.seed);
+    params.count = a.count;
+    let stage_id = format!("{}/{}x{}", Sample::ID.name, size.0, size.1);
+    let stage: StageDef = sample::stage(stage_id, &params, &critics.into_iter().map(InputRef::Object).collect::<Vec<_>>());
+    let runner = Kinds::for_device(&pipeline.spec.pipeline.device)?;
+    let _lock = store.lock()?;
+    let mut rec = new_record(&format!("{}:sample", record.pipeline), &pipeline, runner.device());
+    let result = executor::run(&store, std::slice::from_ref(&stage), &runner, &mut rec, &|_| None, crate::engine::progress::Display::detect(false));
+    store.write_run(&rec.id, &rec)?;
+    result?;
+    let done = rec.stages.last().context("the sample stage did not run")?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    for name in [sample::SAMPLES, sample::TABLE, sample::GRID] {
+        let o = done.outputs.get(name).with_context(|| format!("the sample stage wrote no {name}"))?;
+        std::fs::write(a.out.join(name), store.read(&o.digest)?).with_context(|| format!("writing {}", a.out.join(name).display()))?;
+    }
+    println!("{} images of {}x{} from run {id} ({}): {}", a.count, size.0, size.1, wanted.join(", "), a.out.display());
+    Ok(())
+}
+
+/// `SIDE` or `HxW`.
+fn parse_size(s: &str) -> Result<(usize, usize)> {
+    let bad = || UserError(format!("--size {s}: expected a side (256) or HxW (256x320) in pixels, 1 to 4096"));
+    let (h, w) = match s.split_once('x') {
+        Some((h, w)) => (h.trim().parse().map_err(|_| bad())?, w.trim().parse().map_err(|_| bad())?),
+        None => {
+            let v: usize = s.trim().parse().map_err(|_| bad())?;
+            (v, v)
+        }
+    };
+    if !(1..=4096).contains(&h) || !(1..=4096).contains(&w) {
+        return Err(bad().into());
+    }
+    Ok((h, w))
+}
