@@ -204,13 +204,7 @@ pub fn synthesize_patches(
                 let j = ch * plane + i;
                 let g = sum[j] / count as f32;
                 let up = match cfg.step {
-                    Step::Adam { beta1, beta2, eps } => {
-                        let t = updates[i] as i32;
-                        let (b1, b2) = (beta1 as f32, beta2 as f32);
-                        m[j] = b1 * m[j] + (1.0 - b1) * g;
-                        v[j] = b2 * v[j] + (1.0 - b2) * g * g;
-                        (cfg.lr * (m[j] as f64 / (1.0 - beta1.powi(t))) / ((v[j] as f64 / (1.0 - beta2.powi(t))).sqrt() + eps)) as f32
-                    }
+                    Step::Adam { .. } => cfg.step.adam(cfg.lr, g, &mut m[j], &mut v[j], updates[i]),
                     Step::Sgd => cfg.lr as f32 * g,
                     Step::Langevin { decay } => {
                         // eps anneals with the synthesis' own clock, as in synthesize.rs.

@@ -88,6 +88,18 @@ pub enum Step {
     Langevin { decay: f64 },
 }
 
+impl Step {
+    /// Adam's change of one value from its gradient `g`, updating its moments `m` and `v`;
+    /// `t` counts the value's updates from 1 (bias correction). Zero for other steps.
+    pub fn adam(self, lr: f64, g: f32, m: &mut f32, v: &mut f32, t: u32) -> f32 {
+        let Step::Adam { beta1, beta2, eps } = self else { return 0.0 };
+        let (b1, b2) = (beta1 as f32, beta2 as f32);
+        *m = b1 * *m + (1.0 - b1) * g;
+        *v = b2 * *v + (1.0 - b2) * g * g;
+        (lr * (*m as f64 / (1.0 - beta1.powi(t as i32))) / ((*v as f64 / (1.0 - beta2.powi(t as i32))).sqrt() + eps)) as f32
+    }
+}
+
 /// Adam's constant on x: a fixed part of the method, not a setting.
 pub const ADAM_EPS: f64 = 1e-8;
 
@@ -194,15 +206,9 @@ impl Running {
     /// One ascent step on f_k from its gradient `g`; `step` counts from 1.
     fn update(&mut self, g: &[f32], cfg: &SynthesisConfig, step: u32) {
         match cfg.step {
-            Step::Adam { beta1, beta2, eps } => {
-                let c1 = 1.0 - beta1.powi(step as i32);
-                let c2 = 1.0 - beta2.powi(step as i32);
-                let (b1, b2) = (beta1 as f32, beta2 as f32);
+            Step::Adam { .. } => {
                 for (((x, m), v), &g) in self.x.iter_mut().zip(&mut self.m).zip(&mut self.v).zip(g) {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    let up = (cfg.lr * (*m as f64 / c1) / ((*v as f64 / c2).sqrt() + eps)) as f32;
-                    *x = (*x + up).clamp(-1.0, 1.0);
+                    *x = (*x + cfg.step.adam(cfg.lr, g, m, v, step)).clamp(-1.0, 1.0);
                 }
             }
             Step::Sgd => {
