@@ -356,23 +356,24 @@ fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member
 /// The selection and reported metric per round (validation and test error for ICN), from
 /// the summaries of the stages that report rounds.
 fn print_errors(record: &RunRecord, rounds: &Rounds) {
+    let shown = rounds.shown;
     let rows: Vec<String> = select::reporters(&record.stages, rounds)
         .map(|(round, s)| {
-            let pct = |k: &str| s.summary.get(k).and_then(Value::as_f64).map(|v| format!("{:>7.2}%", 100.0 * v)).unwrap_or_else(|| "       ?".into());
-            format!("  {:<6} {}  {}", round, rounds.select_on.map_or("       -".into(), pct), pct(rounds.reported))
+            let value = |k: &str, shown: crate::methods::Shown| s.summary.get(k).and_then(Value::as_f64).map(|v| format!("{:>8}", shown.value(v))).unwrap_or_else(|| "       ?".into());
+            format!("  {:<6} {}  {}", round, rounds.select_on.map_or("       -".into(), |k| value(k, crate::methods::Shown::TEST_ERROR)), value(rounds.reported, shown))
         })
         .collect();
     if !rows.is_empty() {
-        println!("  round  val err  test err");
+        println!("  round  val err  {}", shown.heading);
         for r in rows {
             println!("{r}");
         }
     }
     if let Some(sel) = &record.selected {
-        let pct = |k: &str| sel.get(k).and_then(Value::as_f64).map(|v| format!("{:.2}%", 100.0 * v)).unwrap_or_else(|| "?".into());
+        let value = |k: &str, shown: crate::methods::Shown| sel.get(k).and_then(Value::as_f64).map(|v| shown.value(v)).unwrap_or_else(|| "?".into());
         match rounds.select_on {
-            Some(metric) => println!("selected on validation: round {} (val err {}, test err {})", sel["round"], pct(metric), pct(rounds.reported)),
-            None => println!("kept: the last round, {} ({} {})", sel["round"], rounds.reported, pct(rounds.reported)),
+            Some(metric) => println!("selected on validation: round {} (val err {}, {} {})", sel["round"], value(metric, crate::methods::Shown::TEST_ERROR), shown.heading, value(rounds.reported, shown)),
+            None => println!("kept: the last round, {} ({} {})", sel["round"], shown.heading, value(rounds.reported, shown)),
         }
     }
 }

@@ -221,6 +221,11 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     }
     let logit = mean_logit.map(|m| format!(", mean f_k {m:.2}")).unwrap_or_default();
     let dropped = if dropped.is_empty() { String::new() } else { format!(", {} dropped (non-finite)", dropped.len()) };
-    io.summary("line", json!(format!("{} samples, {classified} with f_k > 0, mean {mean_steps:.1} steps{logit}{dropped}", r.len())));
+    // a critic's samples stop at thresholds drawn from its own range, not at f_k = 0
+    let reached = match p.method {
+        Method::Critic { .. } => format!("{} reached their threshold", r.iter().filter(|s| s.stop_reason == StopReason::Threshold).count()),
+        _ => format!("{classified} with f_k > 0"),
+    };
+    io.summary("line", json!(format!("{} samples, {reached}, mean {mean_steps:.1} steps{logit}{dropped}", r.len())));
     Ok(())
 }

@@ -32,6 +32,7 @@ pub const ROUNDS: Rounds = Rounds {
     reporter: Evaluate::ID,
     select_on: Some(evaluate::VALIDATION_ERROR),
     reported: evaluate::TEST_ERROR,
+    shown: super::Shown::TEST_ERROR,
     model: (Train::ID, train::CHECKPOINT),
 };
 

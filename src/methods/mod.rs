@@ -21,8 +21,31 @@ pub struct Rounds {
     pub select_on: Option<&'static str>,
     /// The summary metric reported for the chosen round.
     pub reported: &'static str,
+    /// How the reported metric is shown.
+    pub shown: Shown,
     /// The kind and output that hold a round's model (one per net of the round).
     pub model: (KindId, &'static str),
+}
+
+/// How a round's reported metric reads in tables: its column heading, and whether it is a
+/// rate shown in percent (an error) or a value shown as it is (a critic's Wasserstein
+/// estimate).
+#[derive(Clone, Copy, Debug)]
+pub struct Shown {
+    pub heading: &'static str,
+    pub percent: bool,
+}
+
+impl Shown {
+    pub const TEST_ERROR: Shown = Shown { heading: "test err", percent: true };
+
+    pub fn value(self, v: f64) -> String {
+        if self.percent {
+            format!("{:.2}%", 100.0 * v)
+        } else {
+            format!("{v:.4}")
+        }
+    }
 }
 
 /// A planned pipeline: its stages in run order, and its method's declaration.

@@ -39,7 +39,7 @@ use stages::nn::NetConfig;
 
 /// How unsupervised WINN reports its rounds: the critic's Wasserstein estimate, the last
 /// round kept (nothing to select on without labels).
-pub const UNSUPERVISED_ROUNDS: Rounds = Rounds { reporter: Train::ID, select_on: None, reported: train::WASSERSTEIN, model: (Train::ID, train::CHECKPOINT) };
+pub const UNSUPERVISED_ROUNDS: Rounds = Rounds { reporter: Train::ID, select_on: None, reported: train::WASSERSTEIN, shown: super::Shown { heading: "wasserstein", percent: false }, model: (Train::ID, train::CHECKPOINT) };
 
 fn id<K: Kind>(round: u32) -> String {
     format!("{}/{round}", K::ID.name)

@@ -100,15 +100,16 @@ fn rounds_section(r: &RunRecord) -> String {
     let selected = r.selected.as_ref().and_then(|s| s["round"].as_u64());
     let rows: Vec<Row> = select::reporters(&r.stages, &rounds)
         .map(|(round, s)| {
-            let get = |k: Option<&str>| k.and_then(|k| s.summary.get(k)).and_then(Value::as_f64).map(|v| 100.0 * v);
+            let get = |k: Option<&str>, percent: bool| k.and_then(|k| s.summary.get(k)).and_then(Value::as_f64).map(|v| if percent { 100.0 * v } else { v });
             let attrs = format!(r#" data-round="{round}"{}"#, if selected == Some(round as u64) { r#" class="selected""# } else { "" });
-            Row { attrs, cells: vec![round.to_string(), pct(get(rounds.select_on), None), pct(get(Some(rounds.reported)), None)] }
+            Row { attrs, cells: vec![round.to_string(), pct(get(rounds.select_on, true), None), pct(get(Some(rounds.reported), rounds.shown.percent), None)] }
         })
         .collect();
     if rows.is_empty() {
         return String::new();
     }
-    let cols = [Col("round", true), Col("validation error %", true), Col("test error %", true)];
+    let reported = if rounds.shown.percent { "test error %".to_string() } else { rounds.shown.heading.to_string() };
+    let cols = [Col("round", true), Col("validation error %", true), Col(&reported, true)];
     let note = selected.map(|s| format!("<p class=\"note\">highlighted: round {s}, the one this run keeps (chosen on validation error).</p>\n")).unwrap_or_default();
     format!("<h2>Error per round</h2>\n{note}{}", table("rounds", &cols, &rows))
 }
