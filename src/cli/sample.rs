@@ -19,8 +19,8 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct Args {
     /// The model: a run (its id or a unique prefix) of `pipeline.method = "winn"`, whose
-    /// last critic of each cascade is sampled through in order; or RUN:train/N for the
-    /// critic of one round.
+    /// last critic of each cascade is sampled through in order; RUN:train/N for the
+    /// critic of one round; or a critic's checkpoint digest (or a unique prefix).
     model: String,
     /// Images to draw.
     #[arg(short = 'n', long, default_value_t = 16)]
@@ -41,11 +41,16 @@ pub struct Args {
 
 pub fn run(a: &Args) -> Result<()> {
     let store = Store::open_existing(&a.store.store)?;
-    let (run_part, stage_part) = match a.model.split_once(':') {
-        Some((r, s)) => (r, Some(s)),
-        None => (a.model.as_str(), None),
+    let (id, stage_part) = match a.model.split_once(':') {
+        Some((r, s)) => (find_run(&store, r)?, Some(s.to_string())),
+        None => match find_run(&store, &a.model) {
+            Ok(id) => (id, None),
+            Err(not_a_run) => match checkpoint_stage(&store, &a.model)? {
+                Some((id, stage)) => (id, Some(stage)),
+                None => return Err(not_a_run.context(format!("`{}` is no checkpoint digest of a train stage either", a.model))),
+            },
+        },
     };
-    let id = find_run(&store, run_part)?;
     let record: RunRecord = store.run(&id)?.with_context(|| format!("run {id} has no record"))?;
     let spec: Spec = serde_json::from_value(record.spec.clone()).map_err(|e| UserError(format!("run {id}: its settings do not read as this pipe's ({e})")))?;
     if spec.pipeline.method != Method::Winn || spec.pipeline.variant != Variant::Unsupervised {
@@ -53,7 +58,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let trains: Vec<&executor::RunStage> = record.stages.iter().filter(|s| s.kind == Train::ID.name).collect();
     let wanted: Vec<String> = match stage_part {
-        Some(s) => vec![s.to_string()],
+        Some(s) => vec![s],
         None => (1..=spec.winn.cascades).map(|c| format!("{}/{}", Train::ID.name, c * spec.pipeline.rounds)).collect(),
     };
     let mut critics = Vec::new();
@@ -93,6 +98,26 @@ pub fn run(a: &Args) -> Result<()> {
     }
     println!("{} images of {}x{} from run {id} ({}): {}", a.count, size.0, size.1, wanted.join(", "), a.out.display());
     Ok(())
+}
+
+/// The run and train stage that made the checkpoint `digest` names (all of it or a unique
+/// prefix): its run's settings are the sampler's.
+fn checkpoint_stage(store: &Store, digest: &str) -> Result<Option<(String, String)>> {
+    let mut made: Vec<(String, String, String)> = Vec::new();
+    for id in store.run_ids()? {
+        let Ok(Some(record)) = store.run::<RunRecord>(&id) else { continue };
+        for s in record.stages.iter().filter(|s| s.kind == Train::ID.name) {
+            if let Some(o) = s.outputs.get(train::CHECKPOINT) {
+                made.push((o.digest.clone(), id.clone(), s.stage.clone()));
+            }
+        }
+    }
+    let mut digests: Vec<String> = made.iter().map(|m| m.0.clone()).collect();
+    digests.sort();
+    digests.dedup();
+    let Some(found) = crate::audit::runs::unique_match(&digests, digest, "checkpoint")? else { return Ok(None) };
+    // the newest run that made it: run ids sort by time
+    Ok(made.into_iter().rev().find(|m| &m.0 == found).map(|m| (m.1, m.2)))
 }
 
 /// `SIDE` or `HxW`.

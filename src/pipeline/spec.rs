@@ -688,6 +688,16 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
         ))
         .into());
     }
+    if let Some(&side) = spec.winn.sample_sizes.iter().find(|&&side| side < geometry.height.max(geometry.width)) {
+        return Err(UserError(format!(
+            "{}: a {side}x{side} sample is smaller than the {}x{} patches its critic is trained on; expected sides of at least {}",
+            locate("winn.sample_sizes"),
+            geometry.height,
+            geometry.width,
+            geometry.height.max(geometry.width)
+        ))
+        .into());
+    }
     if spec.pipeline.positive_class as usize >= geometry.num_classes {
         return Err(UserError(format!("{}: expected a class below {}", locate("pipeline.positive_class"), geometry.num_classes)).into());
     }
