@@ -72,29 +72,8 @@ fn sigkill_during_training_resumes_at_the_last_epoch_with_identical_results() {
     let file = tiny_with(dir.path(), 1, 4, 1500);
     let killed = dir.path().join("killed");
     let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    // Wait until synthesize/1 is committed and train/1 has written an epoch checkpoint,
-    // then kill -9 in the middle of train/1.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let partial = loop {
-        let done: Vec<String> = std::fs::read_dir(killed.join("runs"))
-            .ok()
-            .and_then(|_| std::panic::catch_unwind(|| last_record(&killed)).ok())
-            .map(|r| r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_string()).collect())
-            .unwrap_or_default();
-        if done.iter().any(|s| s == "synthesize/1") {
-            let found = std::fs::read_dir(killed.join("partial"))
-                .ok()
-                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
-            if let Some(p) = found {
-                break p;
-            }
-        }
-        assert!(child.try_wait().unwrap().is_none(), "pipe ended before train/1 wrote an epoch checkpoint");
-        assert!(Instant::now() < deadline, "no epoch checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    // kill -9 in the middle of train/1, once it has written an epoch checkpoint
+    let partial = kill_after_an_epoch(&mut child, &killed, "synthesize/1");
     assert!(partial.exists());
     let rec = last_record(&killed);
     assert_eq!(rec["status"], "running", "a killed run is left as running");

@@ -122,28 +122,13 @@ pub fn build(p: &Pipeline) -> Graph {
 
     for c in &chains {
         let id = c.id(Train::ID.name, 0);
-        let params = train::Params {
-            round: 0,
-            net: c.net.clone(),
-            optimizer: t.optimizer(0),
-            batch_size: t.batch_size,
-            epochs: t.epochs,
-            objective: c.objective0,
-            augment_pad,
-            sampling: None,
-            rollback: t.rollback(),
-            seed: seed(&id),
-        };
+        let params = super::round_zero(t, c.net.clone(), c.objective0, seed(&id));
         stages.push(place::<Train>(id, &params, vec![(train::TRAIN_SET.into(), data(load::TRAIN))]));
     }
     stages.push(evaluate(0));
     stages.extend(attack(0));
     let sy = &s.synthesize;
-    // p0 is one distribution for the whole pipeline: every round's net is the same one
-    let reference = match sy.reference {
-        spec::ReferenceChoice::Gaussian => None,
-        spec::ReferenceChoice::AppendixD => Some(synthesize::Reference::AppendixD { seed: stage_seed(s.pipeline.seed, "reference/appendix-d") }),
-    };
+    let reference = super::reference(s);
     for round in 1..=s.pipeline.rounds {
         for c in &chains {
             let previous = InputRef::output(&c.id(Train::ID.name, round - 1), train::CHECKPOINT);

@@ -8,8 +8,8 @@ pub mod winn;
 
 use crate::engine::graph::{stage_seed, InputRef, KindId, StageDef};
 use crate::kinds::load::{self, Load};
-use crate::kinds::{place, Kind};
-use crate::pipeline::spec::{Method, Pipeline};
+use crate::kinds::{place, synthesize, train, Kind};
+use crate::pipeline::spec::{self, Method, Pipeline};
 
 /// What a method declares about its rounds.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +69,31 @@ pub fn rounds_of(record: &crate::engine::executor::RunRecord) -> Rounds {
     match (pipeline["method"].as_str(), pipeline["variant"].as_str()) {
         (Some("winn"), Some("unsupervised")) => winn::UNSUPERVISED_ROUNDS,
         _ => icn::ROUNDS,
+    }
+}
+
+/// The reference distribution p0 of a pipeline's synthesize stages. It is one
+/// distribution for the whole pipeline: every round's Appendix D net is the same one.
+pub fn reference(s: &spec::Spec) -> Option<synthesize::Reference> {
+    match s.synthesize.reference {
+        spec::ReferenceChoice::Gaussian => None,
+        spec::ReferenceChoice::AppendixD => Some(synthesize::Reference::AppendixD { seed: stage_seed(s.pipeline.seed, "reference/appendix-d") }),
+    }
+}
+
+/// Round 0's training: the plain net on the real data alone, `train.epochs` epochs.
+pub fn round_zero(t: &spec::TrainSection, net: stages::nn::NetConfig, objective: stages::loss::Objective, seed: u64) -> train::Params {
+    train::Params {
+        round: 0,
+        net,
+        optimizer: t.optimizer(0),
+        batch_size: t.batch_size,
+        epochs: t.epochs,
+        objective,
+        augment_pad: if t.augment { 4 } else { 0 },
+        sampling: None,
+        rollback: t.rollback(),
+        seed,
     }
 }
 

@@ -33,24 +33,16 @@ use crate::kinds::sample::{self, Sample};
 use crate::kinds::synthesize::{self, Synthesize, Targets};
 use crate::kinds::train::{self, Sampling, Train};
 use crate::kinds::{place, Kind};
-use crate::pipeline::spec::{self, Pipeline, Variant};
+use crate::pipeline::spec::{Pipeline, Variant};
 use stages::loss::Objective;
 use stages::nn::NetConfig;
 
 /// How unsupervised WINN reports its rounds: the critic's Wasserstein estimate, the last
 /// round kept (nothing to select on without labels).
-pub const UNSUPERVISED_ROUNDS: Rounds = Rounds { reporter: Train::ID, select_on: None, reported: train::WASSERSTEIN, shown: super::Shown { heading: "wasserstein", percent: false }, model: (Train::ID, train::CHECKPOINT) };
+pub const UNSUPERVISED_ROUNDS: Rounds = Rounds { reporter: Train::ID, select_on: None, reported: train::WASSERSTEIN, shown: super::Shown { heading: "E_neg f - E_pos f", percent: false }, model: (Train::ID, train::CHECKPOINT) };
 
 fn id<K: Kind>(round: u32) -> String {
     format!("{}/{round}", K::ID.name)
-}
-
-/// The reference distribution's settings of a synthesize stage: the pipeline's choice.
-pub fn reference(s: &spec::Spec) -> Option<synthesize::Reference> {
-    match s.synthesize.reference {
-        spec::ReferenceChoice::Gaussian => None,
-        spec::ReferenceChoice::AppendixD => Some(synthesize::Reference::AppendixD { seed: stage_seed(s.pipeline.seed, "reference/appendix-d") }),
-    }
 }
 
 /// The critic net of a pipeline: one logit (unsupervised) or the K classes with a
@@ -71,7 +63,7 @@ pub fn build(p: &Pipeline) -> Graph {
     let unsupervised = s.pipeline.variant == Variant::Unsupervised;
     let net = critic_net(p);
     let data = |output: &str| InputRef::output(Load::ID.name, output);
-    let reference = reference(s);
+    let reference = super::reference(s);
     let sy = &s.synthesize;
     let mut stages: Vec<StageDef> = vec![super::load_stage(p)];
 
@@ -102,18 +94,7 @@ pub fn build(p: &Pipeline) -> Graph {
 
     if !unsupervised {
         let id = id::<Train>(0);
-        let params = train::Params {
-            round: 0,
-            net: net.clone(),
-            optimizer: t.optimizer(0),
-            batch_size: t.batch_size,
-            epochs: t.epochs,
-            objective: Objective::Softmax { alpha: 0.0 },
-            augment_pad: if t.augment { 4 } else { 0 },
-            sampling: None,
-            rollback: t.rollback(),
-            seed: seed(&id),
-        };
+        let params = super::round_zero(t, net.clone(), Objective::Softmax { alpha: 0.0 }, seed(&id));
         stages.push(place::<Train>(id, &params, vec![(train::TRAIN_SET.into(), data(load::TRAIN))]));
         stages.push(evaluate(0));
         stages.extend(attack(0));
@@ -194,7 +175,7 @@ pub fn sample_params(p: &Pipeline, net: &NetConfig, size: (usize, usize), seed: 
         batch_size: s.batch_size,
         step: s.step(),
         init_std: s.init_std,
-        reference: reference(&p.spec),
+        reference: super::reference(&p.spec),
         patches,
         seed,
     }

@@ -152,3 +152,32 @@ pub fn canonical(v: &serde_json::Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Waits until `after` is committed in the store's newest run and the running train stage
+/// has saved an epoch checkpoint, then kills `child` with SIGKILL: a kill in the middle of
+/// a training stage. Returns the partial checkpoint that was there.
+pub fn kill_after_an_epoch(child: &mut std::process::Child, store: &Path, after: &str) -> PathBuf {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let partial = loop {
+        let done: Vec<String> = std::fs::read_dir(store.join("runs"))
+            .ok()
+            .and_then(|_| std::panic::catch_unwind(|| last_record(store)).ok())
+            .map(|r| r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        if done.iter().any(|s| s == after) {
+            let found = std::fs::read_dir(store.join("partial"))
+                .ok()
+                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
+            if let Some(p) = found {
+                break p;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "pipe ended before the stage after {after} saved an epoch");
+        assert!(Instant::now() < deadline, "no epoch checkpoint appeared after {after}");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    partial
+}
