@@ -276,16 +276,21 @@ pub fn summaries(lf: LazyFrame, rounds: &Rounds) -> (LazyFrame, LazyFrame, LazyF
     let latest = latest_runs(lf.clone());
     let kept = lf.clone().join(latest.select([col("run")]), [col("run")], [col("run")], JoinArgs::new(JoinType::Inner));
     let pct = |metric: &str| (col("value") * lit(100.0)).filter(col("metric").eq(lit(metric)));
+    // a reported value that is not a rate (a critic's Wasserstein term) is shown as it is
+    let reported = || {
+        let scale = if rounds.shown.percent { 100.0 } else { 1.0 };
+        (col("value") * lit(scale)).filter(col("metric").eq(lit(rounds.reported)))
+    };
     let errors = kept
         .clone()
         .filter(col("kind").eq(lit(rounds.reporter.name)).and(col("class").is_null()))
         .group_by([col("setting"), col("round")])
         .agg([
-            pct(rounds.reported).count().alias("runs"),
+            reported().count().alias("runs"),
             pct(rounds.select_on.unwrap_or_default()).mean().alias("val_err"),
             pct(rounds.select_on.unwrap_or_default()).std(1).alias("val_sd"),
-            pct(rounds.reported).mean().alias("test_err"),
-            pct(rounds.reported).std(1).alias("test_sd"),
+            reported().mean().alias("test_err"),
+            reported().std(1).alias("test_sd"),
         ])
         .sort(["setting", "round"], SortMultipleOptions::default());
     let attacks = kept
