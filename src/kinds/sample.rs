@@ -20,7 +20,7 @@ use serde_json::json;
 use stages::candle::Device;
 use stages::codec::{decode_pseudo_negatives, encode_pseudo_negatives, PseudoNegatives};
 use stages::critic::CriticView;
-use stages::grid::{encode_labelled_grid_png, LabelledRow};
+use stages::grid::encode_grid_png;
 use stages::nn::initial::NoiseProvider;
 use stages::nn::NetConfig;
 use stages::patch::{synthesize_patches, working_shape, PatchConfig};
@@ -73,7 +73,7 @@ pub struct Patches {
 }
 
 impl Kind for Sample {
-    const ID: KindId = KindId { name: "sample", version: 1 };
+    const ID: KindId = KindId { name: "sample", version: 2 };
     type Params = Params;
     const OUTPUTS: &'static [&'static str] = &[SAMPLES, TABLE, GRID];
     fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
@@ -191,14 +191,9 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
             ("stop_reason", Column::Str(r.iter().map(|r| r.reason.clone()).collect())),
         ])?,
     )?;
+    // the images of a draw have no class: a plain square-ish grid, no labels
     let columns = (p.count as f64).sqrt().ceil() as usize;
-    let rows: Vec<LabelledRow> = (0..p.count)
-        .collect::<Vec<_>>()
-        .chunks(columns.max(1))
-        .enumerate()
-        .map(|(k, ids)| LabelledRow { label: k as u32, tiles: ids.iter().map(|&i| Some(&images[i * d..(i + 1) * d])).collect() })
-        .collect();
-    io.write(GRID, &encode_labelled_grid_png(&rows, c, p.height, p.width, 2)?)?;
+    io.write(GRID, &encode_grid_png(&images, p.count, c, p.height, p.width, columns.max(1), 2)?)?;
     let mean_steps = r.iter().map(|r| r.steps as f64).sum::<f64>() / p.count.max(1) as f64;
     io.summary("count", json!(p.count));
     io.summary("mean_steps", json!(mean_steps));
