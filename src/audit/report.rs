@@ -247,9 +247,14 @@ pub fn report(root: &Path, pipeline: Option<&str>) -> Result<()> {
         let lf = all.clone().filter(col("pipeline").eq(lit(name)));
         let rounds = runs.first().map_or(crate::methods::icn::ROUNDS, |r| crate::methods::rounds_of(r));
         let (errors, selected, attacks, time) = summaries(lf, &rounds);
+        let per_round = if rounds.shown.percent {
+            "error per round, % (latest ok run per seed; mean and sd over seeds)".to_string()
+        } else {
+            format!("{} per round in its test_err column (latest ok run per seed; mean and sd over seeds)", rounds.shown.heading)
+        };
         // a table with no rows (a two-way record has no evaluate stages) says nothing
         for (title, q) in [
-            ("error per round, % (latest ok run per seed; mean and sd over seeds)", errors),
+            (per_round.as_str(), errors),
             ("round selected on validation, %", selected),
             ("attack per round, % (adversarial error of round t; round 0 correcting it)", attacks),
             ("time per stage kind, all runs (seconds of stages that ran, not cached)", time),

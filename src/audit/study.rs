@@ -114,11 +114,17 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
     let path = sweeps_path(store, members, ".parquet");
     store.write_atomic(&path, &to_parquet(columns)?)?;
 
-    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), selected_test_error(r))));
-    println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len());
-    for (label, errs) in &groups {
-        let (m, sd) = sweep::mean_sd(errs);
-        println!("  {label:<40} {:>6.2}% +- {:.2}%  (n = {})", 100.0 * m, 100.0 * sd, errs.len());
+    let rounds = records.first().map_or(crate::methods::icn::ROUNDS, crate::methods::rounds_of);
+    let kept = |r: &RunRecord| r.selected.as_ref().and_then(|s| s[rounds.reported].as_f64()).unwrap_or(f64::NAN);
+    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), kept(r))));
+    match rounds.select_on {
+        Some(_) => println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len()),
+        None => println!("\nsweep of {} pipelines: {} of the last round (mean +- sd over seeds)", members.len(), rounds.shown.heading),
+    }
+    for (label, values) in &groups {
+        let (m, sd) = sweep::mean_sd(values);
+        let sd = if rounds.shown.percent { rounds.shown.value(sd) } else { format!("{sd:.4}") };
+        println!("  {label:<40} {:>7} +- {sd}  (n = {})", rounds.shown.value(m), values.len());
     }
     println!("table: {}", path.display());
     Ok(path)
