@@ -16,7 +16,9 @@ pub mod nn;
 pub mod optim;
 pub mod patch;
 pub mod plot;
+pub mod probe;
 pub mod rng;
+pub mod svm;
 pub mod synthesize;
 pub mod train;
 
