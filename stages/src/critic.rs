@@ -215,6 +215,9 @@ impl Classifier for WithWassHead {
     fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         self.net.forward_mode(x, mode)
     }
+    fn activations(&self, x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        self.net.activations(x)
+    }
     fn critic_of(&self, logits: &Tensor, mode: Mode) -> Result<Tensor> {
         logits.matmul(&mode.param(&self.head.weight))?.broadcast_add(&mode.param(&self.head.bias))?.flatten_all()
     }

@@ -110,8 +110,9 @@ impl Cnn4Config {
     }
 }
 
-impl Classifier for Cnn4 {
-    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+impl Cnn4 {
+    /// The forward pass, keeping every layer's activation in `kept` when asked.
+    fn run(&self, x: &Tensor, mode: Mode, mut kept: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let p = |v: &Var| mode.param(v);
         let (n, c, hh, ww) = x.dims4()?;
         // NCHW in, NHWC inside: one channel needs no copy.
@@ -123,9 +124,24 @@ impl Classifier for Cnn4 {
                 (None, Some(norm)) => bias_leaky_relu(&norm.scale(&conv2d(&h, &p(&l.w), GEOM)?, mode)?, &p(&norm.beta), slope)?,
                 (None, None) => unreachable!("a layer has a bias or a norm"),
             };
+            if let Some(k) = kept.as_deref_mut() {
+                k.push(h.clone());
+            }
         }
         let h = h.flatten_from(1)?;
         h.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))
+    }
+}
+
+impl Classifier for Cnn4 {
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.run(x, mode, None)
+    }
+
+    fn activations(&self, x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        let mut kept = Vec::new();
+        let logits = self.run(x, Mode::Frozen, Some(&mut kept))?;
+        Ok((kept, logits))
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {

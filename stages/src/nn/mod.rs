@@ -66,6 +66,14 @@ pub trait Classifier {
         crate::critic::single_logit(logits)
     }
 
+    /// The activation after every convolutional layer (its norm and nonlinearity; in
+    /// ResNet-32 the stem, each block's inner activation and each block's output), in
+    /// forward order, each N x H x W x C, and the logits: the features the semi-supervised
+    /// probe reads (IGM 4.5: the last three layers). Parameters are constants here.
+    fn activations(&self, _x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        Err(candle_core::Error::Msg("this net does not expose its layers' activations".into()))
+    }
+
     /// Logits with gradients reaching the parameters.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_mode(x, Mode::Train)

@@ -144,22 +144,43 @@ impl ResNet {
 const S1: Geom = Geom { k: 3, stride: 1, pad: 1 };
 const S2: Geom = Geom { k: 3, stride: 2, pad: 1 };
 
-impl Classifier for ResNet {
-    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+impl ResNet {
+    /// The forward pass, keeping every activation in `kept` when asked.
+    fn run(&self, x: &Tensor, mode: Mode, mut kept: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
+        let mut keep = |t: &Tensor| {
+            if let Some(k) = kept.as_deref_mut() {
+                k.push(t.clone());
+            }
+        };
         let p = |v: &Var| mode.param(v);
         let (n, c, _, _) = x.dims4()?;
         let x = if c == 1 { x.reshape((n, x.dim(2)?, x.dim(3)?, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         let (w, bn) = &self.stem;
         let mut h = bias_leaky_relu(&bn.scale(&conv2d(&x, &p(w), S1)?, mode)?, &p(&bn.beta), 0.0)?;
+        keep(&h);
         for b in &self.blocks {
             let g = if b.stride == 2 { S2 } else { S1 };
             let a = bias_leaky_relu(&b.bn1.scale(&conv2d(&h, &p(&b.w1), g)?, mode)?, &p(&b.bn1.beta), 0.0)?;
+            keep(&a);
             let y = b.bn2.scale(&conv2d(&a, &p(&b.w2), S1)?, mode)?;
             h = bias_leaky_relu(&(y + shortcut(&h, b.stride, b.c_in, b.c_out)?)?, &p(&b.bn2.beta), 0.0)?;
+            keep(&h);
         }
         let (n, hh, ww, c) = h.dims4()?;
         let pooled = h.reshape((n, hh * ww, c))?.mean(1)?;
         pooled.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))
+    }
+}
+
+impl Classifier for ResNet {
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.run(x, mode, None)
+    }
+
+    fn activations(&self, x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        let mut kept = Vec::new();
+        let logits = self.run(x, Mode::Frozen, Some(&mut kept))?;
+        Ok((kept, logits))
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {

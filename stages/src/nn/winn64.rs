@@ -155,8 +155,9 @@ pub fn avg_pool2_nhwc(x: &Tensor) -> Result<Tensor> {
     rows.reshape((n, h / 2, w / 2, 2, c))?.sum(3)? * 0.25
 }
 
-impl Classifier for Winn64 {
-    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+impl Winn64 {
+    /// The forward pass, keeping every layer's activation in `kept` when asked.
+    fn run(&self, x: &Tensor, mode: Mode, mut kept: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let p = |v: &Var| mode.param(v);
         let (n, c, hh, ww) = x.dims4()?;
         let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
@@ -166,11 +167,26 @@ impl Classifier for Winn64 {
                 z = norm.scale(&z, mode)?.broadcast_add(&p(&norm.beta))?;
             }
             h = z.silu()?;
+            if let Some(k) = kept.as_deref_mut() {
+                k.push(h.clone());
+            }
             if i % 2 == 1 {
                 h = avg_pool2_nhwc(&h)?;
             }
         }
         h.flatten_from(1)?.matmul(&p(&self.head.0))?.broadcast_add(&p(&self.head.1))
+    }
+}
+
+impl Classifier for Winn64 {
+    fn forward_mode(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        self.run(x, mode, None)
+    }
+
+    fn activations(&self, x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
+        let mut kept = Vec::new();
+        let logits = self.run(x, Mode::Frozen, Some(&mut kept))?;
+        Ok((kept, logits))
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {
