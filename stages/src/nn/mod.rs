@@ -54,6 +54,13 @@ impl Mode {
     }
 }
 
+/// [`Classifier::activations`] from a forward pass that pushes each activation it makes.
+pub(crate) fn keeping(run: impl FnOnce(&mut Vec<Tensor>) -> Result<Tensor>) -> Result<(Vec<Tensor>, Tensor)> {
+    let mut kept = Vec::new();
+    let logits = run(&mut kept)?;
+    Ok((kept, logits))
+}
+
 /// What training, synthesis and evaluation need from a net.
 pub trait Classifier {
     /// Logits (N x K) for images (N x C x H x W) in [-1, 1].

@@ -184,9 +184,7 @@ impl Classifier for Winn64 {
     }
 
     fn activations(&self, x: &Tensor) -> Result<(Vec<Tensor>, Tensor)> {
-        let mut kept = Vec::new();
-        let logits = self.run(x, Mode::Frozen, Some(&mut kept))?;
-        Ok((kept, logits))
+        super::keeping(|kept| self.run(x, Mode::Frozen, Some(kept)))
     }
 
     fn named_vars(&self) -> Vec<(String, Var)> {
