@@ -9,6 +9,7 @@
 pub mod attack;
 pub mod evaluate;
 pub mod load;
+pub mod probe;
 pub mod sample;
 pub mod synthesize;
 pub mod train;
@@ -63,7 +64,15 @@ pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
 }
 
 /// Every kind this `pipe` runs.
-pub static REGISTRY: [Entry; 6] = [entry::<load::Load>(), entry::<train::Train>(), entry::<synthesize::Synthesize>(), entry::<evaluate::Evaluate>(), entry::<attack::Attack>(), entry::<sample::Sample>()];
+pub static REGISTRY: [Entry; 7] = [
+    entry::<load::Load>(),
+    entry::<train::Train>(),
+    entry::<synthesize::Synthesize>(),
+    entry::<evaluate::Evaluate>(),
+    entry::<attack::Attack>(),
+    entry::<sample::Sample>(),
+    entry::<probe::Probe>(),
+];
 
 /// Runs stages on one candle device.
 pub struct Kinds {

@@ -176,6 +176,8 @@ pub fn build(p: &Pipeline) -> Graph {
         stages.push(evaluate(round));
         stages.extend(attack(round));
     }
+    let last = s.pipeline.rounds;
+    stages.extend(super::probe_stages(p, &chains[0].net, last, InputRef::output(&chains[0].id(Train::ID.name, last), train::CHECKPOINT)));
     Graph { stages, rounds: ROUNDS }
 }
 

@@ -81,6 +81,34 @@ pub fn reference(s: &spec::Spec) -> Option<synthesize::Reference> {
     }
 }
 
+/// With a `[probe]` section: `probe/<round>` on `checkpoint` (that round's classifier)
+/// and `probe/random` on random weights of the same net, its floor. Both read the load
+/// stage's sets; the random one depends on nothing trained, so every case of a sweep with
+/// the same net and seed shares it.
+pub fn probe_stages(p: &Pipeline, net: &stages::nn::NetConfig, round: u32, checkpoint: InputRef) -> Vec<StageDef> {
+    use crate::kinds::probe::{self, Probe};
+    let Some(section) = &p.spec.probe else { return Vec::new() };
+    let sets = || {
+        [(probe::TRAIN, load::TRAIN), (probe::VALIDATION, load::VALIDATION), (probe::TEST, load::TEST)]
+            .map(|(input, output)| (input.to_string(), InputRef::output(Load::ID.name, output)))
+            .to_vec()
+    };
+    let stage = |id: String, checkpoint: Option<InputRef>| {
+        let params = probe::Params {
+            net: net.clone(),
+            labels: section.labels,
+            draws: section.draws,
+            c_grid: section.c_grid.clone(),
+            batch_size: p.spec.evaluate.batch_size,
+            seed: stage_seed(p.spec.pipeline.seed, &id),
+        };
+        let mut inputs = sets();
+        inputs.extend(checkpoint.map(|c| (probe::CHECKPOINT.to_string(), c)));
+        place::<Probe>(id, &params, inputs)
+    };
+    vec![stage(format!("{}/{round}", Probe::ID.name), Some(checkpoint)), stage(format!("{}/random", Probe::ID.name), None)]
+}
+
 /// Round 0's training: the plain net on the real data alone, `train.epochs` epochs.
 pub fn round_zero(t: &spec::TrainSection, net: stages::nn::NetConfig, objective: stages::loss::Objective, seed: u64) -> train::Params {
     train::Params {

@@ -157,6 +157,7 @@ pub fn build(p: &Pipeline) -> Graph {
             stages.push(sample::stage(id, &params, &critics));
         }
     }
+    stages.extend(super::probe_stages(p, &net, rounds, InputRef::output(&id::<Train>(rounds), train::CHECKPOINT)));
     let rounds = if unsupervised { UNSUPERVISED_ROUNDS } else { super::icn::ROUNDS };
     Graph { stages, rounds }
 }

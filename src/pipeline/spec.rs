@@ -41,6 +41,11 @@ pub struct Spec {
     /// Adversarial attack of every round's classifier; absent: no attack stages.
     #[serde(default)]
     pub attack: Option<AttackSection>,
+    /// The semi-supervised probe (IGM 4.5) of the last round's classifier and of a
+    /// random-weights net of the same architecture, its floor: an L2-SVM on the features of
+    /// the last three layers, trained on few labels; absent: no probe stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSection>,
     /// A matrix of pipelines to run (see `src/pipeline/sweep.rs`); absent for a single
     /// pipeline. A quoted setting with a list of values, e.g. `"pipeline.seed" = [0, 1, 2]`,
     /// runs each value; `cases = [{ name = "icn", "pipeline.method" = "icn" }, ...]` names
@@ -138,6 +143,32 @@ pub struct WinnSection {
 impl Default for WinnSection {
     fn default() -> Self {
         WinnSection { lambda: 10.0, weight: 0.01, critic_updates: 3, cascades: 1, class_weight: 0.5, sample_sizes: Vec::new(), sample_count: 4, sample_patches: 200, sample_max_steps: 500 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSection {
+    /// Labelled training examples per draw (1000 in the paper).
+    pub labels: usize,
+    /// Random draws of the labelled examples; the probe reports the mean and sd of the
+    /// test error over them (100 in the paper).
+    pub draws: usize,
+    /// The SVM's C values; each draw keeps the one with the least validation error.
+    pub c_grid: Vec<f64>,
+}
+impl Default for ProbeSection {
+    fn default() -> Self {
+        ProbeSection { labels: 1000, draws: 20, c_grid: vec![0.001, 0.01, 0.1, 1.0] }
+    }
+}
+
+impl ProbeSection {
+    fn validate(&self, spec: &Spec, need: &mut Need) {
+        need(spec.pipeline.variant != Variant::OneVsAll, "pipeline.variant", "`softmax`, `binary` or `unsupervised` with a [probe]: it reads one net's features");
+        need((2..=MAX_PER_CLASS).contains(&self.labels), "probe.labels", "2 to 1,000,000 examples");
+        need((1..=10_000).contains(&self.draws), "probe.draws", "1 to 10,000 draws");
+        need(!self.c_grid.is_empty() && self.c_grid.iter().all(|c| c.is_finite() && *c > 0.0), "probe.c_grid", "one or more positive values of C, e.g. [0.01, 0.1, 1.0]");
     }
 }
 
@@ -822,6 +853,9 @@ pub(super) fn rules(spec: &Spec, need: &mut Need) {
     spec.train.validate(need);
     spec.synthesize.validate(need);
     spec.winn.validate(spec, need);
+    if let Some(p) = &spec.probe {
+        p.validate(spec, need);
+    }
     need((1..=MAX_BATCH).contains(&spec.evaluate.batch_size), "evaluate.batch_size", &format!("1 to {MAX_BATCH}"));
     if let Some(a) = &spec.attack {
         a.validate(need);
