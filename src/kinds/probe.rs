@@ -75,7 +75,9 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     // the classes of the labels, not of the net: an unsupervised critic has one logit
     let classes = ty.iter().chain(&vy).chain(&sy).max().map_or(1, |&m| m as usize + 1);
     let cfg = ProbeConfig { labels: p.labels, draws: p.draws, c_grid: p.c_grid.clone(), seed: p.seed };
-    let draws = probe::probe(Split { features: &tf, labels: &ty }, Split { features: &vf, labels: &vy }, Split { features: &sf, labels: &sy }, dim, classes, &cfg);
+    let mut meter = io.progress(p.draws as u64, "draws", &format!("SVMs on {} labels", p.labels));
+    let draws = probe::probe(Split { features: &tf, labels: &ty }, Split { features: &vf, labels: &vy }, Split { features: &sf, labels: &sy }, dim, classes, &cfg, &mut |_| meter.inc(1))?;
+    meter.finish();
     let errors: Vec<f64> = draws.iter().map(|d| d.test_error).collect();
     let (mean, sd) = crate::pipeline::sweep::mean_sd(&errors);
     io.write(

@@ -102,8 +102,9 @@ pub struct Draw {
 
 /// Each draw takes `labels` examples of `train` at random (without replacement),
 /// standardizes on them, fits an SVM per C, keeps the one with the least validation error
-/// (the smallest C on ties) and measures it on `test`.
-pub fn probe(train: Split, validation: Split, test: Split, dim: usize, classes: usize, cfg: &ProbeConfig) -> Vec<Draw> {
+/// (the smallest C on ties) and measures it on `test`. `on_draw` hears of each finished
+/// draw and can stop the probe.
+pub fn probe(train: Split, validation: Split, test: Split, dim: usize, classes: usize, cfg: &ProbeConfig, on_draw: crate::OnStep<usize>) -> Result<Vec<Draw>> {
     let n = train.labels.len();
     let mut rng = Rng::new(cfg.seed);
     (0..cfg.draws)
@@ -125,8 +126,11 @@ pub fn probe(train: Split, validation: Split, test: Split, dim: usize, classes: 
                     best = Some((err, model, c));
                 }
             }
-            let (validation_error, model, c) = best.expect("a non-empty grid of C");
-            Draw { c, validation_error, test_error: model.error(&tst, test.labels) }
+            let (validation_error, model, c) = best.ok_or_else(|| candle_core::Error::Msg("the probe needs at least one value of C".into()))?;
+            if on_draw(draw + 1).is_break() {
+                return Err(crate::stopped());
+            }
+            Ok(Draw { c, validation_error, test_error: model.error(&tst, test.labels) })
         })
         .collect()
 }
@@ -200,7 +204,7 @@ mod tests {
         let cfg = ProbeConfig { labels: 60, draws: 5, c_grid: vec![0.001, 0.1, 10.0], seed: 1 };
         let run = |f: &[f32]| {
             let part = |a: usize, b: usize| Split { features: &f[a * dim..b * dim], labels: &labels[a..b] };
-            probe(part(0, 200), part(200, 400), part(400, 600), dim, classes, &cfg)
+            probe(part(0, 200), part(200, 400), part(400, 600), dim, classes, &cfg, &mut crate::keep_going).unwrap()
         };
         let (with_signal, without) = (run(&signal), run(&noise));
         assert_eq!(with_signal.len(), 5);

@@ -36,7 +36,7 @@ fn trained_features_beat_random_ones_with_few_labels() {
         let ((p, dim), (v, _), (t, _)) = (feats(&pool), feats(&validation), feats(&test));
         let split = |f: &[f32], s: &stages::data::ImageSet| (f.to_vec(), s.labels.clone());
         let ((p, pl), (v, vl), (t, tl)) = (split(&p, &pool), split(&v, &validation), split(&t, &test));
-        probe::probe(probe::Split { features: &p, labels: &pl }, probe::Split { features: &v, labels: &vl }, probe::Split { features: &t, labels: &tl }, dim, 10, &cfg)
+        probe::probe(probe::Split { features: &p, labels: &pl }, probe::Split { features: &v, labels: &vl }, probe::Split { features: &t, labels: &tl }, dim, 10, &cfg, &mut stages::keep_going).unwrap()
     };
     let mean = |d: &[probe::Draw]| d.iter().map(|d| d.test_error).sum::<f64>() / d.len() as f64;
     let (with_training, floor) = (run(&trained), run(&random));
