@@ -17,6 +17,7 @@ pub mod optim;
 pub mod patch;
 pub mod plot;
 pub mod probe;
+pub mod quality;
 pub mod rng;
 pub mod svm;
 pub mod synthesize;
