@@ -9,6 +9,36 @@
 //!   ||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2), the symmetric form of the
 //!   usual tr(S1 + S2 - 2 (S1 S2)^1/2) (same eigenvalues, and every step stays symmetric).
 
+/// The texture distance of IGM-style evaluations: for each layer of `model` (a net with
+/// fixed random weights, the same for every run compared), the Gram matrix of its
+/// activations (C x C, averaged over positions and images), and the mean over layers of
+/// ||G_real - G_synth||_F^2 / ||G_real||_F^2. 0 for identical statistics; scale-free per
+/// layer, so no layer dominates by its size.
+pub fn gram_distance(model: &dyn crate::nn::Classifier, real: &[f32], synth: &[f32], shape: crate::nn::Shape3, device: &candle_core::Device) -> candle_core::Result<f64> {
+    let grams = |x: &[f32]| -> candle_core::Result<Vec<Vec<f64>>> {
+        let (c, h, w) = shape;
+        let n = x.len() / (c * h * w);
+        let t = candle_core::Tensor::from_vec(x.to_vec(), (n, c, h, w), device)?;
+        let (acts, _) = model.activations(&t)?;
+        acts.iter()
+            .map(|a| {
+                let (n, hh, ww, ch) = a.dims4()?;
+                // NHWC: positions are rows, channels columns
+                let rows = a.reshape((n * hh * ww, ch))?;
+                let g = rows.t()?.matmul(&rows)?.affine(1.0 / (n * hh * ww) as f64, 0.0)?;
+                Ok(g.flatten_all()?.to_vec1::<f32>()?.into_iter().map(|v| v as f64).collect())
+            })
+            .collect()
+    };
+    let (gr, gs) = (grams(real)?, grams(synth)?);
+    let per_layer: Vec<f64> = gr
+        .iter()
+        .zip(&gs)
+        .map(|(r, s)| r.iter().zip(s).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / r.iter().map(|a| a * a).sum::<f64>().max(f64::MIN_POSITIVE))
+        .collect();
+    Ok(per_layer.iter().sum::<f64>() / per_layer.len().max(1) as f64)
+}
+
 /// The Inception-style score of softmax `probs` (n rows of K, each summing to 1).
 pub fn inception_score(probs: &[Vec<f64>]) -> f64 {
     let n = probs.len();
