@@ -65,8 +65,10 @@ fn group<T>(items: impl IntoIterator<Item = (String, T)>) -> Vec<(String, Vec<T>
     groups
 }
 
-fn selected_test_error(r: &RunRecord) -> f64 {
-    r.selected.as_ref().and_then(|s| s["test_error"].as_f64()).unwrap_or(f64::NAN)
+/// The reported metric of the round a run kept (test error for ICN), NaN for none.
+fn selected_reported(r: &RunRecord) -> f64 {
+    let rounds = crate::methods::rounds_of(r);
+    r.selected.as_ref().and_then(|s| s[rounds.reported].as_f64()).unwrap_or(f64::NAN)
 }
 
 fn sweeps_path(store: &Store, members: &[Member], suffix: &str) -> PathBuf {
@@ -115,16 +117,14 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
     store.write_atomic(&path, &to_parquet(columns)?)?;
 
     let rounds = records.first().map_or(crate::methods::icn::ROUNDS, crate::methods::rounds_of);
-    let kept = |r: &RunRecord| r.selected.as_ref().and_then(|s| s[rounds.reported].as_f64()).unwrap_or(f64::NAN);
-    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), kept(r))));
+    let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), selected_reported(r))));
     match rounds.select_on {
         Some(_) => println!("\nsweep of {} pipelines: test error of the round selected on validation (mean +- sd over seeds)", members.len()),
         None => println!("\nsweep of {} pipelines: {} of the last round (mean +- sd over seeds)", members.len(), rounds.shown.heading),
     }
     for (label, values) in &groups {
         let (m, sd) = sweep::mean_sd(values);
-        let sd = if rounds.shown.percent { rounds.shown.value(sd) } else { format!("{sd:.4}") };
-        println!("  {label:<40} {:>7} +- {sd}  (n = {})", rounds.shown.value(m), values.len());
+        println!("  {label:<40} {:>7} +- {}  (n = {})", rounds.shown.value(m), rounds.shown.value(sd), values.len());
     }
     println!("table: {}", path.display());
     Ok(path)
@@ -137,7 +137,7 @@ fn plot_sizes(store: &Store, members: &[Member], records: &[RunRecord]) -> Resul
     let Some(axis) = members[0].values.iter().map(|(k, _)| k.clone()).find(|k| k != "pipeline.seed" && numeric(k)) else { return Ok(None) };
     let x_of = |m: &Member| m.values.iter().find(|(k, _)| *k == axis).and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
     // a line per setting apart from the axis and the seed
-    let lines = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[&axis]), (x_of(m), selected_test_error(r)))));
+    let lines = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[&axis]), (x_of(m), selected_reported(r)))));
     let series: Vec<stages::plot::Series> = lines
         .into_iter()
         .map(|(name, pts)| {

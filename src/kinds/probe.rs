@@ -86,7 +86,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
             ("draw", Column::U32((0..draws.len() as u32).collect())),
             ("c", Column::F64(draws.iter().map(|d| d.c).collect())),
             ("validation_error", Column::F64(draws.iter().map(|d| d.validation_error).collect())),
-            ("test_error", Column::F64(errors.clone())),
+            ("test_error", Column::F64(errors)),
         ])?,
     )?;
     io.summary(TEST_ERROR, json!(mean));
