@@ -52,6 +52,7 @@ fn value(setting: &Value, file: &toml::Table) -> String {
         "train.lr_drop_round" => "1",
         "net.norm" => "\"batch\"",
         "data.texture" => "\"brick\"",
+        "igm.negative_size" => "96",
         _ => panic!("{k} has no default and the quickstart does not set it: add an example value here"),
     };
     example.to_string()

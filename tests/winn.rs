@@ -59,10 +59,12 @@ batch_size = 20
 
 [winn]
 critic_updates = 3
-sample_sizes = [48]
-sample_count = 2
-sample_patches = 8
-sample_max_steps = 10
+
+[sample]
+sizes = [48]
+count = 2
+patches = 8
+max_steps = 10
 "#,
         data = textures().display()
     );
@@ -181,7 +183,7 @@ fn winn_refuses_batch_norm_and_samples_smaller_than_its_patches() {
     let file = tiny_winn(dir.path());
     for (set, expect) in [
         ("net.norm=batch", "net.norm"),
-        ("winn.sample_sizes=[16]", "winn.sample_sizes"),
+        ("sample.sizes=[16]", "sample.sizes"),
         ("synthesize.stop=classified", "synthesize.stop"),
     ] {
         let store = dir.path().join("never-made");

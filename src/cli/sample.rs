@@ -1,4 +1,4 @@
-//! `pipe sample`: images drawn from a trained WINN model, as a `sample` stage run through
+//! `pipe sample`: images drawn from a trained WINN or IGM model, as a `sample` stage run through
 //! the store like any other (cached by its key, resumable, under a run record of its own),
 //! then copied out.
 
@@ -10,7 +10,7 @@ use crate::engine::store::Store;
 use crate::kinds::sample::{self, Sample};
 use crate::kinds::train::{self, Train};
 use crate::kinds::{read_params, Kind, Kinds};
-use crate::methods::winn::sample_params;
+use crate::methods::sample_params;
 use crate::pipeline::spec::{Geometry, Method, Pipeline, Spec, Variant};
 use crate::UserError;
 use anyhow::{Context, Result};
@@ -18,14 +18,17 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model: a run (its id or a unique prefix) of `pipeline.method = "winn"`, whose
-    /// last critic of each cascade is sampled through in order; RUN:train/N for the
-    /// critic of one round; or a critic's checkpoint digest (or a unique prefix).
+    /// The model: a run (its id or a unique prefix) of `pipeline.method = "winn"` (the
+    /// last critic of each cascade is sampled through in order) or `"igm"` (every
+    /// classifier of the cascade in order, or IGM-single's last); RUN:train/N for the net
+    /// of one round; or a net's checkpoint digest (or a unique prefix).
     model: String,
     /// Images to draw.
     #[arg(short = 'n', long, default_value_t = 16)]
     count: usize,
-    /// Seed of the draw: each image's start and thresholds follow from it.
+    /// Seed of the draw: each image's start and thresholds follow from it. An IGM
+    /// cascade's draw with synthesize/0's seed and -n its count is the last round's
+    /// pseudo-negatives, bit for bit.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Image size, SIDE or HxW; the critics' own size by default. Larger sizes are
@@ -37,6 +40,15 @@ pub struct Args {
     out: PathBuf,
     #[command(flatten)]
     store: StoreArg,
+}
+
+/// The rounds whose nets make up a run's model, in sampling order: the last critic of each
+/// WINN cascade; every IGM cascade classifier, or IGM-single's last.
+fn model_rounds(spec: &Spec) -> Vec<u32> {
+    match spec.pipeline.method {
+        Method::Igm => crate::methods::igm::model_rounds(spec),
+        _ => (1..=spec.winn.cascades).map(|c| c * spec.pipeline.rounds).collect(),
+    }
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -53,13 +65,13 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let record: RunRecord = store.run(&id)?.with_context(|| format!("run {id} has no record"))?;
     let spec: Spec = serde_json::from_value(record.spec.clone()).map_err(|e| UserError(format!("run {id}: its settings do not read as this pipe's ({e})")))?;
-    if spec.pipeline.method != Method::Winn || spec.pipeline.variant != Variant::Unsupervised {
-        return Err(UserError(format!("run {id} is not an unsupervised WINN run (pipeline.method = \"winn\", variant = \"unsupervised\"): it has no critic to sample from")).into());
+    if !matches!(spec.pipeline.method, Method::Winn | Method::Igm) || spec.pipeline.variant != Variant::Unsupervised {
+        return Err(UserError(format!("run {id} is not an unsupervised WINN or IGM run (pipeline.method = \"winn\" or \"igm\", variant = \"unsupervised\"): it has no generative model to sample from")).into());
     }
     let trains: Vec<&executor::RunStage> = record.stages.iter().filter(|s| s.kind == Train::ID.name).collect();
     let wanted: Vec<String> = match stage_part {
         Some(s) => vec![s],
-        None => (1..=spec.winn.cascades).map(|c| format!("{}/{}", Train::ID.name, c * spec.pipeline.rounds)).collect(),
+        None => model_rounds(&spec).into_iter().map(|r| format!("{}/{r}", Train::ID.name)).collect(),
     };
     let mut critics = Vec::new();
     for w in &wanted {

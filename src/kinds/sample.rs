@@ -8,7 +8,7 @@
 //! In patch mode each finished image goes to the stage's partial/ folder, so a killed
 //! stage resumes at the next image and ends with the same bytes.
 
-use super::synthesize::{sample_seed, Reference};
+use super::synthesize::{patch_stop, sample_seed, Reference};
 use super::train::critic_thresholds;
 use super::Kind;
 use crate::engine::executor::StageIo;
@@ -25,7 +25,7 @@ use stages::nn::initial::NoiseProvider;
 use stages::nn::NetConfig;
 use stages::patch::{synthesize_patches, working_shape, PatchConfig};
 use stages::rng::Rng;
-use stages::synthesize::{initial_sample, synthesize_from, threshold, Step, StopReason, StopRule, SynthesisConfig, Target};
+use stages::synthesize::{initial_sample, synthesize_from, Step, StopReason, StopRule, SynthesisConfig, Target};
 
 pub struct Sample;
 
@@ -61,6 +61,11 @@ pub struct Params {
     pub reference: Option<Reference>,
     /// Present when the images are not the critics' size.
     pub patches: Option<Patches>,
+    /// When an image is done under each net (IGM: the rule of its training synthesis);
+    /// absent: at a threshold drawn from the critic's range of f over positives (WINN),
+    /// and absent from the key, so WINN's sample stages kept theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopRule>,
     pub seed: u64,
 }
 
@@ -141,13 +146,19 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     meter.resume_at((progress.critic * p.count + progress.done) as u64);
     for (ci, name) in critics.iter().enumerate().skip(progress.critic) {
         let bytes = io.read(name)?;
-        let range = critic_thresholds(&bytes).with_context(|| format!("input {name}"))?;
+        let stop = match p.stop {
+            Some(rule) => rule,
+            None => {
+                let range = critic_thresholds(&bytes).with_context(|| format!("input {name}"))?;
+                StopRule::Threshold { min: range.min, max: range.max }
+            }
+        };
         let net = p.net.load(&bytes, device)?;
         let view = CriticView { net: net.as_ref(), class_weight: None };
         match p.patches {
             None => {
                 let targets: Vec<Target> = seeds.iter().map(|&seed| Target { class: 0, seed }).collect();
-                let cfg = SynthesisConfig { binary: true, step: p.step, lr: p.lr, max_steps: p.max_steps, init_std: p.init_std, batch_size: p.batch_size.max(1), stop: StopRule::Threshold { min: range.min, max: range.max } };
+                let cfg = SynthesisConfig { binary: true, step: p.step, lr: p.lr, max_steps: p.max_steps, init_std: p.init_std, batch_size: p.batch_size.max(1), stop };
                 let done = synthesize_from(&view, out, &targets, Some(&images), &cfg, device, &mut |f: stages::synthesize::Finished| meter.inc(f.count as u64))?;
                 images = done.images;
                 for (row, r) in progress.records.iter_mut().zip(&done.records) {
@@ -160,13 +171,13 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
                     // the border keeps its start; the centre is where the last critic left it
                     let mut start = starts[i * d_start..(i + 1) * d_start].to_vec();
                     paste(&mut start, start_shape, pt.pad, &images[i * d..(i + 1) * d], out);
-                    let cfg = PatchConfig { patch: p.net.height, pad: pt.pad, patches_per_step: pt.per_step, step: p.step, lr: p.lr, max_steps: pt.max_steps, threshold: Some(threshold(range.min, range.max, seeds[i])) };
+                    let cfg = PatchConfig { patch: p.net.height, pad: pt.pad, patches_per_step: pt.per_step, step: p.step, lr: p.lr, max_steps: pt.max_steps, stop: patch_stop(stop, seeds[i]) };
                     let mut rng = Rng::new(seeds[i] ^ (ci as u64 + 1));
                     let s = synthesize_patches(&view, out, &start, &cfg, &mut rng, device, &mut |_| if io.stop_requested() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) })
                         .map_err(|e| if io.stop_requested() { io.interrupted(&format!("{} of {} images are saved", i, p.count)) } else { e.into() })?;
                     images[i * d..(i + 1) * d].copy_from_slice(&s.image);
                     let row = &mut progress.records[i];
-                    *row = Row { steps: row.steps + s.steps, final_f: s.final_f, reason: if s.stopped_at_threshold { "threshold" } else { "max_steps" }.into() };
+                    *row = Row { steps: row.steps + s.steps, final_f: s.final_f, reason: s.end.as_str().into() };
                     progress.done = i + 1;
                     io.write_partial(PARTIAL_IMAGES, &encode_pseudo_negatives(&PseudoNegatives { images: images.clone(), classes: vec![0; p.count], shape: out })?)?;
                     io.write_partial(PARTIAL_META, &serde_json::to_vec(&progress)?)?;

@@ -17,7 +17,9 @@ use super::train::critic_thresholds;
 use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
 use stages::nn::initial::NoiseProvider;
-use stages::synthesize::{p0_from, p0_samples, synthesize_from, Finished, Step, StopReason, StopRule, SynthesisConfig, Synthesized, Target};
+use stages::patch::{synthesize_patches, PatchConfig, PatchEnd, PatchStop};
+use stages::rng::Rng;
+use stages::synthesize::{p0_from, p0_samples, synthesize_from, threshold, Finished, SampleRecord, Step, StopReason, StopRule, SynthesisConfig, Synthesized, Target};
 
 pub struct Synthesize;
 
@@ -45,6 +47,11 @@ pub struct Params {
     /// Gaussian, so the keys of Gaussian stages did not move when it came.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference: Option<Reference>,
+    /// Images of this size (rows, columns) instead of the net's: IGM texture
+    /// pseudo-negatives, synthesized from windows of the net's size. Absent (and not in the
+    /// key) for the net's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<(usize, usize)>,
     /// How: ascent on f_k, or the p0 samples themselves.
     #[serde(flatten)]
     pub method: Method,
@@ -81,6 +88,25 @@ pub enum Method {
     /// of f over positives that the checkpoint carries. With `class_weight` (supervised
     /// WINN) a sample of class k ascends f + w log softmax_k.
     Critic { batch_size: usize, lr: f64, max_steps: u32, step: Step, class_weight: Option<f64> },
+    /// IGM textures: each image (of `size`) ascends the mean f over `per_step` random
+    /// windows of the net's size, every pixel moved by the mean gradient of the windows
+    /// that cover it (stages::patch), windows drawn from the sample's seed.
+    Patches { per_step: usize, lr: f64, max_steps: u32, step: Step, stop: StopRule },
+}
+
+/// The rule of patch synthesis that is `rule` of whole-image synthesis, for the sample
+/// with this seed: f is the mean over a step's windows.
+pub fn patch_stop(rule: StopRule, seed: u64) -> PatchStop {
+    match rule {
+        StopRule::Threshold { min, max } => PatchStop::Threshold(threshold(min, max, seed)),
+        StopRule::Window { steps } => PatchStop::Window { steps },
+        StopRule::Classified => PatchStop::Window { steps: 1 },
+        // sigmoid(f) > p is f > logit(p)
+        StopRule::Probability { threshold } => PatchStop::Threshold((threshold / (1.0 - threshold)).ln()),
+        // one logit: "top class" always holds, so argmax would stop at once; validation
+        // refuses it for generative methods
+        StopRule::Steps | StopRule::Argmax => PatchStop::Steps,
+    }
 }
 
 impl Kind for Synthesize {
@@ -127,7 +153,10 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let k = classes_made.len();
     let targets: Vec<Target> = (0..k * p.per_class).map(|i| Target { class: classes_made[i / p.per_class], seed: sample_seed(p.seed, i) }).collect();
     // each sample's start is a function of its own seed, whatever the reference
-    let shape = p.net.shape();
+    let shape = match p.size {
+        Some((h, w)) => (p.net.channels, h, w),
+        None => p.net.shape(),
+    };
     let d = shape.0 * shape.1 * shape.2;
     let starts = if io.has_input(STARTS) {
         let from = decode_pseudo_negatives(&io.read(STARTS)?)?;
@@ -146,8 +175,34 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let out = match p.method {
         Method::Noise => match starts {
             Some(images) => p0_from(&targets, images),
-            None => p0_samples(&targets, p.net.shape(), p.init_std),
+            None => p0_samples(&targets, shape, p.init_std),
         },
+        Method::Patches { per_step, lr, max_steps, step, stop } => {
+            let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
+            let starts = match starts {
+                Some(s) => s,
+                None => p0_samples(&targets, shape, p.init_std).images,
+            };
+            let mut meter = io.progress(targets.len() as u64, "images", "pseudo-negatives");
+            let mut out = Synthesized { images: Vec::with_capacity(starts.len()), records: Vec::with_capacity(targets.len()) };
+            for (i, t) in targets.iter().enumerate() {
+                let cfg = PatchConfig { patch: p.net.height, pad: 0, patches_per_step: per_step, step, lr, max_steps, stop: patch_stop(stop, t.seed) };
+                let keep_going = |_: u32| if io.stop_requested() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) };
+                let s = synthesize_patches(net.as_ref(), shape, &starts[i * d..(i + 1) * d], &cfg, &mut Rng::new(t.seed), device, &mut { keep_going })
+                    .map_err(|e| if io.stop_requested() { io.interrupted(&format!("image {} of {} was being synthesized; the rerun makes them again", i + 1, targets.len())) } else { e.into() })?;
+                let stop_reason = match s.end {
+                    PatchEnd::MaxSteps => StopReason::MaxSteps,
+                    PatchEnd::Threshold => StopReason::Threshold,
+                    PatchEnd::Window => StopReason::Window,
+                };
+                let f = s.final_f;
+                out.records.push(SampleRecord { class: t.class, seed: t.seed, steps: s.steps, stop_reason, final_logit: f, final_prob: 1.0 / (1.0 + (-f).exp()), classified: f > 0.0, top: true });
+                out.images.extend(s.image);
+                let _ = meter.inc(1);
+            }
+            meter.finish();
+            out
+        }
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
             let net = p.net.load(&io.read(CHECKPOINT)?, device)?;
             let cfg = SynthesisConfig { binary, step, lr, max_steps, init_std: p.init_std, batch_size: batch_size.max(1), stop };

@@ -32,6 +32,9 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const LOG: &str = "train_log.parquet";
 /// Summary metric of WINN critics: E_neg f - E_pos f of the last epoch.
 pub const WASSERSTEIN: &str = "wasserstein";
+/// Summary metric: the share of the pseudo-negatives in the last epoch's batches that the
+/// classifier scored as positives (f_k > 0), or, for a critic, above the positives' mean.
+pub const NEGATIVES_FOOLING: &str = "negatives_fooling";
 /// Output (rounds with pseudo-negatives): how often each was drawn into a batch.
 pub const DRAWS: &str = "draws.parquet";
 
@@ -214,8 +217,14 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         "stage {}: a WINN objective pairs each batch's positives with as many pseudo-negatives: it needs balanced sampling",
         io.stage_id()
     );
+    let shape = p.net.shape();
+    // pseudo-negatives larger than the net's inputs are windowed per draw (IGM textures)
+    let mut neg_shape: Option<stages::nn::Shape3> = None;
     for entry in &pool {
         let pn = decode_pseudo_negatives(&io.read_named(&entry.digest)?).with_context(|| format!("pseudo-negatives of round {}", entry.round))?;
+        let fits = pn.shape.0 == shape.0 && pn.shape.1 >= shape.1 && pn.shape.2 >= shape.2;
+        ensure!(fits && neg_shape.is_none_or(|s| s == pn.shape), "stage {}: round {}'s pseudo-negatives are {:?}, expected {shape:?} or larger with {} channel(s), all of one shape", io.stage_id(), entry.round, pn.shape, shape.0);
+        neg_shape = Some(pn.shape);
         let made_in = entry.round;
         let weight = decay.map_or(1.0, |d| d.powi(p.round.saturating_sub(made_in) as i32));
         neg_w.extend(std::iter::repeat_n(weight, pn.classes.len()));
@@ -224,12 +233,13 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         neg_y.extend(pn.classes);
     }
     let set = TrainSet {
-        shape: p.net.shape(),
+        shape,
         real_x: &real_x,
         real_y: &real_y,
         neg_x: &neg_x,
         neg_y: &neg_y,
         neg_weights: decay.map(|_| neg_w.as_slice()),
+        neg_crop: neg_shape.filter(|&s| s != shape),
         augment_pad: p.augment_pad,
         count_draws: true,
     };
@@ -346,6 +356,9 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     io.summary("real", json!(real_y.len()));
     io.summary("pseudo_negatives", json!(neg_y.len()));
     io.summary("final_loss", json!(last.loss));
+    if !neg_y.is_empty() {
+        io.summary(NEGATIVES_FOOLING, json!(last.negatives_fooling));
+    }
     if let Some(c) = last.critic {
         io.summary(WASSERSTEIN, json!(c.wasserstein));
         io.summary("penalty", json!(c.penalty));

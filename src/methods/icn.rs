@@ -83,13 +83,13 @@ pub fn build(p: &Pipeline) -> Graph {
         }],
         Variant::Binary => vec![binary_chain(s.pipeline.positive_class, None)],
         Variant::OneVsAll => (0..g.num_classes as u32).map(|k| binary_chain(k, Some(k))).collect(),
-        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN"),
+        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN and IGM"),
     };
     let evaluation = match s.pipeline.variant {
         Variant::Softmax => Evaluation::Softmax,
         Variant::Binary => Evaluation::Binary { positive: s.pipeline.positive_class },
         Variant::OneVsAll => Evaluation::OneVsAll,
-        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN"),
+        Variant::Unsupervised => unreachable!("validation refuses the unsupervised variant outside WINN and IGM"),
     };
     let augment_pad = if t.augment { 4 } else { 0 };
     let method = s.pipeline.method;
@@ -134,7 +134,7 @@ pub fn build(p: &Pipeline) -> Graph {
             let previous = InputRef::output(&c.id(Train::ID.name, round - 1), train::CHECKPOINT);
             let synthesis = |how: synthesize::Method, inputs: Vec<(String, InputRef)>| {
                 let id = c.id(Synthesize::ID.name, round);
-                let params = synthesize::Params { round, net: c.net.clone(), targets: c.targets, per_class: sy.per_class, init_std: sy.init_std, reference, method: how, seed: seed(&id) };
+                let params = synthesize::Params { round, net: c.net.clone(), targets: c.targets, per_class: sy.per_class, init_std: sy.init_std, size: None, reference, method: how, seed: seed(&id) };
                 place::<Synthesize>(id, &params, inputs)
             };
             match method {
@@ -146,7 +146,7 @@ pub fn build(p: &Pipeline) -> Graph {
                 // noise is made once and shared by every pipeline with the same seed.
                 Method::IcnNoise => stages.push(synthesis(synthesize::Method::Noise, vec![])),
                 Method::Baseline => {}
-                Method::Winn => unreachable!("methods::plan builds WINN with methods::winn"),
+                Method::Winn | Method::Igm => unreachable!("methods::plan builds WINN and IGM with their own builders"),
             }
             let mut inputs = vec![(train::INIT.to_string(), previous), (train::TRAIN_SET.to_string(), data(load::TRAIN))];
             let sampling = (method != Method::Baseline).then(|| sampling(t));

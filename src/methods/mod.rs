@@ -3,6 +3,7 @@
 //! file -> the method's builder -> the graph.
 
 pub mod icn;
+pub mod igm;
 pub mod select;
 pub mod winn;
 
@@ -58,6 +59,7 @@ pub struct Graph {
 pub fn plan(p: &Pipeline) -> Graph {
     match p.spec.pipeline.method {
         Method::Winn => winn::build(p),
+        Method::Igm => igm::build(p),
         Method::Icn | Method::IcnNoise | Method::Baseline => icn::build(p),
     }
 }
@@ -68,6 +70,7 @@ pub fn rounds_of(record: &crate::engine::executor::RunRecord) -> Rounds {
     let pipeline = &record.spec["pipeline"];
     match (pipeline["method"].as_str(), pipeline["variant"].as_str()) {
         (Some("winn"), Some("unsupervised")) => winn::UNSUPERVISED_ROUNDS,
+        (Some("igm"), _) => igm::ROUNDS,
         _ => icn::ROUNDS,
     }
 }
@@ -107,6 +110,31 @@ pub fn probe_stages(p: &Pipeline, net: &stages::nn::NetConfig, round: u32, check
         place::<Probe>(id, &params, inputs)
     };
     vec![stage(format!("{}/{round}", Probe::ID.name), Some(checkpoint)), stage(format!("{}/random", Probe::ID.name), None)]
+}
+
+/// A `sample` stage's settings for images of `size` (rows, columns) from the nets of a
+/// generative model (`net`): the pipeline's synthesis settings, patches for sizes other
+/// than the nets', and the stop rule of the method's training synthesis (IGM), or each
+/// critic's thresholds (WINN).
+pub fn sample_params(p: &Pipeline, net: &stages::nn::NetConfig, size: (usize, usize), seed: u64) -> crate::kinds::sample::Params {
+    use crate::kinds::sample;
+    let (s, w) = (&p.spec.synthesize, &p.spec.sample);
+    let patches = (size != (net.height, net.image_width)).then_some(sample::Patches { per_step: w.patches, pad: sample::PAD, max_steps: w.max_steps });
+    sample::Params {
+        net: net.clone(),
+        count: w.count,
+        height: size.0,
+        width: size.1,
+        lr: s.lr,
+        max_steps: s.max_steps,
+        batch_size: s.batch_size,
+        step: s.step(),
+        init_std: s.init_std,
+        reference: reference(&p.spec),
+        patches,
+        stop: (p.spec.pipeline.method == Method::Igm).then(|| s.stop_rule()),
+        seed,
+    }
 }
 
 /// Round 0's training: the plain net on the real data alone, `train.epochs` epochs.

@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! load -> synthesize/0 (p0) -> for t in 1..=C*T: train/t (Eq. 5) -> synthesize/t
-//!      [-> sample/<size> for each winn.sample_sizes]
+//!      [-> sample/<size> for each sample.sizes]
 //! ```
 //!
 //! Cascade c is rounds (c-1)T+1 ..= cT. As in the reference code the critic keeps training
@@ -88,7 +88,7 @@ pub fn build(p: &Pipeline) -> Graph {
     let targets = if unsupervised { Targets::Binary { class: 0 } } else { Targets::PerClass };
     let synthesis = |round: u32, method: synthesize::Method, inputs: Vec<(String, InputRef)>| {
         let id = id::<Synthesize>(round);
-        let params = synthesize::Params { round, net: net.clone(), targets, per_class: sy.per_class, init_std: sy.init_std, reference, method, seed: seed(&id) };
+        let params = synthesize::Params { round, net: net.clone(), targets, per_class: sy.per_class, init_std: sy.init_std, size: None, reference, method, seed: seed(&id) };
         place::<Synthesize>(id, &params, inputs)
     };
 
@@ -151,33 +151,13 @@ pub fn build(p: &Pipeline) -> Graph {
 
     if unsupervised && rounds > 0 {
         let critics: Vec<InputRef> = (1..=w.cascades).map(|c| InputRef::output(&id::<Train>(last_of(c)), train::CHECKPOINT)).collect();
-        for &size in &w.sample_sizes {
+        for &size in &s.sample.sizes {
             let id = format!("{}/{size}", Sample::ID.name);
-            let params = sample_params(p, &net, (size, size), seed(&id));
+            let params = super::sample_params(p, &net, (size, size), seed(&id));
             stages.push(sample::stage(id, &params, &critics));
         }
     }
     stages.extend(super::probe_stages(p, &net, rounds, InputRef::output(&id::<Train>(rounds), train::CHECKPOINT)));
     let rounds = if unsupervised { UNSUPERVISED_ROUNDS } else { super::icn::ROUNDS };
     Graph { stages, rounds }
-}
-
-/// A `sample` stage's settings for images of `size` (rows, columns) from `net`'s critics.
-pub fn sample_params(p: &Pipeline, net: &NetConfig, size: (usize, usize), seed: u64) -> sample::Params {
-    let (s, w) = (&p.spec.synthesize, &p.spec.winn);
-    let patches = (size != (net.height, net.image_width)).then_some(sample::Patches { per_step: w.sample_patches, pad: sample::PAD, max_steps: w.sample_max_steps });
-    sample::Params {
-        net: net.clone(),
-        count: w.sample_count,
-        height: size.0,
-        width: size.1,
-        lr: s.lr,
-        max_steps: s.max_steps,
-        batch_size: s.batch_size,
-        step: s.step(),
-        init_std: s.init_std,
-        reference: super::reference(&p.spec),
-        patches,
-        seed,
-    }
 }

@@ -38,6 +38,13 @@ pub struct Spec {
     /// WINN's settings (`pipeline.method = "winn"`); the defaults are the paper's.
     #[serde(default)]
     pub winn: WinnSection,
+    /// IGM's settings (`pipeline.method = "igm"`); the defaults are the paper's.
+    #[serde(default)]
+    pub igm: IgmSection,
+    /// Images drawn from a trained generative model (unsupervised WINN, IGM) at the end of
+    /// the run, one `sample/<size>` stage per size.
+    #[serde(default)]
+    pub sample: SampleSection,
     /// Adversarial attack of every round's classifier; absent: no attack stages.
     #[serde(default)]
     pub attack: Option<AttackSection>,
@@ -69,13 +76,15 @@ pub struct PipelineSection {
     /// noise), `baseline` (no pseudo-negatives: plain cross-entropy every round, the same
     /// epochs, batch size and learning-rate schedule) or `winn` (a Wasserstein critic with
     /// a gradient penalty: supervised with `variant = "softmax"`, WINN-single and cascades
-    /// with `variant = "unsupervised"`; settings in [winn]).
+    /// with `variant = "unsupervised"`; settings in [winn]) or `igm` (introspective
+    /// generative modelling: a cascade of classifiers, or IGM-single, from positives only,
+    /// `variant = "unsupervised"`; settings in [igm]).
     #[serde(default)]
     pub method: Method,
     /// `softmax` (one net, K logits, Eq. 9), `binary` (Algorithm 1: one net, class
     /// `positive_class` against everything else), `one-vs-all` (K binary nets, each with
-    /// its own pseudo-negatives; prediction argmax_k f_k(x)) or `unsupervised` (WINN: every
-    /// training image is a positive, labels unused, one critic logit).
+    /// its own pseudo-negatives; prediction argmax_k f_k(x)) or `unsupervised` (WINN, IGM:
+    /// every training image is a positive, labels unused, one logit).
     #[serde(default)]
     pub variant: Variant,
     /// Where stages run: `cpu` or `cuda:N` (a build with the `cuda` feature). Recorded in
@@ -109,6 +118,7 @@ pub enum Method {
     IcnNoise,
     Baseline,
     Winn,
+    Igm,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -128,21 +138,87 @@ pub struct WinnSection {
     /// Supervised WINN: w of the class-conditioned synthesis, which ascends
     /// f + w log softmax_k (0.5 in the reference code).
     pub class_weight: f64,
-    /// Unsupervised WINN: sizes (pixels per side) of the images sampled from the trained
-    /// model at the end, one `sample/<size>` stage each; sizes beyond the training images
-    /// are synthesized from patches (WINN 5.2).
-    pub sample_sizes: Vec<usize>,
-    /// Images drawn by each `sample/<size>` stage.
-    pub sample_count: usize,
-    /// Patches per synthesis step of a sample larger than the training images (200 in the
-    /// paper).
-    pub sample_patches: usize,
-    /// Most synthesis steps of a patch sample.
-    pub sample_max_steps: u32,
 }
 impl Default for WinnSection {
     fn default() -> Self {
-        WinnSection { lambda: 10.0, weight: 0.01, critic_updates: 3, cascades: 1, class_weight: 0.5, sample_sizes: Vec::new(), sample_count: 4, sample_patches: 200, sample_max_steps: 500 }
+        WinnSection { lambda: 10.0, weight: 0.01, critic_updates: 3, cascades: 1, class_weight: 0.5 }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IgmSection {
+    /// `true`: the IGM cascade, a new classifier C_t each round against the working set
+    /// of the round before (replaced, not kept), the model C_1..C_T; `false`: IGM-single,
+    /// one classifier trained on, every round, all pseudo-negatives so far, a round-r one
+    /// drawn with weight `train.recency_decay`^(t - r). Either way each batch is half
+    /// positives, half pseudo-negatives.
+    pub cascade: bool,
+    /// Cascade: C_t starts from C_{t-1}'s weights (the paper, for textures) instead of a
+    /// fresh initialization. IGM-single always continues its one classifier.
+    pub warm_start: bool,
+    /// Method igm on a texture (`data.format = "texture"`): the side of the pseudo-negatives, larger than
+    /// the crops the classifiers see (the paper: 320 for 64x64 patches of a 256x256
+    /// texture, a 32-pixel border). Training draws a random crop-sized window of one each
+    /// time it draws it; synthesis ascends the mean f over random windows. None: the
+    /// pseudo-negatives are crop-sized, synthesized whole.
+    pub negative_size: Option<usize>,
+    /// With `negative_size`: random windows per synthesis step of each pseudo-negative
+    /// (each pixel moves by the mean gradient of the windows covering it).
+    pub synthesis_patches: usize,
+}
+impl Default for IgmSection {
+    fn default() -> Self {
+        IgmSection { cascade: true, warm_start: true, negative_size: None, synthesis_patches: 10 }
+    }
+}
+
+impl IgmSection {
+    fn validate(&self, spec: &Spec, need: &mut Need) {
+        need(self.cascade || self.warm_start, "igm.warm_start", "true for IGM-single (igm.cascade = false): its one classifier always continues");
+        if spec.pipeline.method == Method::Igm {
+            need(spec.pipeline.variant == Variant::Unsupervised, "pipeline.variant", "`unsupervised` for method igm (it learns from positives only)");
+            need(matches!(spec.synthesize.stop, StopChoice::Classified | StopChoice::Probability | StopChoice::Steps | StopChoice::Window), "synthesize.stop", "`classified` (the paper, faces and digits: once across the decision boundary), `window` (textures), `probability` or `steps` for method igm");
+        }
+        need((1..=MAX_BATCH).contains(&self.synthesis_patches), "igm.synthesis_patches", &format!("1 to {MAX_BATCH} windows"));
+        if self.negative_size.is_some() && spec.pipeline.method == Method::Igm {
+            need(spec.data.format == DataFormat::Texture, "igm.negative_size", "a texture (data.format = \"texture\"): larger pseudo-negatives are windowed as textures are");
+            need(spec.synthesize.reference == ReferenceChoice::Gaussian, "synthesize.reference", "`gaussian` with igm.negative_size (Appendix D's net makes images of the crops' size)");
+            need(self.negative_size.is_some_and(|n| n >= spec.data.patch && n <= 4096), "igm.negative_size", &format!("a side of data.patch ({}) to 4096 pixels", spec.data.patch));
+        }
+        need(spec.synthesize.stop != StopChoice::Window || spec.pipeline.method == Method::Igm, "synthesize.stop", "`window` only for method igm");
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleSection {
+    /// Sizes (pixels per side) of the images sampled from the trained model at the end,
+    /// one `sample/<size>` stage each; sizes beyond the training images are synthesized
+    /// from patches (WINN 5.2, IGM 5.1). Unsupervised WINN and IGM only.
+    pub sizes: Vec<usize>,
+    /// Images drawn by each `sample/<size>` stage.
+    pub count: usize,
+    /// Patches per synthesis step of a sample larger than the training images (200 in the
+    /// WINN paper).
+    pub patches: usize,
+    /// Most synthesis steps of a patch sample.
+    pub max_steps: u32,
+}
+impl Default for SampleSection {
+    fn default() -> Self {
+        SampleSection { sizes: Vec::new(), count: 4, patches: 200, max_steps: 500 }
+    }
+}
+
+impl SampleSection {
+    fn validate(&self, spec: &Spec, need: &mut Need) {
+        let generative = spec.pipeline.variant == Variant::Unsupervised && matches!(spec.pipeline.method, Method::Winn | Method::Igm);
+        need((1..=MAX_PER_CLASS).contains(&self.count), "sample.count", "1 to 1,000,000 images");
+        need((1..=MAX_BATCH).contains(&self.patches), "sample.patches", &format!("1 to {MAX_BATCH} patches"));
+        need(self.max_steps <= MAX_STEPS, "sample.max_steps", &format!("at most {MAX_STEPS} steps"));
+        need(self.sizes.iter().all(|&s| (1..=4096).contains(&s)), "sample.sizes", "sides of 1 to 4096 pixels");
+        need(self.sizes.is_empty() || generative, "sample.sizes", "pipeline.method = \"winn\" or \"igm\" with variant = \"unsupervised\" (the samples come from its trained model)");
     }
 }
 
@@ -182,17 +258,12 @@ impl WinnSection {
         need((1..=MAX_ROUNDS).contains(&self.cascades), "winn.cascades", &format!("1 to {MAX_ROUNDS} cascades"));
         need(self.cascades == 1 || spec.pipeline.variant == Variant::Unsupervised, "winn.cascades", "1 for supervised WINN (cascades are unsupervised)");
         need(self.cascades as u64 * spec.pipeline.rounds as u64 <= MAX_ROUNDS as u64, "winn.cascades", &format!("at most {MAX_ROUNDS} rounds in all (cascades x pipeline.rounds)"));
-        need((1..=MAX_PER_CLASS).contains(&self.sample_count), "winn.sample_count", "1 to 1,000,000 images");
-        need((1..=MAX_BATCH).contains(&self.sample_patches), "winn.sample_patches", &format!("1 to {MAX_BATCH} patches"));
-        need(self.sample_max_steps <= MAX_STEPS, "winn.sample_max_steps", &format!("at most {MAX_STEPS} steps"));
-        need(self.sample_sizes.iter().all(|&s| (1..=4096).contains(&s)), "winn.sample_sizes", "sides of 1 to 4096 pixels");
-        need(self.sample_sizes.is_empty() || (winn && spec.pipeline.variant == Variant::Unsupervised), "winn.sample_sizes", "pipeline.method = \"winn\" with variant = \"unsupervised\" (the samples come from its critic)");
         if winn {
             need(matches!(spec.pipeline.variant, Variant::Softmax | Variant::Unsupervised), "pipeline.variant", "`softmax` (supervised WINN) or `unsupervised` (WINN-single, cascades) for method winn");
             need(spec.synthesize.stop == StopChoice::Threshold, "synthesize.stop", "\"threshold\" for method winn (its samples stop at thresholds drawn from f over positives)");
             need(spec.net.norm != Some(Normalization::Batch) && !(spec.net.norm.is_none() && spec.net.arch == Arch::Resnet32), "net.norm", "`layer` or `none` for method winn: batch norm mixes the images of a batch, so the gradient penalty has no per-image gradient (the paper uses layer norm)");
-        } else {
-            need(spec.pipeline.variant != Variant::Unsupervised, "pipeline.variant", "`softmax`, `binary` or `one-vs-all`; `unsupervised` is WINN's (pipeline.method = \"winn\")");
+        } else if spec.pipeline.method != Method::Igm {
+            need(spec.pipeline.variant != Variant::Unsupervised, "pipeline.variant", "`softmax`, `binary` or `one-vs-all`; `unsupervised` is WINN's and IGM's (pipeline.method = \"winn\" or \"igm\")");
             need(spec.synthesize.stop != StopChoice::Threshold, "synthesize.stop", "`classified`, `probability`, `steps` or `argmax`; `threshold` is WINN's (pipeline.method = \"winn\")");
         }
     }
@@ -384,6 +455,9 @@ pub enum StopChoice {
     /// drawn uniformly in the range of f over positives that the critic's checkpoint
     /// carries.
     Threshold,
+    /// IGM's texture rule (method igm only): once the mean of f over the last
+    /// `stop_window` steps is positive (f of a texture: the mean over a step's windows).
+    Window,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -432,6 +506,8 @@ pub struct SynthesizeSection {
     pub stop: StopChoice,
     /// Threshold of stop option (2).
     pub stop_probability: f64,
+    /// Steps of the sliding window of `stop = "window"` (about 20 in the IGM paper).
+    pub stop_window: u32,
     /// Annealing of the Langevin step size per step.
     pub langevin_decay: f64,
     /// Samples synthesized together, one forward and backward pass per step for all.
@@ -450,6 +526,7 @@ impl Default for SynthesizeSection {
             max_steps: 500,
             stop: StopChoice::Classified,
             stop_probability: 0.9,
+            stop_window: 20,
             langevin_decay: 0.99,
             batch_size: 200,
         }
@@ -719,10 +796,10 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Pipeline> {
         ))
         .into());
     }
-    if let Some(&side) = spec.winn.sample_sizes.iter().find(|&&side| side < geometry.height.max(geometry.width)) {
+    if let Some(&side) = spec.sample.sizes.iter().find(|&&side| side < geometry.height.max(geometry.width)) {
         return Err(UserError(format!(
             "{}: a {side}x{side} sample is smaller than the {}x{} patches its critic is trained on; expected sides of at least {}",
-            locate("winn.sample_sizes"),
+            locate("sample.sizes"),
             geometry.height,
             geometry.width,
             geometry.height.max(geometry.width)
@@ -853,6 +930,8 @@ pub(super) fn rules(spec: &Spec, need: &mut Need) {
     spec.train.validate(need);
     spec.synthesize.validate(need);
     spec.winn.validate(spec, need);
+    spec.igm.validate(spec, need);
+    spec.sample.validate(spec, need);
     if let Some(p) = &spec.probe {
         p.validate(spec, need);
     }
@@ -961,6 +1040,7 @@ impl TrainSection {
 impl SynthesizeSection {
     fn validate(&self, need: &mut Need) {
         need(self.stop_probability > 0.0 && self.stop_probability < 1.0, "synthesize.stop_probability", "a probability in (0, 1)");
+        need((1..=MAX_STEPS).contains(&self.stop_window), "synthesize.stop_window", &format!("1 to {MAX_STEPS} steps"));
         need(self.langevin_decay > 0.0 && self.langevin_decay <= 1.0, "synthesize.langevin_decay", "a factor in (0, 1]");
         need((1..=MAX_PER_CLASS).contains(&self.per_class), "synthesize.per_class", &format!("1 to {MAX_PER_CLASS} pseudo-negatives per class"));
         need(self.max_steps <= MAX_STEPS, "synthesize.max_steps", &format!("at most {MAX_STEPS} steps"));
@@ -987,6 +1067,7 @@ impl SynthesizeSection {
             StopChoice::Probability => StopRule::Probability { threshold: self.stop_probability },
             StopChoice::Steps => StopRule::Steps,
             StopChoice::Argmax => StopRule::Argmax,
+            StopChoice::Window => StopRule::Window { steps: self.stop_window },
             // the range comes from the critic's checkpoint, at run time
             StopChoice::Threshold => StopRule::Threshold { min: f64::NAN, max: f64::NAN },
         }

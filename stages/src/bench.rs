@@ -84,7 +84,7 @@ fn train_with_negatives(name: &'static str, net: Box<dyn Classifier>, shape: (us
         // forward, input gradient and weight gradient: about three forwards
         flops_per_item: 3.0 * fwd_flops,
         run: Box::new(move || {
-            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws };
+            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &nx, neg_y: &ny, neg_weights: None, neg_crop: None, augment_pad: 0, count_draws };
             train_epoch(net.as_ref(), &mut opt, &set, batch, Objective::Softmax { alpha: 0.5 }, &mut rng, &Device::Cpu, &mut crate::keep_going)?;
             Ok(y.len() + ny.len())
         }),

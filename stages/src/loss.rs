@@ -19,6 +19,9 @@ pub enum Objective {
     /// WINN-single: a one-logit critic f on positives (every real sample, whatever its
     /// label) against pseudo-negatives, Eq. 5 with penalty weight `lambda`.
     Critic { lambda: f64 },
+    /// IGM: a one-logit classifier f of positives (every real sample, whatever its label)
+    /// against pseudo-negatives, binary cross-entropy (IGM Eq. 6).
+    Igm,
     /// Supervised WINN: softmax cross-entropy on the real samples plus `weight` (the
     /// paper's a) times Eq. 5, with f the net's Wasserstein head.
     Winn { weight: f64, lambda: f64 },
@@ -35,6 +38,10 @@ impl Objective {
                 let t: Vec<f32> = labels.iter().zip(negative).map(|(&y, &n)| (n == 0.0 && y == positive) as u8 as f32).collect();
                 binary_cross_entropy(&logits.flatten_all()?, &Tensor::new(t.as_slice(), dev)?)
             }
+            Objective::Igm => {
+                let t: Vec<f32> = negative.iter().map(|&n| 1.0 - n).collect();
+                binary_cross_entropy(&logits.flatten_all()?, &Tensor::new(t.as_slice(), dev)?)
+            }
             Objective::Critic { .. } | Objective::Winn { .. } => candle_core::bail!("a WINN loss needs the net, not only its logits (crate::critic::critic_batch)"),
         }
     }
@@ -49,14 +56,14 @@ impl Objective {
     pub fn claims(&self, row: &[f32], class: u32) -> bool {
         match *self {
             Objective::Softmax { .. } | Objective::Winn { .. } => crate::logits::argmax(row) == class as usize,
-            Objective::Binary { .. } | Objective::Critic { .. } => row[0] > 0.0,
+            Objective::Binary { .. } | Objective::Critic { .. } | Objective::Igm => row[0] > 0.0,
         }
     }
 
     /// Whether a pseudo-negative made for `class` still fools the net: f_k(x) > 0, the
     /// per-class view its loss term ln(1 + exp(f_k)) takes.
     pub fn fooled_by(&self, row: &[f32], class: u32) -> bool {
-        crate::logits::class_score(row, class as usize, matches!(self, Objective::Binary { .. })).positive
+        crate::logits::class_score(row, class as usize, matches!(self, Objective::Binary { .. } | Objective::Igm)).positive
     }
 
     /// Whether a real sample of class `label` is classified correctly.
@@ -64,6 +71,8 @@ impl Objective {
         match *self {
             Objective::Softmax { .. } | Objective::Winn { .. } => self.claims(row, label),
             Objective::Binary { positive } => (row[0] > 0.0) == (label == positive),
+            // every real sample is a positive
+            Objective::Igm => row[0] > 0.0,
             // a critic has no class: train_epoch measures it against its pseudo-negatives
             Objective::Critic { .. } => true,
         }
@@ -140,6 +149,20 @@ mod tests {
         let o = Objective::Binary { positive: 3 };
         assert!(o.correct(&[0.5], 3) && o.correct(&[-1.0], 7) && !o.correct(&[-1.0], 3));
         assert!(o.claims(&[0.1], 3) && !o.claims(&[-0.1], 3));
+        Ok(())
+    }
+
+    #[test]
+    fn igm_objective_takes_every_real_sample_as_a_positive_whatever_its_label() -> Result<()> {
+        let dev = Device::Cpu;
+        let f = Tensor::new(&[[0.5f32], [-1.0], [2.0]], &dev)?;
+        // two real samples of different classes, then a pseudo-negative
+        let loss = Objective::Igm.loss(&f, &[3, 7, 0], &[0.0, 0.0, 1.0])?.to_scalar::<f32>()?;
+        let sp = |z: f32| (1.0 + z.exp()).ln();
+        let want = ((sp(0.5) - 0.5) + (sp(-1.0) + 1.0) + sp(2.0)) / 3.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        assert!(Objective::Igm.correct(&[0.5], 7) && !Objective::Igm.correct(&[-0.5], 3));
+        assert!(Objective::Igm.fooled_by(&[0.1], 0) && !Objective::Igm.fooled_by(&[-0.1], 0));
         Ok(())
     }
 

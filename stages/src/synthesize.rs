@@ -30,6 +30,10 @@ pub enum StopRule {
     /// from its seed by [`threshold`]; WINN takes min and max of f over the positives
     /// after training, and saves them with the checkpoint so later sampling is the same.
     Threshold { min: f64, max: f64 },
+    /// IGM's texture rule: once the mean of f_k over the sample's last `steps` scorings is
+    /// above 0 (never before `steps` scorings). For patch synthesis f is the mean over a
+    /// step's windows ([`crate::patch::PatchStop::Window`]); `steps = 1` is `Classified`.
+    Window { steps: u32 },
 }
 
 /// The stream of a sample's threshold, apart from its starting noise (`Rng::new(seed)`).
@@ -47,6 +51,7 @@ pub enum StopReason {
     Probability,
     Argmax,
     Threshold,
+    Window,
     MaxSteps,
     /// Not synthesized: a p0 sample as it was drawn (ICN-noise).
     Noise,
@@ -62,6 +67,7 @@ impl StopReason {
             StopReason::Probability => "probability",
             StopReason::Argmax => "argmax",
             StopReason::Threshold => "threshold",
+            StopReason::Window => "window",
             StopReason::MaxSteps => "max_steps",
             StopReason::Noise => "noise",
             StopReason::NonFinite => "non_finite",
@@ -194,13 +200,15 @@ struct Running {
     v: Vec<f32>,
     /// Langevin noise: the sample's own stream, continuing after its starting noise.
     rng: Rng,
+    /// The last scorings of f_k, newest last ([`StopRule::Window`]).
+    recent: std::collections::VecDeque<f32>,
 }
 
 impl Running {
     fn new(seed: u64, d: usize, std: f64) -> Self {
         let mut rng = Rng::new(seed);
         let x = rng.normal_vec(d, 0.0, std).into_iter().map(|v| v.clamp(-1.0, 1.0)).collect();
-        Running { x, m: vec![0.0; d], v: vec![0.0; d], rng }
+        Running { x, m: vec![0.0; d], v: vec![0.0; d], rng, recent: Default::default() }
     }
 
     /// One ascent step on f_k from its gradient `g`; `step` counts from 1.
@@ -293,12 +301,24 @@ pub fn synthesize_from(
             for (j, &i) in active.iter().enumerate() {
                 let score = class_score(&logit_rows[j], targets[i].class as usize, cfg.binary);
                 let finite = score.logit.is_finite() && state[j].x.iter().all(|v| v.is_finite());
+                let window_positive = match cfg.stop {
+                    StopRule::Window { steps } => {
+                        let recent = &mut state[j].recent;
+                        recent.push_back(score.logit);
+                        if recent.len() > steps.max(1) as usize {
+                            recent.pop_front();
+                        }
+                        recent.len() == steps.max(1) as usize && recent.iter().map(|&f| f as f64).sum::<f64>() > 0.0
+                    }
+                    _ => false,
+                };
                 let reason = match cfg.stop {
                     _ if !finite => Some(StopReason::NonFinite),
                     StopRule::Classified if score.positive => Some(StopReason::Classified),
                     StopRule::Probability { threshold } if score.prob as f64 > threshold => Some(StopReason::Probability),
                     StopRule::Argmax if score.top => Some(StopReason::Argmax),
                     StopRule::Threshold { min, max } if score.logit as f64 >= threshold(min, max, targets[i].seed) => Some(StopReason::Threshold),
+                    StopRule::Window { .. } if window_positive => Some(StopReason::Window),
                     _ if step >= cfg.max_steps => Some(StopReason::MaxSteps),
                     _ => None,
                 };
@@ -385,6 +405,40 @@ mod tests {
         Ok(())
     }
 
+    /// f(x) = sum(x) - 0.45 on one pixel.
+    struct Shifted;
+
+    impl Classifier for Shifted {
+        fn forward_mode(&self, x: &Tensor, _mode: Mode) -> Result<Tensor> {
+            x.flatten_from(1)?.sum_keepdim(1)? - 0.45
+        }
+        fn named_vars(&self) -> Vec<(String, Var)> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn the_window_rule_waits_for_the_mean_of_the_last_scorings_to_be_positive() -> Result<()> {
+        // SGD at lr 0.1 from 0: f = -0.45, -0.35, ..., -0.05, 0.05 (step 5), 0.15, 0.25
+        let run = |stop: StopRule| -> Result<SampleRecord> {
+            let cfg = SynthesisConfig { binary: true, step: Step::Sgd, lr: 0.1, max_steps: 20, init_std: 0.0, batch_size: 1, stop };
+            let out = synthesize_from(&Shifted, (1, 1, 1), &[Target { class: 0, seed: 1 }], Some(&[0.0]), &cfg, &Device::Cpu, &mut crate::keep_going)?;
+            Ok(out.records[0].clone())
+        };
+        let classified = run(StopRule::Classified)?;
+        assert_eq!((classified.steps, classified.stop_reason), (5, StopReason::Classified));
+        assert_eq!(run(StopRule::Window { steps: 1 })?.steps, 5, "a window of one scoring is the classified rule");
+        // -0.05, 0.05, 0.15 is the first window of three with a positive mean
+        let w3 = run(StopRule::Window { steps: 3 })?;
+        assert_eq!((w3.steps, w3.stop_reason), (6, StopReason::Window));
+        assert!((w3.final_logit - 0.15).abs() < 1e-5, "{}", w3.final_logit);
+        // ... and never before it has three scorings, however positive the first ones
+        let cfg = SynthesisConfig { binary: true, step: Step::Sgd, lr: 0.1, max_steps: 20, init_std: 0.0, batch_size: 1, stop: StopRule::Window { steps: 3 } };
+        let out = synthesize_from(&Shifted, (1, 1, 1), &[Target { class: 0, seed: 1 }], Some(&[1.0]), &cfg, &Device::Cpu, &mut crate::keep_going)?;
+        assert_eq!(out.records[0].steps, 2);
+        Ok(())
+    }
+
     #[test]
     fn each_stop_rule_stops_at_the_first_step_where_it_holds() -> Result<()> {
         let dev = Device::Cpu;
@@ -398,6 +452,7 @@ mod tests {
                 StopRule::Argmax => argmax(row) == k,
                 StopRule::Steps => false,
                 StopRule::Threshold { .. } => unreachable!("tested in threshold_rule_stops_each_sample_where_it_crosses_its_own_threshold"),
+                StopRule::Window { .. } => unreachable!("tested in the_window_rule_waits_for_the_mean_of_the_last_scorings_to_be_positive"),
             }
         };
         let mut stopped_by_rule = 0;

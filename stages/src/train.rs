@@ -22,6 +22,10 @@ pub struct TrainSet<'a> {
     pub neg_y: &'a [u32],
     /// Balanced batches when given: one sampling weight per pseudo-negative.
     pub neg_weights: Option<&'a [f64]>,
+    /// Pseudo-negatives larger than `shape` (IGM textures: 320x320 images for 64x64
+    /// patches): their shape; each draw of one is a window of `shape` at a uniformly random
+    /// place, so every pixel of its centre is as likely to be seen. None: they are `shape`.
+    pub neg_crop: Option<Shape3>,
     /// CIFAR augmentation of real samples (pad by this much, random crop, random flip);
     /// 0 for none. Pseudo-negatives are used as synthesized.
     pub augment_pad: usize,
@@ -36,13 +40,15 @@ impl TrainSet<'_> {
     fn dim(&self) -> usize {
         self.shape.0 * self.shape.1 * self.shape.2
     }
-    /// Sample i of the union: reals first, then pseudo-negatives.
+    /// Sample i of the union: reals first, then pseudo-negatives (whole, as stored).
     fn sample(&self, i: usize) -> (&[f32], u32, bool) {
-        let d = self.dim();
         let n = self.real_y.len();
         if i < n {
+            let d = self.dim();
             (&self.real_x[i * d..(i + 1) * d], self.real_y[i], false)
         } else {
+            let (c, h, w) = self.neg_crop.unwrap_or(self.shape);
+            let d = c * h * w;
             let j = i - n;
             (&self.neg_x[j * d..(j + 1) * d], self.neg_y[j], true)
         }
@@ -76,6 +82,19 @@ fn batch_indices(set: &TrainSet, batch_size: usize, rng: &mut Rng) -> Vec<Vec<us
                 .collect()
         }
         _ => rng.permutation(set.len()).chunks(batch_size).map(|c| c.to_vec()).collect(),
+    }
+}
+
+/// Appends a window of `out`'s size at a uniformly random place of `image` (of `shape`):
+/// row drawn before column, as `crate::patch::patch_positions` draws them.
+fn random_window(image: &[f32], shape: Shape3, out: Shape3, rng: &mut Rng, to: &mut Vec<f32>) {
+    let (c, h, w) = shape;
+    let (top, left) = (rng.below(h - out.1 + 1), rng.below(w - out.2 + 1));
+    for ch in 0..c {
+        for y in top..top + out.1 {
+            let at = ch * h * w + y * w + left;
+            to.extend_from_slice(&image[at..at + out.2]);
+        }
     }
 }
 
@@ -181,6 +200,8 @@ pub fn train_epoch(
             let (x, y, neg) = set.sample(i);
             if set.augment_pad > 0 && !neg {
                 xs.extend(pad_crop_flip(x, 1, set.shape, set.augment_pad, rng));
+            } else if let (true, Some(big)) = (neg, set.neg_crop) {
+                random_window(x, big, set.shape, rng, &mut xs);
             } else {
                 xs.extend_from_slice(x);
             }
@@ -276,6 +297,29 @@ mod tests {
     use crate::optim::SgdMomentum;
 
     #[test]
+    fn a_larger_pseudo_negative_is_drawn_as_a_random_window_of_the_nets_size() {
+        // a 2-channel 5x6 image whose values name their place: ch * 100 + y * 10 + x
+        let big: Vec<f32> = (0..2).flat_map(|ch| (0..5).flat_map(move |y| (0..6).map(move |x| (ch * 100 + y * 10 + x) as f32))).collect();
+        let mut rng = Rng::new(4);
+        let mut corners = std::collections::BTreeSet::new();
+        for _ in 0..400 {
+            let mut out = Vec::new();
+            random_window(&big, (2, 5, 6), (2, 3, 3), &mut rng, &mut out);
+            assert_eq!(out.len(), 18);
+            let (top, left) = ((out[0] as usize / 10) % 10, out[0] as usize % 10);
+            for ch in 0..2 {
+                for y in 0..3 {
+                    for x in 0..3 {
+                        assert_eq!(out[ch * 9 + y * 3 + x], (ch * 100 + (top + y) * 10 + left + x) as f32);
+                    }
+                }
+            }
+            corners.insert((top, left));
+        }
+        assert_eq!(corners.len(), 3 * 4, "every place of a 3x3 window in 5x6 is drawn");
+    }
+
+    #[test]
     fn balanced_batches_are_half_pseudo_negatives_drawn_by_weight() {
         let xs = vec![0f32; 40];
         let ys = vec![0u32; 40];
@@ -283,7 +327,7 @@ mod tests {
         let ny = vec![1u32; 4];
         // pseudo-negatives of rounds 1, 1, 2, 3 seen from round 3: weights 0.25, 0.25, 0.5, 1
         let w = [0.25, 0.25, 0.5, 1.0];
-        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w), augment_pad: 0, count_draws: true };
+        let set = TrainSet { shape: (1, 1, 1), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: Some(&w), neg_crop: None, augment_pad: 0, count_draws: true };
         let mut rng = Rng::new(1);
         let mut counts = [0usize; 4];
         let mut reals = Vec::new();
@@ -317,7 +361,7 @@ mod tests {
         let (nx, ny) = (Rng::new(4).uniform_vec(6 * 784, -1.0, 1.0), vec![0u32, 1, 2, 3, 4, 5]);
         let net = Cnn4::new(Cnn4Config::mnist(10, 0.125, 0.2), &mut Rng::new(1), &dev)?;
         let mut opt = SgdMomentum::new(0.01, 0.9);
-        let union = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: None, augment_pad: 0, count_draws: true };
+        let union = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &nx, neg_y: &ny, neg_weights: None, neg_crop: None, augment_pad: 0, count_draws: true };
         let s = train_epoch(&net, &mut opt, &union, 8, Objective::Softmax { alpha: 0.5 }, &mut Rng::new(2), &dev, &mut crate::keep_going)?;
         assert_eq!(s.neg_draws, vec![1; 6], "the union shows each sample once per epoch");
         // balanced: half of each batch, by weight; the last sample has no weight
@@ -350,7 +394,7 @@ mod tests {
         let run = || -> Result<(Vec<EpochStats>, Vec<f32>)> {
             let net = Cnn4::new(Cnn4Config::mnist(2, 0.125, 0.2), &mut Rng::new(1), &dev)?;
             let mut opt = SgdMomentum::new(0.05, 0.9);
-            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0, count_draws: true };
+            let set = TrainSet { shape: (1, 28, 28), real_x: &xs, real_y: &ys, neg_x: &[], neg_y: &[], neg_weights: None, neg_crop: None, augment_pad: 0, count_draws: true };
             let mut rng = Rng::new(2);
             let stats = (0..4)
                 .map(|_| train_epoch(&net, &mut opt, &set, 16, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut crate::keep_going))

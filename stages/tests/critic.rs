@@ -247,7 +247,7 @@ fn critic_epochs_learn_to_tell_positives_from_p0_and_rerun_identically() -> Resu
     let mut data = Rng::new(21);
     let (pos, neg, pos_eval, neg_eval) = (strokes(64, &mut data), noise(64, &mut data), strokes(32, &mut data), noise(32, &mut data));
     let (ys, ny, weights) = (vec![0u32; 64], vec![0u32; 64], vec![1.0; 64]);
-    let set = TrainSet { shape: (1, 28, 28), real_x: &pos, real_y: &ys, neg_x: &neg, neg_y: &ny, neg_weights: Some(&weights), augment_pad: 0, count_draws: true };
+    let set = TrainSet { shape: (1, 28, 28), real_x: &pos, real_y: &ys, neg_x: &neg, neg_y: &ny, neg_weights: Some(&weights), neg_crop: None, augment_pad: 0, count_draws: true };
     let train = || -> Result<(Cnn4, Vec<EpochStats>, Vec<f32>)> {
         let net = cnn4(Some(NormKind::Layer), 22)?;
         let mut opt = stages::optim::Adam::new(1e-3, 0.0, 0.9, 1e-8);

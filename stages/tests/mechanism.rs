@@ -35,7 +35,7 @@ fn a_reclassification_round_lowers_f_k_on_its_pseudo_negatives_and_keeps_held_ou
     let (tx, ty) = (train.to_unit_range(), train.labels.clone());
     let (hx, hy) = (held_out.to_unit_range(), held_out.labels.clone());
     let dev = Device::Cpu;
-    let real_only = TrainSet { shape: SHAPE, real_x: &tx, real_y: &ty, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0, count_draws: false };
+    let real_only = TrainSet { shape: SHAPE, real_x: &tx, real_y: &ty, neg_x: &[], neg_y: &[], neg_weights: None, neg_crop: None, augment_pad: 0, count_draws: false };
     // round 0, made twice (it is deterministic): one copy reclassifies with the round's
     // pseudo-negatives, the other, the control, trains as long on real digits alone
     let round0 = || {

@@ -5,7 +5,7 @@
 
 use stages::candle::{Device, Result, Tensor, Var};
 use stages::nn::{Arch, Classifier, Mode, NetConfig, Normalization, Shape3};
-use stages::patch::{patch_positions, synthesize_patches, working_shape, PatchConfig, PatchSample};
+use stages::patch::{patch_positions, synthesize_patches, working_shape, PatchConfig, PatchEnd, PatchSample, PatchStop};
 use stages::rng::Rng;
 use stages::synthesize::Step;
 use std::ops::ControlFlow;
@@ -39,7 +39,7 @@ impl Classifier for Linear {
 }
 
 fn config(patch: usize, pad: usize, n: usize, step: Step, lr: f64, max_steps: u32) -> PatchConfig {
-    PatchConfig { patch, pad, patches_per_step: n, step, lr, max_steps, threshold: None }
+    PatchConfig { patch, pad, patches_per_step: n, step, lr, max_steps, stop: PatchStop::Steps }
 }
 
 fn adam() -> Step {
@@ -87,7 +87,7 @@ fn one_step_moves_each_pixel_by_the_average_gradient_of_the_patches_covering_it(
     let zero = vec![0f32; c * hw * ww];
     let s = run(&net, out, &zero, &config(p, pad, n, Step::Sgd, 1.0, 1), seed)?;
     assert_eq!(s.steps, 1);
-    assert!(!s.stopped_at_threshold);
+    assert_eq!(s.end, PatchEnd::MaxSteps);
     let want = crop(&avg);
     assert_eq!(s.image.len(), want.len());
     for (j, (got, want)) in s.image.iter().zip(&want).enumerate() {
@@ -175,7 +175,7 @@ fn patch_ascent_raises_a_real_critics_mean_f_over_the_output() -> Result<()> {
         ControlFlow::Continue(())
     })?;
     assert_eq!(heard, (0..=20).collect::<Vec<u32>>());
-    assert_eq!((s.steps, s.stopped_at_threshold), (20, false));
+    assert_eq!((s.steps, s.end), (20, PatchEnd::MaxSteps));
     assert!(s.image.iter().all(|v| (-1.0..=1.0).contains(v)));
     let before = grid_mean_f(net.as_ref(), &start_out, out, 16)?;
     let after = grid_mean_f(net.as_ref(), &s.image, out, 16)?;
@@ -184,8 +184,8 @@ fn patch_ascent_raises_a_real_critics_mean_f_over_the_output() -> Result<()> {
 
     // the threshold: stops at the first scoring that reaches it
     let th = (before as f64 + after as f64) / 2.0;
-    let t = run(net.as_ref(), out, &start, &PatchConfig { threshold: Some(th), ..cfg.clone() }, 5)?;
-    assert!(t.stopped_at_threshold && t.final_f as f64 >= th && (1..20).contains(&t.steps), "{} steps to f {} for threshold {th}", t.steps, t.final_f);
+    let t = run(net.as_ref(), out, &start, &PatchConfig { stop: PatchStop::Threshold(th), ..cfg.clone() }, 5)?;
+    assert!(t.end == PatchEnd::Threshold && t.final_f as f64 >= th && (1..20).contains(&t.steps), "{} steps to f {} for threshold {th}", t.steps, t.final_f);
     let one_before = run(net.as_ref(), out, &start, &config(16, pad, 100, adam(), 0.01, t.steps - 1), 5)?;
     assert!((one_before.final_f as f64) < th, "already {} one step before, threshold {th}", one_before.final_f);
     Ok(())
@@ -197,7 +197,7 @@ fn bad_patch_input_is_an_error_that_says_what() -> Result<()> {
     let small = (3, 40, 40);
     let net = Linear::new(3, 64, 1, 1)?;
     let (c, hw, ww) = working_shape(small, 32);
-    let e = err(run(&net, small, &vec![0.0; c * hw * ww], &PatchConfig::winn(5, None), 1));
+    let e = err(run(&net, small, &vec![0.0; c * hw * ww], &PatchConfig::winn(5, PatchStop::Steps), 1));
     assert!(e.contains("40x40") && e.contains("64x64"), "{e}");
 
     let net = Linear::new(1, 3, 1, 1)?;

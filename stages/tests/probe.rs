@@ -24,7 +24,7 @@ fn trained_features_beat_random_ones_with_few_labels() {
     let random = Cnn4::new(Cnn4Config::mnist(10, 0.25, 0.2), &mut rng, &dev).unwrap();
     let trained = Cnn4::new(Cnn4Config::mnist(10, 0.25, 0.2), &mut Rng::new(1), &dev).unwrap();
     let (tx, ty) = (train.to_unit_range(), train.labels.clone());
-    let set = TrainSet { shape: SHAPE, real_x: &tx, real_y: &ty, neg_x: &[], neg_y: &[], neg_weights: None, augment_pad: 0, count_draws: false };
+    let set = TrainSet { shape: SHAPE, real_x: &tx, real_y: &ty, neg_x: &[], neg_y: &[], neg_weights: None, neg_crop: None, augment_pad: 0, count_draws: false };
     let mut opt = SgdMomentum::new(0.025, 0.9);
     for _ in 0..3 {
         train_epoch(&trained, &mut opt, &set, 64, Objective::Softmax { alpha: 0.0 }, &mut rng, &dev, &mut stages::keep_going).unwrap();
