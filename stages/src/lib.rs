@@ -19,6 +19,7 @@ pub mod plot;
 pub mod probe;
 pub mod quality;
 pub mod rng;
+pub mod style;
 pub mod svm;
 pub mod synthesize;
 pub mod train;
