@@ -1,11 +1,13 @@
 //! IGM through the binary: a tiny cascade and an IGM-single run on the shipped faces. The
 //! cascade sampler reproduces the last round's pseudo-negatives bit for bit from
 //! synthesize/0's seed; lineage says which working set each C_t saw; IGM-single draws old
-//! pseudo-negatives less; the settings IGM refuses.
+//! pseudo-negatives less; a texture cascade killed in a round's patch synthesis resumes
+//! byte-identical; the settings IGM refuses.
 
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 fn faces() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/faces")
@@ -197,4 +199,100 @@ fn igm_refuses_labels_threshold_stops_and_a_single_that_would_restart() {
         assert!(err.contains(expect), "--set {set}: expected `{expect}` in {err}");
         assert!(!store.exists(), "--set {set} wrote a store");
     }
+}
+
+/// A texture cascade on 16x16 crops of brick: 48x48 pseudo-negatives, each synthesized from
+/// 8 random windows a step until the mean f of its windows is positive over 4 steps; a
+/// 64x64 sample through both classifiers, and the Gram distance per round.
+fn tiny_texture(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+name = "tiny_igm_texture"
+method = "igm"
+variant = "unsupervised"
+seed = 2
+rounds = 2
+
+[data]
+format = "texture"
+path = "{data}"
+texture = "brick"
+patch = 16
+channels = 1
+train_size = 200
+validation_size = 4
+test_size = 4
+
+[net]
+arch = "cnn4"
+norm = "layer"
+width = 0.25
+
+[train]
+optimizer = "sgd"
+lr = 0.01
+momentum = 0.9
+batch_size = 40
+epochs_per_round = 2
+
+[synthesize]
+per_class = 6
+optimizer = "adam"
+lr = 0.1
+beta1 = 0.5
+stop = "window"
+stop_window = 4
+max_steps = 40
+
+[igm]
+negative_size = 48
+synthesis_patches = 8
+
+[sample]
+sizes = [64]
+count = 1
+patches = 16
+max_steps = 20
+
+[quality]
+count = 50
+"#,
+        data = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/textures").display()
+    );
+    let file = dir.join("tiny_igm_texture.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[test]
+fn a_texture_cascade_killed_in_patch_synthesis_resumes_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_texture(dir.path());
+    let killed = dir.path().join("killed");
+    let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // kill -9 once synthesize/2 has saved an image of its working set
+    let partial = kill_once_saved(&mut child, &killed, "train/2", "images.safetensors");
+    let resumed = run(&file, &killed, &[]);
+    let out = String::from_utf8_lossy(&resumed.stdout).to_string();
+    let synth2 = out.lines().find(|l| l.contains("synthesize/2 ")).unwrap();
+    assert!(synth2.starts_with("ran") && synth2.contains("resumed from image"), "{out}");
+    assert!(!partial.exists());
+    let clean = dir.path().join("clean");
+    run(&file, &clean, &[]);
+    assert_eq!(output_digests(&killed), output_digests(&clean));
+
+    // the working set is 48x48 images; the classifiers saw 16x16 windows of them
+    let rec = last_record(&clean);
+    let pn = stages::codec::decode_pseudo_negatives(&std::fs::read(object(&clean, digest(&rec, "synthesize/2", "pseudo_negatives.safetensors"))).unwrap()).unwrap();
+    assert_eq!((pn.classes.len(), pn.shape), (6, (1, 48, 48)));
+    assert_eq!(stage(&rec, "train/2")["summary"]["pseudo_negatives"].as_u64(), Some(6));
+    let sample = stages::codec::decode_pseudo_negatives(&std::fs::read(object(&clean, digest(&rec, "sample/64", "samples.safetensors"))).unwrap()).unwrap();
+    assert_eq!(sample.shape, (1, 64, 64));
+    // every round, p0 included, has its Gram distance, and the run reports it per round
+    for r in 0..=2 {
+        assert!(stage(&rec, &format!("quality/{r}"))["summary"]["gram_distance"].as_f64().is_some_and(f64::is_finite));
+    }
+    assert!(out.contains("Gram distance"), "{out}");
+    let stops: Vec<&str> = out.lines().filter(|l| l.contains("synthesize/")).collect();
+    assert!(stops.iter().all(|l| !l.contains("NaN")), "{stops:?}");
 }

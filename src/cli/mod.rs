@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod samples;
 pub mod sample;
+pub mod stylize;
 
 use crate::audit::runs::{new_record, run_stage, shown_status, unique_match};
 use crate::engine::executor::{self, Manifest, RunRecord, Runner};
@@ -106,6 +107,10 @@ enum Command {
     /// size or any larger one from patches: a cached, resumable `sample` stage, copied to
     /// --out as samples.safetensors, samples.parquet (seed, steps, final f) and grid.png.
     Sample(sample::Args),
+    /// A content image restyled by a trained texture model (IGM style transfer): descent
+    /// on a ||x - content|| - (1 - a) Σ_t f_t(x) over random windows of the nets' patch
+    /// size, from the content; a cached `stylize` stage, its PNG copied to --out.
+    Stylize(stylize::Args),
     /// Show each stage as cached or to run, with its key, without running anything.
     Status {
         #[command(flatten)]
@@ -245,6 +250,7 @@ pub fn main() -> Result<()> {
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Samples(a) => samples::run(&a),
         Command::Sample(a) => sample::run(&a),
+        Command::Stylize(a) => stylize::run(&a),
         Command::Status { args, json } => status(&args, json),
         Command::Ls { store, json } => ls(&store.store, json),
         Command::Show { what, store, json } => show(&store.store, &what, json),

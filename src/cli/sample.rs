@@ -14,6 +14,7 @@ use crate::methods::sample_params;
 use crate::pipeline::spec::{Geometry, Method, Pipeline, Spec, Variant};
 use crate::UserError;
 use anyhow::{Context, Result};
+use stages::nn::NetConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -51,35 +52,62 @@ fn model_rounds(spec: &Spec) -> Vec<u32> {
     }
 }
 
-pub fn run(a: &Args) -> Result<()> {
-    let store = Store::open_existing(&a.store.store)?;
-    let (id, stage_part) = match a.model.split_once(':') {
-        Some((r, s)) => (find_run(&store, r)?, Some(s.to_string())),
-        None => match find_run(&store, &a.model) {
+/// A trained generative model as `pipe sample` and `pipe stylize` name it: the nets of a
+/// WINN or IGM run in sampling order, one round's net, or the net of a checkpoint digest.
+pub(crate) struct Model {
+    /// The run the nets come from (its settings are the model's).
+    pub run: String,
+    /// The train stages whose checkpoints make up the model, in order (`train/1`, ...).
+    pub stages: Vec<String>,
+    /// Their checkpoints' digests, in the same order.
+    pub checkpoints: Vec<String>,
+    /// The architecture every one of the nets has.
+    pub net: NetConfig,
+    /// The run's settings as a pipeline, for the record of a run made from the model.
+    pub pipeline: Pipeline,
+}
+
+/// The model `what` names in `store`: a run (its id or a unique prefix) of an unsupervised
+/// WINN or IGM run (its nets in sampling order), RUN:train/N (one round's net), or a net's
+/// checkpoint digest (or a unique prefix). `purpose` ends the message for a run that is no
+/// generative model ("to sample from"). Bad names are [`UserError`]s.
+pub(crate) fn resolve_model(store: &Store, what: &str, purpose: &str) -> Result<Model> {
+    let (id, stage_part) = match what.split_once(':') {
+        Some((r, s)) => (find_run(store, r)?, Some(s.to_string())),
+        None => match find_run(store, what) {
             Ok(id) => (id, None),
-            Err(not_a_run) => match checkpoint_stage(&store, &a.model)? {
+            Err(not_a_run) => match checkpoint_stage(store, what)? {
                 Some((id, stage)) => (id, Some(stage)),
-                None => return Err(not_a_run.context(format!("`{}` is no checkpoint digest of a train stage either", a.model))),
+                None => return Err(not_a_run.context(format!("`{what}` is no checkpoint digest of a train stage either"))),
             },
         },
     };
     let record: RunRecord = store.run(&id)?.with_context(|| format!("run {id} has no record"))?;
     let spec: Spec = serde_json::from_value(record.spec.clone()).map_err(|e| UserError(format!("run {id}: its settings do not read as this pipe's ({e})")))?;
     if !matches!(spec.pipeline.method, Method::Winn | Method::Igm) || spec.pipeline.variant != Variant::Unsupervised {
-        return Err(UserError(format!("run {id} is not an unsupervised WINN or IGM run (pipeline.method = \"winn\" or \"igm\", variant = \"unsupervised\"): it has no generative model to sample from")).into());
+        return Err(UserError(format!("run {id} is not an unsupervised WINN or IGM run (pipeline.method = \"winn\" or \"igm\", variant = \"unsupervised\"): it has no generative model {purpose}")).into());
     }
     let trains: Vec<&executor::RunStage> = record.stages.iter().filter(|s| s.kind == Train::ID.name).collect();
     let wanted: Vec<String> = match stage_part {
         Some(s) => vec![s],
         None => model_rounds(&spec).into_iter().map(|r| format!("{}/{r}", Train::ID.name)).collect(),
     };
-    let mut critics = Vec::new();
+    let mut checkpoints = Vec::new();
     for w in &wanted {
         let s = trains.iter().find(|s| &s.stage == w).ok_or_else(|| UserError(format!("run {id} has no stage {w} that made a checkpoint (its train stages: {})", trains.iter().map(|s| s.stage.as_str()).collect::<Vec<_>>().join(", "))))?;
-        critics.push(s.outputs.get(train::CHECKPOINT).with_context(|| format!("{w} of run {id} has no checkpoint"))?.digest.clone());
+        checkpoints.push(s.outputs.get(train::CHECKPOINT).with_context(|| format!("{w} of run {id} has no checkpoint"))?.digest.clone());
     }
-    let manifest: executor::Manifest = store.manifest(&trains[0].key)?.context("the train stage's manifest")?;
+    let first = trains.first().ok_or_else(|| UserError(format!("run {id} has no train stage: it made no net {purpose}")))?;
+    let manifest: executor::Manifest = store.manifest(&first.key)?.context("the train stage's manifest")?;
     let net = read_params::<train::Params>(&manifest.params)?.net;
+    let geometry = Geometry { channels: net.channels, height: net.height, width: net.image_width, num_classes: 1 };
+    let pipeline = Pipeline { file: PathBuf::from(&record.file), spec, geometry, name: record.pipeline.clone(), data_path: PathBuf::new(), overrides: record.overrides.clone() };
+    Ok(Model { run: id, stages: wanted, checkpoints, net, pipeline })
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let store = Store::open_existing(&a.store.store)?;
+    let Model { run: id, stages: wanted, checkpoints: critics, net, pipeline } = resolve_model(&store, &a.model, "to sample from")?;
     let size = match &a.size {
         None => (net.height, net.image_width),
         Some(s) => parse_size(s)?,
@@ -90,15 +118,13 @@ pub fn run(a: &Args) -> Result<()> {
     if let Some(why) = sample::check_size(&net, size.0, size.1) {
         return Err(UserError(format!("--size {}: {why}", a.size.as_deref().unwrap_or(""))).into());
     }
-    let geometry = Geometry { channels: net.channels, height: net.height, width: net.image_width, num_classes: 1 };
-    let pipeline = Pipeline { file: PathBuf::from(&record.file), spec, geometry, name: record.pipeline.clone(), data_path: PathBuf::new(), overrides: record.overrides.clone() };
     let mut params = sample_params(&pipeline, &net, size, a.seed);
     params.count = a.count;
     let stage_id = format!("{}/{}x{}", Sample::ID.name, size.0, size.1);
     let stage: StageDef = sample::stage(stage_id, &params, &critics.into_iter().map(InputRef::Object).collect::<Vec<_>>());
     let runner = Kinds::for_device(&pipeline.spec.pipeline.device)?;
     let _lock = store.lock()?;
-    let mut rec = new_record(&format!("{}:sample", record.pipeline), &pipeline, runner.device());
+    let mut rec = new_record(&format!("{}:sample", pipeline.name), &pipeline, runner.device());
     let result = executor::run(&store, std::slice::from_ref(&stage), &runner, &mut rec, &|_| None, crate::engine::progress::Display::detect(false));
     store.write_run(&rec.id, &rec)?;
     result?;

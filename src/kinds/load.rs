@@ -292,7 +292,7 @@ fn crops(p: Params, io: &mut StageIo) -> Result<()> {
     let path = io.file(TEXTURE)?;
     let (pixels, h, w) = folder::load_image(&path, c).map_err(|e| UserError(format!("{e}")))?;
     if h < side || w < side {
-        return Err(UserError(format!("{}: the texture is {h}x{w}, smaller than data.patch = {side}", path.display())).into());
+        return Err(UserError(format!("{}: the texture is {h}x{w} (height x width), smaller than data.patch = {side}; expected at least {side}x{side} pixels to crop patches from", path.display())).into());
     }
     let mut rng = Rng::new(p.seed);
     let mut take = |n: usize| {

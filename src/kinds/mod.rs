@@ -10,7 +10,9 @@ pub mod attack;
 pub mod evaluate;
 pub mod load;
 pub mod probe;
+pub mod quality;
 pub mod sample;
+pub mod stylize;
 pub mod synthesize;
 pub mod train;
 
@@ -64,7 +66,7 @@ pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
 }
 
 /// Every kind this `pipe` runs.
-pub static REGISTRY: [Entry; 7] = [
+pub static REGISTRY: [Entry; 10] = [
     entry::<load::Load>(),
     entry::<train::Train>(),
     entry::<synthesize::Synthesize>(),
@@ -72,6 +74,9 @@ pub static REGISTRY: [Entry; 7] = [
     entry::<attack::Attack>(),
     entry::<sample::Sample>(),
     entry::<probe::Probe>(),
+    entry::<quality::Quality>(),
+    entry::<quality::QualityCurve>(),
+    entry::<stylize::Stylize>(),
 ];
 
 /// Runs stages on one candle device.

@@ -6,7 +6,7 @@ use super::Kind;
 use crate::engine::executor::StageIo;
 use crate::engine::graph::KindId;
 use crate::engine::table::{to_parquet, Column};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
@@ -17,7 +17,7 @@ use super::train::critic_thresholds;
 use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
 use stages::nn::initial::NoiseProvider;
-use stages::patch::{synthesize_patches, PatchConfig, PatchEnd, PatchStop};
+use stages::patch::{synthesize_patches, PatchConfig, PatchStop};
 use stages::rng::Rng;
 use stages::synthesize::{p0_from, p0_samples, synthesize_from, threshold, Finished, SampleRecord, Step, StopReason, StopRule, SynthesisConfig, Synthesized, Target};
 
@@ -145,6 +145,55 @@ fn ascend(io: &StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target],
     Ok(out)
 }
 
+/// What the partial/ folder keeps between images of patch synthesis: each finished image's
+/// (steps, stop reason, final mean f); the images go beside it.
+#[derive(Default, Deserialize, Serialize)]
+struct PatchProgress {
+    done: Vec<(u32, String, f32)>,
+}
+const PARTIAL_PROGRESS: &str = "progress.json";
+const PARTIAL_IMAGES: &str = "images.safetensors";
+
+/// Patch synthesis of each target's image from its start, one image at a time; every
+/// finished image goes to the partial/ folder, so a killed stage resumes at the next one
+/// and ends with the same bytes.
+fn ascend_patches(io: &mut StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target], starts: &[f32], cfg: &dyn Fn(&Target) -> PatchConfig, device: &Device) -> Result<Synthesized> {
+    let d = shape.0 * shape.1 * shape.2;
+    let (mut progress, mut images) = (PatchProgress::default(), Vec::with_capacity(starts.len()));
+    if let (Some(meta), Some(saved)) = (io.read_partial(PARTIAL_PROGRESS)?, io.read_partial(PARTIAL_IMAGES)?) {
+        progress = serde_json::from_slice(&meta).context("the synthesize stage's partial progress")?;
+        images = decode_pseudo_negatives(&saved)?.images;
+        anyhow::ensure!(images.len() == progress.done.len() * d, "the synthesize stage's partial images do not match its progress");
+        io.note_resumed(json!(format!("image {}", progress.done.len() + 1)));
+    }
+    let mut meter = io.progress(targets.len() as u64, "images", "pseudo-negatives");
+    meter.resume_at(progress.done.len() as u64);
+    for (i, t) in targets.iter().enumerate().skip(progress.done.len()) {
+        let keep_going = |_: u32| if io.stop_requested() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) };
+        let s = synthesize_patches(net, shape, &starts[i * d..(i + 1) * d], &cfg(t), &mut Rng::new(t.seed), device, &mut { keep_going })
+            .map_err(|e| if io.stop_requested() { io.interrupted(&format!("{i} of {} images are saved", targets.len())) } else { e.into() })?;
+        images.extend(s.image);
+        progress.done.push((s.steps, s.end.as_str().to_string(), s.final_f));
+        io.write_partial(PARTIAL_IMAGES, &encode_pseudo_negatives(&PseudoNegatives { images: images.clone(), classes: vec![0; i + 1], shape })?)?;
+        io.write_partial(PARTIAL_PROGRESS, &serde_json::to_vec(&progress)?)?;
+        let _ = meter.inc(1);
+    }
+    meter.finish();
+    let records = targets
+        .iter()
+        .zip(&progress.done)
+        .map(|(t, (steps, end, f))| {
+            let stop_reason = match end.as_str() {
+                "threshold" => StopReason::Threshold,
+                "window" => StopReason::Window,
+                _ => StopReason::MaxSteps,
+            };
+            SampleRecord { class: t.class, seed: t.seed, steps: *steps, stop_reason, final_logit: *f, final_prob: 1.0 / (1.0 + (-f).exp()), classified: *f > 0.0, top: true }
+        })
+        .collect();
+    Ok(Synthesized { images, records })
+}
+
 fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     let (classes_made, binary): (Vec<u32>, bool) = match p.targets {
         Targets::PerClass => ((0..p.net.num_classes as u32).collect(), false),
@@ -183,25 +232,8 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
                 Some(s) => s,
                 None => p0_samples(&targets, shape, p.init_std).images,
             };
-            let mut meter = io.progress(targets.len() as u64, "images", "pseudo-negatives");
-            let mut out = Synthesized { images: Vec::with_capacity(starts.len()), records: Vec::with_capacity(targets.len()) };
-            for (i, t) in targets.iter().enumerate() {
-                let cfg = PatchConfig { patch: p.net.height, pad: 0, patches_per_step: per_step, step, lr, max_steps, stop: patch_stop(stop, t.seed) };
-                let keep_going = |_: u32| if io.stop_requested() { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) };
-                let s = synthesize_patches(net.as_ref(), shape, &starts[i * d..(i + 1) * d], &cfg, &mut Rng::new(t.seed), device, &mut { keep_going })
-                    .map_err(|e| if io.stop_requested() { io.interrupted(&format!("image {} of {} was being synthesized; the rerun makes them again", i + 1, targets.len())) } else { e.into() })?;
-                let stop_reason = match s.end {
-                    PatchEnd::MaxSteps => StopReason::MaxSteps,
-                    PatchEnd::Threshold => StopReason::Threshold,
-                    PatchEnd::Window => StopReason::Window,
-                };
-                let f = s.final_f;
-                out.records.push(SampleRecord { class: t.class, seed: t.seed, steps: s.steps, stop_reason, final_logit: f, final_prob: 1.0 / (1.0 + (-f).exp()), classified: f > 0.0, top: true });
-                out.images.extend(s.image);
-                let _ = meter.inc(1);
-            }
-            meter.finish();
-            out
+            let cfg = |t: &Target| PatchConfig { patch: p.net.height, pad: 0, patches_per_step: per_step, step, lr, max_steps, stop: patch_stop(stop, t.seed) };
+            ascend_patches(io, net.as_ref(), shape, &targets, &starts, &cfg, device)?
         }
         Method::Synthesis { batch_size, lr, max_steps, step, stop } => {
             let net = p.net.load(&io.read(CHECKPOINT)?, device)?;

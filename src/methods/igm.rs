@@ -135,5 +135,21 @@ pub fn build(p: &Pipeline) -> Graph {
         }
     }
     stages.extend(super::probe_stages(p, &net, rounds, checkpoint(rounds)));
-    Graph { stages, rounds: ROUNDS }
+    stages.extend(super::quality_stages(p, rounds, synthesized));
+    Graph { stages, rounds: self::rounds(s) }
+}
+
+/// How an IGM run reports its rounds: by the sample quality when it is measured (the
+/// Gram distance for textures, else the Fréchet distance), else by [`ROUNDS`].
+pub fn rounds(s: &crate::pipeline::spec::Spec) -> Rounds {
+    use crate::kinds::quality::{self, Measure, Quality};
+    if s.quality.is_none() {
+        return ROUNDS;
+    }
+    // the class count only decides judge or random features: both report the distance
+    let (reported, heading) = match super::quality_measure(s, 1) {
+        Measure::Texture => (quality::GRAM, "Gram distance"),
+        _ => (quality::FRECHET, "Fréchet distance"),
+    };
+    Rounds { reporter: Quality::ID, select_on: None, reported, shown: Shown { heading, percent: false }, model: ROUNDS.model }
 }

@@ -70,7 +70,7 @@ pub fn rounds_of(record: &crate::engine::executor::RunRecord) -> Rounds {
     let pipeline = &record.spec["pipeline"];
     match (pipeline["method"].as_str(), pipeline["variant"].as_str()) {
         (Some("winn"), Some("unsupervised")) => winn::UNSUPERVISED_ROUNDS,
-        (Some("igm"), _) => igm::ROUNDS,
+        (Some("igm"), _) => serde_json::from_value::<spec::Spec>(record.spec.clone()).map_or(igm::ROUNDS, |s| igm::rounds(&s)),
         _ => icn::ROUNDS,
     }
 }
@@ -110,6 +110,55 @@ pub fn probe_stages(p: &Pipeline, net: &stages::nn::NetConfig, round: u32, check
         place::<Probe>(id, &params, inputs)
     };
     vec![stage(format!("{}/{round}", Probe::ID.name), Some(checkpoint)), stage(format!("{}/random", Probe::ID.name), None)]
+}
+
+/// How a generative run's `quality/<round>` stages measure: with a judge trained on the
+/// labels where the data has classes, on random-net features where it has one, on Gram
+/// matrices for textures.
+pub fn quality_measure(p: &spec::Spec, num_classes: usize) -> crate::kinds::quality::Measure {
+    use crate::kinds::quality::Measure;
+    if p.data.format == load::DataFormat::Texture {
+        Measure::Texture
+    } else if num_classes > 1 {
+        Measure::Judge
+    } else {
+        Measure::RandomFeatures
+    }
+}
+
+/// With a `[quality]` section: `quality/<r>` on `samples(r)` for every round 0..=`rounds`
+/// (round 0: p0 itself, the starting point), the judge they share (`train/judge`, labelled
+/// data only) and `quality/curve` over them.
+pub fn quality_stages(p: &Pipeline, rounds: u32, samples: impl Fn(u32) -> InputRef) -> Vec<StageDef> {
+    use crate::kinds::quality::{self, Measure, Quality, QualityCurve};
+    let Some(q) = &p.spec.quality else { return Vec::new() };
+    let s = &p.spec;
+    let measure = quality_measure(s, p.geometry.num_classes);
+    let classes = if measure == Measure::Judge { p.geometry.num_classes } else { 1 };
+    let net = s.net.config(p.geometry, classes);
+    let mut stages = Vec::new();
+    let judge_id = format!("{}/judge", train::Train::ID.name);
+    if measure == Measure::Judge {
+        let params = train::Params { epochs: q.judge_epochs, ..round_zero(&s.train, net.clone(), stages::loss::Objective::Softmax { alpha: 0.0 }, stage_seed(s.pipeline.seed, &judge_id)) };
+        stages.push(place::<train::Train>(judge_id.clone(), &params, vec![(train::TRAIN_SET.into(), InputRef::output(Load::ID.name, load::TRAIN))]));
+    }
+    // texture crops of the test split are few: the training crops are the real texture
+    let real = if measure == Measure::Texture { load::TRAIN } else { load::TEST };
+    let mut curve_inputs = Vec::new();
+    for round in 0..=rounds {
+        let id = format!("{}/{round}", Quality::ID.name);
+        // one random net for every round, so rounds compare
+        let params = quality::Params { round, measure, net: net.clone(), count: q.count, batch_size: s.evaluate.batch_size, seed: stage_seed(s.pipeline.seed, "quality") };
+        let mut inputs = vec![(quality::SAMPLES.to_string(), samples(round)), (quality::REAL.to_string(), InputRef::output(Load::ID.name, real))];
+        if measure == Measure::Judge {
+            inputs.push((quality::JUDGE.to_string(), InputRef::output(&judge_id, train::CHECKPOINT)));
+        }
+        stages.push(place::<Quality>(id.clone(), &params, inputs));
+        curve_inputs.push((quality::round_table(round), InputRef::output(&id, quality::TABLE)));
+    }
+    let title = format!("{}: sample quality by round", p.name);
+    stages.push(place::<QualityCurve>(format!("{}/curve", Quality::ID.name), &quality::CurveParams { title }, curve_inputs));
+    stages
 }
 
 /// A `sample` stage's settings for images of `size` (rows, columns) from the nets of a

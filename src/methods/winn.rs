@@ -158,6 +158,7 @@ pub fn build(p: &Pipeline) -> Graph {
         }
     }
     stages.extend(super::probe_stages(p, &net, rounds, InputRef::output(&id::<Train>(rounds), train::CHECKPOINT)));
+    stages.extend(super::quality_stages(p, rounds, |r| InputRef::output(&id::<Synthesize>(r), synthesize::PSEUDO_NEGATIVES)));
     let rounds = if unsupervised { UNSUPERVISED_ROUNDS } else { super::icn::ROUNDS };
     Graph { stages, rounds }
 }

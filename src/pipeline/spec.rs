@@ -53,6 +53,14 @@ pub struct Spec {
     /// the last three layers, trained on few labels; absent: no probe stages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<ProbeSection>,
+    /// Sample quality of a generative run (unsupervised WINN, IGM) at every round: a
+    /// `quality/<round>` stage per round and `quality/curve` (a table and a PNG over
+    /// rounds); absent: none. Labelled data: an Inception-style score and a Fréchet
+    /// distance by a judge classifier trained on the labels (`train/judge`); one class: a
+    /// Fréchet distance on a fixed random net's features; textures: a Gram-matrix distance.
+    /// Not comparable to published IS/FID (no Inception weights ship with pipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualitySection>,
     /// A matrix of pipelines to run (see `src/pipeline/sweep.rs`); absent for a single
     /// pipeline. A quoted setting with a list of values, e.g. `"pipeline.seed" = [0, 1, 2]`,
     /// runs each value; `cases = [{ name = "icn", "pipeline.method" = "icn" }, ...]` names
@@ -187,6 +195,29 @@ impl IgmSection {
             need(self.negative_size.is_some_and(|n| n >= spec.data.patch && n <= 4096), "igm.negative_size", &format!("a side of data.patch ({}) to 4096 pixels", spec.data.patch));
         }
         need(spec.synthesize.stop != StopChoice::Window || spec.pipeline.method == Method::Igm, "synthesize.stop", "`window` only for method igm");
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualitySection {
+    /// Samples (and as many real images) compared at most per round.
+    pub count: usize,
+    /// Epochs of the judge classifier on the labelled training images (labelled data only).
+    pub judge_epochs: u32,
+}
+impl Default for QualitySection {
+    fn default() -> Self {
+        QualitySection { count: 500, judge_epochs: 3 }
+    }
+}
+
+impl QualitySection {
+    fn validate(&self, spec: &Spec, need: &mut Need) {
+        let generative = spec.pipeline.variant == Variant::Unsupervised && matches!(spec.pipeline.method, Method::Winn | Method::Igm);
+        need(generative, "quality", "a generative run (pipeline.method = \"winn\" or \"igm\" with variant = \"unsupervised\")");
+        need((2..=MAX_PER_CLASS).contains(&self.count), "quality.count", "2 to 1,000,000 images");
+        need((1..=MAX_EPOCHS).contains(&self.judge_epochs), "quality.judge_epochs", &format!("1 to {MAX_EPOCHS} epochs"));
     }
 }
 
@@ -932,6 +963,9 @@ pub(super) fn rules(spec: &Spec, need: &mut Need) {
     spec.winn.validate(spec, need);
     spec.igm.validate(spec, need);
     spec.sample.validate(spec, need);
+    if let Some(q) = &spec.quality {
+        q.validate(spec, need);
+    }
     if let Some(p) = &spec.probe {
         p.validate(spec, need);
     }

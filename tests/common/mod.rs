@@ -157,6 +157,12 @@ pub fn canonical(v: &serde_json::Value) -> String {
 /// has saved an epoch checkpoint, then kills `child` with SIGKILL: a kill in the middle of
 /// a training stage. Returns the partial checkpoint that was there.
 pub fn kill_after_an_epoch(child: &mut std::process::Child, store: &Path, after: &str) -> PathBuf {
+    kill_once_saved(child, store, after, "checkpoint.safetensors")
+}
+
+/// [`kill_after_an_epoch`] for any stage that saves partial progress: waits until `after`
+/// is committed and the running stage has written `file` to its partial/ folder.
+pub fn kill_once_saved(child: &mut std::process::Child, store: &Path, after: &str, file: &str) -> PathBuf {
     use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(300);
     let partial = loop {
@@ -168,13 +174,13 @@ pub fn kill_after_an_epoch(child: &mut std::process::Child, store: &Path, after:
         if done.iter().any(|s| s == after) {
             let found = std::fs::read_dir(store.join("partial"))
                 .ok()
-                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join("checkpoint.safetensors")).filter(|p| p.exists())));
+                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join(file)).filter(|p| p.exists())));
             if let Some(p) = found {
                 break p;
             }
         }
-        assert!(child.try_wait().unwrap().is_none(), "pipe ended before the stage after {after} saved an epoch");
-        assert!(Instant::now() < deadline, "no epoch checkpoint appeared after {after}");
+        assert!(child.try_wait().unwrap().is_none(), "pipe ended before the stage after {after} saved {file}");
+        assert!(Instant::now() < deadline, "no {file} appeared in partial/ after {after}");
         std::thread::sleep(Duration::from_millis(2));
     };
     child.kill().unwrap(); // SIGKILL
