@@ -103,7 +103,7 @@ enum Command {
     /// A synthesize stage's pseudo-negatives: a table, a PNG each, a Parquet or NPY file or
     /// a labelled grid; of one class, or only those that still fool a later classifier.
     Samples(samples::Args),
-    /// Images drawn from a trained WINN model (through its cascades in order), of its own
+    /// Images drawn from a trained WINN or IGM model (through its cascades in order), of its own
     /// size or any larger one from patches: a cached, resumable `sample` stage, copied to
     /// --out as samples.safetensors, samples.parquet (seed, steps, final f) and grid.png.
     Sample(sample::Args),
