@@ -201,73 +201,10 @@ fn igm_refuses_labels_threshold_stops_and_a_single_that_would_restart() {
     }
 }
 
-/// A texture cascade on 16x16 crops of brick: 48x48 pseudo-negatives, each synthesized from
-/// 8 random windows a step until the mean f of its windows is positive over 4 steps; a
-/// 64x64 sample through both classifiers, and the Gram distance per round.
-fn tiny_texture(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"[pipeline]
-name = "tiny_igm_texture"
-method = "igm"
-variant = "unsupervised"
-seed = 2
-rounds = 2
-
-[data]
-format = "texture"
-path = "{data}"
-texture = "brick"
-patch = 16
-channels = 1
-train_size = 200
-validation_size = 4
-test_size = 4
-
-[net]
-arch = "cnn4"
-norm = "layer"
-width = 0.25
-
-[train]
-optimizer = "sgd"
-lr = 0.01
-momentum = 0.9
-batch_size = 40
-epochs_per_round = 2
-
-[synthesize]
-per_class = 6
-optimizer = "adam"
-lr = 0.1
-beta1 = 0.5
-stop = "window"
-stop_window = 4
-max_steps = 40
-
-[igm]
-negative_size = 48
-synthesis_patches = 8
-
-[sample]
-sizes = [64]
-count = 1
-patches = 16
-max_steps = 20
-
-[quality]
-count = 50
-"#,
-        data = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/textures").display()
-    );
-    let file = dir.join("tiny_igm_texture.toml");
-    std::fs::write(&file, text).unwrap();
-    file
-}
-
 #[test]
 fn a_texture_cascade_killed_in_patch_synthesis_resumes_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let file = tiny_texture(dir.path());
+    let file = tiny_igm_texture(dir.path(), &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/textures"));
     let killed = dir.path().join("killed");
     let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // kill -9 once synthesize/2 has saved an image of its working set

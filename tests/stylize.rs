@@ -13,59 +13,6 @@ fn textures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/textures")
 }
 
-/// Two cascade rounds on 100 crops of brick, 16x16, a working set of four 32x32 images.
-fn tiny_texture_igm(dir: &Path, data: &Path) -> PathBuf {
-    let text = format!(
-        r#"[pipeline]
-name = "tiny_texture_igm"
-method = "igm"
-variant = "unsupervised"
-seed = 5
-rounds = 2
-
-[data]
-format = "texture"
-path = "{data}"
-texture = "brick"
-patch = 16
-channels = 1
-train_size = 100
-validation_size = 4
-test_size = 4
-
-[net]
-arch = "cnn4"
-norm = "layer"
-width = 0.25
-
-[train]
-optimizer = "sgd"
-lr = 0.01
-momentum = 0.9
-batch_size = 32
-epochs_per_round = 1
-
-[synthesize]
-per_class = 4
-optimizer = "adam"
-lr = 0.1
-beta1 = 0.5
-stop = "window"
-stop_window = 3
-max_steps = 10
-
-[igm]
-cascade = true
-negative_size = 32
-synthesis_patches = 4
-"#,
-        data = data.display()
-    );
-    let file = dir.join("tiny_texture_igm.toml");
-    std::fs::write(&file, text).unwrap();
-    file
-}
-
 /// The content image, copied into `dir`: the shared photograph of a cat (451x300 RGB, so
 /// the grey nets see its luma), required under CI; elsewhere, without the shared folder,
 /// the shipped grass texture.
@@ -124,7 +71,7 @@ fn styled_values(store: &Path) -> (Vec<f32>, (usize, usize, usize)) {
 #[test]
 fn a_texture_cascade_restyles_a_photograph_deterministically_and_refuses_bad_input_writing_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let file = tiny_texture_igm(dir.path(), &textures());
+    let file = tiny_igm_texture(dir.path(), &textures());
     let store = dir.path().join("store");
     let out = run(&file, &store, &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -236,7 +183,7 @@ fn a_texture_cascade_restyles_a_photograph_deterministically_and_refuses_bad_inp
     let small_tex = dir.path().join("small-texture");
     std::fs::create_dir_all(&small_tex).unwrap();
     grey_png(&small_tex.join("brick.png"), 12, 64);
-    let o = pipe().arg("run").arg(tiny_texture_igm(dir.path(), &small_tex)).arg("--store").arg(&store).output().unwrap();
+    let o = pipe().arg("run").arg(tiny_igm_texture(dir.path(), &small_tex)).arg("--store").arg(&store).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(err.contains("brick.png") && err.contains("12x64") && err.contains("smaller than data.patch = 16") && err.contains("at least 16x16"), "{err}");
@@ -267,7 +214,7 @@ fn texture_folders_without_the_image_or_with_one_smaller_than_a_patch_are_refuse
     for (data, expect) in cases {
         let toml = dir.path().join(format!("{}-pipeline", data.file_name().unwrap().to_str().unwrap()));
         std::fs::create_dir_all(&toml).unwrap();
-        let file = tiny_texture_igm(&toml, data);
+        let file = tiny_igm_texture(&toml, data);
         let store = dir.path().join("never-made");
         let o = pipe().arg("run").arg(&file).arg("--store").arg(&store).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

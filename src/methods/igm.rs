@@ -104,19 +104,9 @@ pub fn build(p: &Pipeline) -> Graph {
             inputs.push((train::POOL.into(), InputRef::output(&id::<Train>(round - 1), train::POOL)));
         }
         let train_id = id::<Train>(round);
-        let params = train::Params {
-            round,
-            net: net.clone(),
-            optimizer: t.optimizer(round),
-            batch_size: t.batch_size,
-            epochs: t.epochs_per_round,
-            objective: Objective::Igm,
-            augment_pad: 0,
-            // a cascade's round sees one set, so the weights only matter for IGM-single
-            sampling: Some(Sampling::Balanced { decay: if igm.cascade { 1.0 } else { t.recency_decay } }),
-            rollback: t.rollback(),
-            seed: seed(&train_id),
-        };
+        // a cascade's round sees one set, so the weights only matter for IGM-single
+        let sampling = Sampling::Balanced { decay: if igm.cascade { 1.0 } else { t.recency_decay } };
+        let params = super::round_training(t, round, net.clone(), t.epochs_per_round, Objective::Igm, sampling, seed(&train_id));
         stages.push(place::<Train>(train_id, &params, inputs));
         let method = match igm.negative_size {
             None => synthesize::Method::Synthesis { batch_size: sy.batch_size, lr: sy.lr, max_steps: sy.max_steps, step: sy.step(), stop: sy.stop_rule() },

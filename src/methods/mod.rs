@@ -186,6 +186,23 @@ pub fn sample_params(p: &Pipeline, net: &stages::nn::NetConfig, size: (usize, us
     }
 }
 
+/// Round t's training (t >= 1): the pipeline's optimizer for that round, its batch size,
+/// augmentation and divergence rule, with the method's objective, epochs and sampling.
+pub fn round_training(t: &spec::TrainSection, round: u32, net: stages::nn::NetConfig, epochs: u32, objective: stages::loss::Objective, sampling: train::Sampling, seed: u64) -> train::Params {
+    train::Params {
+        round,
+        net,
+        optimizer: t.optimizer(round),
+        batch_size: t.batch_size,
+        epochs,
+        objective,
+        augment_pad: if t.augment { 4 } else { 0 },
+        sampling: Some(sampling),
+        rollback: t.rollback(),
+        seed,
+    }
+}
+
 /// Round 0's training: the plain net on the real data alone, `train.epochs` epochs.
 pub fn round_zero(t: &spec::TrainSection, net: stages::nn::NetConfig, objective: stages::loss::Objective, seed: u64) -> train::Params {
     train::Params {

@@ -116,19 +116,9 @@ pub fn build(p: &Pipeline) -> Graph {
             inputs.push((train::POOL.into(), InputRef::output(&id::<Train>(round - 1), train::POOL)));
         }
         let train_id = id::<Train>(round);
-        let params = train::Params {
-            round,
-            net: net.clone(),
-            optimizer: t.optimizer(round),
-            batch_size: t.batch_size,
-            epochs: if unsupervised { w.critic_updates } else { t.epochs_per_round },
-            objective,
-            augment_pad: if t.augment { 4 } else { 0 },
-            // WINN draws old pseudo-negatives uniformly, each batch half of them
-            sampling: Some(Sampling::Balanced { decay: 1.0 }),
-            rollback: t.rollback(),
-            seed: seed(&train_id),
-        };
+        let epochs = if unsupervised { w.critic_updates } else { t.epochs_per_round };
+        // WINN draws old pseudo-negatives uniformly, each batch half of them
+        let params = super::round_training(t, round, net.clone(), epochs, objective, Sampling::Balanced { decay: 1.0 }, seed(&train_id));
         stages.push(place::<Train>(train_id, &params, inputs));
         if !unsupervised {
             stages.push(evaluate(round));

@@ -187,3 +187,67 @@ pub fn kill_once_saved(child: &mut std::process::Child, store: &Path, after: &st
     child.wait().unwrap();
     partial
 }
+
+/// A texture cascade on 16x16 crops of brick: 48x48 pseudo-negatives, each synthesized from
+/// 8 random windows a step until the mean f of its windows is positive over 4 steps; a
+/// 64x64 sample through both classifiers, and the Gram distance per round; `data` holds
+/// brick.png.
+pub fn tiny_igm_texture(dir: &Path, data: &Path) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+name = "tiny_igm_texture"
+method = "igm"
+variant = "unsupervised"
+seed = 2
+rounds = 2
+
+[data]
+format = "texture"
+path = "{data}"
+texture = "brick"
+patch = 16
+channels = 1
+train_size = 200
+validation_size = 4
+test_size = 4
+
+[net]
+arch = "cnn4"
+norm = "layer"
+width = 0.25
+
+[train]
+optimizer = "sgd"
+lr = 0.01
+momentum = 0.9
+batch_size = 40
+epochs_per_round = 2
+
+[synthesize]
+per_class = 6
+optimizer = "adam"
+lr = 0.1
+beta1 = 0.5
+stop = "window"
+stop_window = 4
+max_steps = 40
+
+[igm]
+negative_size = 48
+synthesis_patches = 8
+
+[sample]
+sizes = [64]
+count = 1
+patches = 16
+max_steps = 20
+
+[quality]
+count = 50
+"#,
+        data = data.display()
+    );
+    let file = dir.join("tiny_igm_texture.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
