@@ -208,7 +208,7 @@ fn a_texture_cascade_killed_in_patch_synthesis_resumes_byte_identical() {
     let killed = dir.path().join("killed");
     let mut child = pipe().arg("run").arg(&file).arg("--store").arg(&killed).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // kill -9 once synthesize/2 has saved an image of its working set
-    let partial = kill_once_saved(&mut child, &killed, "train/2", "images.safetensors");
+    let partial = kill_once_saved(&mut child, &killed, "train/2", "progress.bin");
     let resumed = run(&file, &killed, &[]);
     let out = String::from_utf8_lossy(&resumed.stdout).to_string();
     let synth2 = out.lines().find(|l| l.contains("synthesize/2 ")).unwrap();

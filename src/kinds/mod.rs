@@ -127,6 +127,27 @@ impl Runner for Kinds {
 }
 
 /// The decoded image set of an input, as floats in [-1, 1] and labels.
+/// A stage's progress between images, in one partial file, so that a kill can never leave
+/// the images of one moment beside the bookkeeping of another (two files are each written
+/// atomically, but not together): the JSON of `meta`, then the images' f32 values.
+fn encode_progress(meta: &impl Serialize, images: &[f32]) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(meta)?;
+    let mut bytes = Vec::with_capacity(8 + json.len() + 4 * images.len());
+    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    images.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+    Ok(bytes)
+}
+
+/// [`encode_progress`]'s inverse.
+fn decode_progress<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Vec<f32>)> {
+    let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).context("a progress file shorter than its header")?;
+    let json = bytes.get(8..8 + n).context("a progress file shorter than its JSON")?;
+    let rest = &bytes[8 + n..];
+    anyhow::ensure!(rest.len() % 4 == 0, "a progress file whose images are not whole f32 values");
+    Ok((serde_json::from_slice(json)?, rest.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
+}
+
 fn read_set(io: &StageIo, name: &str) -> Result<(Vec<f32>, Vec<u32>)> {
     let set = stages::codec::decode_image_set(&io.read(name)?)?;
     Ok((set.to_unit_range(), set.labels))
@@ -135,6 +156,16 @@ fn read_set(io: &StageIo, name: &str) -> Result<(Vec<f32>, Vec<u32>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_round_trips_and_a_cut_file_is_an_error() {
+        let images = [0.5f32, -1.0, f32::MIN_POSITIVE, 3.25];
+        let bytes = encode_progress(&serde_json::json!({"done": [1, 2]}), &images).unwrap();
+        let (meta, back): (Value, Vec<f32>) = decode_progress(&bytes).unwrap();
+        assert_eq!((meta["done"][1].as_u64(), back.as_slice()), (Some(2), &images[..]));
+        assert!(decode_progress::<Value>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(decode_progress::<Value>(&bytes[..5]).is_err());
+    }
 
     #[test]
     fn parameters_missing_a_field_are_an_error_naming_it() {

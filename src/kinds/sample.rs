@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use stages::candle::Device;
-use stages::codec::{decode_pseudo_negatives, encode_pseudo_negatives, PseudoNegatives};
+use stages::codec::{encode_pseudo_negatives, PseudoNegatives};
 use stages::critic::CriticView;
 use stages::grid::encode_grid_png;
 use stages::nn::initial::NoiseProvider;
@@ -113,8 +113,7 @@ struct Row {
     reason: String,
 }
 
-const PARTIAL_META: &str = "progress.json";
-const PARTIAL_IMAGES: &str = "images.safetensors";
+const PARTIAL: &str = "progress.bin";
 
 fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
     if let Some(why) = check_size(&p.net, p.height, p.width) {
@@ -137,9 +136,9 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
         None => starts.clone(),
     };
     let mut progress = Progress { critic: 0, done: 0, records: vec![Row { steps: 0, final_f: f32::NAN, reason: "noise".into() }; p.count] };
-    if let (Some(meta), Some(saved)) = (io.read_partial(PARTIAL_META)?, io.read_partial(PARTIAL_IMAGES)?) {
-        progress = serde_json::from_slice(&meta).context("the sample stage's partial progress")?;
-        images = decode_pseudo_negatives(&saved)?.images;
+    if let Some(saved) = io.read_partial(PARTIAL)? {
+        (progress, images) = super::decode_progress(&saved).context("the sample stage's partial progress")?;
+        anyhow::ensure!(images.len() == p.count * d, "the sample stage's partial images are not {} of {}x{}", p.count, p.height, p.width);
         io.note_resumed(json!(format!("critic {}, image {}", progress.critic + 1, progress.done)));
     }
     let mut meter = io.progress((critics.len() * p.count) as u64, "images", "samples");
@@ -179,8 +178,7 @@ fn run(p: Params, io: &mut StageIo, device: &Device) -> Result<()> {
                     let row = &mut progress.records[i];
                     *row = Row { steps: row.steps + s.steps, final_f: s.final_f, reason: s.end.as_str().into() };
                     progress.done = i + 1;
-                    io.write_partial(PARTIAL_IMAGES, &encode_pseudo_negatives(&PseudoNegatives { images: images.clone(), classes: vec![0; p.count], shape: out })?)?;
-                    io.write_partial(PARTIAL_META, &serde_json::to_vec(&progress)?)?;
+                    io.write_partial(PARTIAL, &super::encode_progress(&progress, &images)?)?;
                     let _ = meter.inc(1);
                 }
             }

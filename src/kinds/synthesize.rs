@@ -146,13 +146,12 @@ fn ascend(io: &StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target],
 }
 
 /// What the partial/ folder keeps between images of patch synthesis: each finished image's
-/// (steps, stop reason, final mean f); the images go beside it.
+/// (steps, stop reason, final mean f), with the images in the same file.
 #[derive(Default, Deserialize, Serialize)]
 struct PatchProgress {
     done: Vec<(u32, String, f32)>,
 }
-const PARTIAL_PROGRESS: &str = "progress.json";
-const PARTIAL_IMAGES: &str = "images.safetensors";
+const PARTIAL: &str = "progress.bin";
 
 /// Patch synthesis of each target's image from its start, one image at a time; every
 /// finished image goes to the partial/ folder, so a killed stage resumes at the next one
@@ -160,9 +159,8 @@ const PARTIAL_IMAGES: &str = "images.safetensors";
 fn ascend_patches(io: &mut StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target], starts: &[f32], cfg: &dyn Fn(&Target) -> PatchConfig, device: &Device) -> Result<Synthesized> {
     let d = shape.0 * shape.1 * shape.2;
     let (mut progress, mut images) = (PatchProgress::default(), Vec::with_capacity(starts.len()));
-    if let (Some(meta), Some(saved)) = (io.read_partial(PARTIAL_PROGRESS)?, io.read_partial(PARTIAL_IMAGES)?) {
-        progress = serde_json::from_slice(&meta).context("the synthesize stage's partial progress")?;
-        images = decode_pseudo_negatives(&saved)?.images;
+    if let Some(saved) = io.read_partial(PARTIAL)? {
+        (progress, images) = super::decode_progress(&saved).context("the synthesize stage's partial progress")?;
         anyhow::ensure!(images.len() == progress.done.len() * d, "the synthesize stage's partial images do not match its progress");
         io.note_resumed(json!(format!("image {}", progress.done.len() + 1)));
     }
@@ -174,8 +172,7 @@ fn ascend_patches(io: &mut StageIo, net: &dyn Classifier, shape: Shape3, targets
             .map_err(|e| if io.stop_requested() { io.interrupted(&format!("{i} of {} images are saved", targets.len())) } else { e.into() })?;
         images.extend(s.image);
         progress.done.push((s.steps, s.end.as_str().to_string(), s.final_f));
-        io.write_partial(PARTIAL_IMAGES, &encode_pseudo_negatives(&PseudoNegatives { images: images.clone(), classes: vec![0; i + 1], shape })?)?;
-        io.write_partial(PARTIAL_PROGRESS, &serde_json::to_vec(&progress)?)?;
+        io.write_partial(PARTIAL, &super::encode_progress(&progress, &images)?)?;
         let _ = meter.inc(1);
     }
     meter.finish();
