@@ -144,7 +144,7 @@ fn decode_progress<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Vec<f32>)> {
     let n = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize).context("a progress file shorter than its header")?;
     let json = bytes.get(8..8 + n).context("a progress file shorter than its JSON")?;
     let rest = &bytes[8 + n..];
-    anyhow::ensure!(rest.len() % 4 == 0, "a progress file whose images are not whole f32 values");
+    anyhow::ensure!(rest.len().is_multiple_of(4), "a progress file whose images are not whole f32 values");
     Ok((serde_json::from_slice(json)?, rest.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect()))
 }
 
