@@ -76,6 +76,18 @@ def load_split(store, run_id):
 
 # ---------------------------------------------------------------- the net and the loss
 
+def he_init(net):
+    """pipe's initialization: He-normal with the LeakyReLU gain on convolutions, N(0, 1/fan_in)
+    on the linear layer, zero biases (PyTorch's default draws weights about 2.4x smaller)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, m.in_features ** -0.5)
+            nn.init.zeros_(m.bias)
+
+
 def cnn4(num_classes=10, width=1.0, slope=0.2):
     layers, c_in = [], 1
     for c in (64, 128, 256, 512):
@@ -207,13 +219,7 @@ def main():
     (tx, ty), (vx, vy), (sx, sy) = load_split(args.store, args.run)
     net = cnn4(width=args.width)
     if args.init == "he":
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, m.in_features ** -0.5)
-                nn.init.zeros_(m.bias)
+        he_init(net)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
     t0 = time.time()
     train_epochs(net, opt, tx, ty, None, None, args.epochs, 0.0, gen, args)

@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from icn_torch import load_split  # noqa: E402  (the run's data split from the store)
+from icn_torch import he_init, load_split  # noqa: E402  (pipe's init; the run's data split from the store)
 from load_checkpoint import build, read_safetensors  # noqa: E402  (pipe's nets in PyTorch)
 
 
@@ -277,13 +277,7 @@ def main():
 
     net = cnn4()
     if args.init == "he":
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, m.in_features ** -0.5)
-                nn.init.zeros_(m.bias)
+        he_init(net)
     # one optimizer for the whole cascade: C_t starts from C_{t-1}'s weights and momentum
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum)
     working = (torch.randn(args.working_set, 1, 28, 28, generator=gen) * args.init_std).clamp(-1, 1)
