@@ -92,19 +92,13 @@ fn pooled_features(net: &dyn Classifier, x: &[f32], shape: Shape3, batch_size: u
     Ok((features, logits, dim))
 }
 
-/// `per_image` random windows of `shape`'s size from each image of `big`.
+/// `per_image` random windows of `shape`'s size from each image of `big`, drawn as training
+/// draws them (`stages::train::random_window`).
 fn windows(images: &[f32], big: Shape3, shape: Shape3, per_image: usize, rng: &mut Rng) -> Vec<f32> {
-    let (c, h, w) = big;
     let mut out = Vec::new();
-    for image in images.chunks(c * h * w) {
+    for image in images.chunks(big.0 * big.1 * big.2) {
         for _ in 0..per_image {
-            let (top, left) = (rng.below(h - shape.1 + 1), rng.below(w - shape.2 + 1));
-            for ch in 0..c {
-                for y in top..top + shape.1 {
-                    let at = ch * h * w + y * w + left;
-                    out.extend_from_slice(&image[at..at + shape.2]);
-                }
-            }
+            stages::train::random_window(image, big, shape, rng, &mut out);
         }
     }
     out

@@ -17,7 +17,7 @@ use super::train::critic_thresholds;
 use stages::grid::{encode_labelled_grid_png, LabelledRow};
 use stages::nn::NetConfig;
 use stages::nn::initial::NoiseProvider;
-use stages::patch::{synthesize_patches, PatchConfig, PatchStop};
+use stages::patch::{synthesize_patches, PatchConfig, PatchEnd, PatchStop};
 use stages::rng::Rng;
 use stages::synthesize::{p0_from, p0_samples, synthesize_from, threshold, Finished, SampleRecord, Step, StopReason, StopRule, SynthesisConfig, Synthesized, Target};
 
@@ -149,7 +149,7 @@ fn ascend(io: &StageIo, net: &dyn Classifier, shape: Shape3, targets: &[Target],
 /// (steps, stop reason, final mean f), with the images in the same file.
 #[derive(Default, Deserialize, Serialize)]
 struct PatchProgress {
-    done: Vec<(u32, String, f32)>,
+    done: Vec<(u32, PatchEnd, f32)>,
 }
 const PARTIAL: &str = "progress.bin";
 
@@ -171,7 +171,7 @@ fn ascend_patches(io: &mut StageIo, net: &dyn Classifier, shape: Shape3, targets
         let s = synthesize_patches(net, shape, &starts[i * d..(i + 1) * d], &cfg(t), &mut Rng::new(t.seed), device, &mut { keep_going })
             .map_err(|e| if io.stop_requested() { io.interrupted(&format!("{i} of {} images are saved", targets.len())) } else { e.into() })?;
         images.extend(s.image);
-        progress.done.push((s.steps, s.end.as_str().to_string(), s.final_f));
+        progress.done.push((s.steps, s.end, s.final_f));
         io.write_partial(PARTIAL, &super::encode_progress(&progress, &images)?)?;
         let _ = meter.inc(1);
     }
@@ -180,10 +180,10 @@ fn ascend_patches(io: &mut StageIo, net: &dyn Classifier, shape: Shape3, targets
         .iter()
         .zip(&progress.done)
         .map(|(t, (steps, end, f))| {
-            let stop_reason = match end.as_str() {
-                "threshold" => StopReason::Threshold,
-                "window" => StopReason::Window,
-                _ => StopReason::MaxSteps,
+            let stop_reason = match end {
+                PatchEnd::Threshold => StopReason::Threshold,
+                PatchEnd::Window => StopReason::Window,
+                PatchEnd::MaxSteps => StopReason::MaxSteps,
             };
             SampleRecord { class: t.class, seed: t.seed, steps: *steps, stop_reason, final_logit: *f, final_prob: 1.0 / (1.0 + (-f).exp()), classified: *f > 0.0, top: true }
         })

@@ -55,7 +55,7 @@ pub enum PatchStop {
 }
 
 /// Which rule ended a patch synthesis.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PatchEnd {
     /// It ran `max_steps` steps (its [`PatchStop`] did not fire first).
     MaxSteps,

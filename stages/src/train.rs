@@ -87,7 +87,7 @@ fn batch_indices(set: &TrainSet, batch_size: usize, rng: &mut Rng) -> Vec<Vec<us
 
 /// Appends a window of `out`'s size at a uniformly random place of `image` (of `shape`):
 /// row drawn before column, as `crate::patch::patch_positions` draws them.
-fn random_window(image: &[f32], shape: Shape3, out: Shape3, rng: &mut Rng, to: &mut Vec<f32>) {
+pub fn random_window(image: &[f32], shape: Shape3, out: Shape3, rng: &mut Rng, to: &mut Vec<f32>) {
     let (c, h, w) = shape;
     let (top, left) = (rng.below(h - out.1 + 1), rng.below(w - out.2 + 1));
     for ch in 0..c {
