@@ -18,9 +18,6 @@ fn main() -> ExitCode {
     // panic on the closed pipe: restore the default SIGPIPE action Rust replaces.
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    // The WINN gradient penalty needs candle's gradients to stay differentiable, and candle
-    // reads that setting once per thread: set it before any thread exists.
-    stages::critic::enable_second_order();
     match pipe::cli::main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if pipe::engine::interrupt::Interrupted::is_in(&e) => {

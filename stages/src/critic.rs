@@ -2,14 +2,13 @@
 //! f(xhat)||_2 - 1)^2], xhat = u pos + (1 - u) neg with u ~ U(0, 1) per pair.
 //!
 //! The penalty is differentiated with respect to the weights, so the input gradient it is
-//! made of must itself be a graph. candle detaches every gradient it computes unless the
-//! environment variable `CANDLE_GRAD_DO_NOT_DETACH` was set when a thread first ran a
-//! backward pass (it is read once per thread and cached); without it the first layer still
-//! gets a second-order gradient and every later layer silently gets none. Hence the
-//! [`SecondOrder`] token: [`gradient_penalty`] takes one, and the only way to get one is
-//! [`SecondOrder::on_this_thread`], which proves on the calling thread that gradients stay
-//! differentiable. The binary sets the variable at start-up with [`enable_second_order`],
-//! before any thread exists, so every thread it starts reads it.
+//! made of must itself be a graph. candle detaches every gradient it computes unless told
+//! otherwise; detached, the first layer still gets a second-order gradient and every later
+//! layer silently gets none (DESIGN.md section 4). [`gradient_penalty`] therefore runs its
+//! inner backward pass with candle's per-thread `create_graph` switch on (pipe's vendored
+//! candle-core, `vendor/candle-core.patch`) and restores it afterwards: the guarantee is in
+//! the one function that needs it, whatever the environment, and every other backward pass
+//! (training, synthesis, attacks) keeps detached gradients, which free their memory early.
 //!
 //! Supervised WINN adds a (Wasserstein term + penalty) to softmax cross-entropy on a
 //! K-logit net. Its f is not one of the class logits: the reference code
@@ -22,81 +21,26 @@
 use crate::nn::{Classifier, Layout, Mode, NetConfig, Normalization, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
-use std::cell::Cell;
-use std::marker::PhantomData;
-
-/// The variable candle 0.11 reads (once per thread) to keep gradients differentiable.
-pub const DO_NOT_DETACH: &str = "CANDLE_GRAD_DO_NOT_DETACH";
 
 /// The paper's lambda.
 pub const LAMBDA: f64 = 10.0;
 
-/// Makes candle keep gradients differentiable in every thread this process starts. Call it
-/// first thing in `main`, before any thread exists: candle reads the variable once per
-/// thread, and setting the environment while other threads may read it is a data race.
-/// First-order gradients are the same values either way.
-pub fn enable_second_order() {
-    if !is_enabled_in_env() {
-        std::env::set_var(DO_NOT_DETACH, "1");
+/// Keeps the gradients of the backward passes run while it lives differentiable, on this
+/// thread; restores the previous setting when dropped (also on an early return).
+struct CreateGraph {
+    before: bool,
+}
+
+impl CreateGraph {
+    fn on() -> Self {
+        CreateGraph { before: candle_core::backprop::set_create_graph(true) }
     }
 }
 
-/// candle's own reading of the variable (backprop.rs): set, non-empty and not "0".
-fn is_enabled_in_env() -> bool {
-    std::env::var(DO_NOT_DETACH).is_ok_and(|s| !s.is_empty() && s != "0")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecondOrderError {
-    #[error("second-order gradients are off: {DO_NOT_DETACH} is not set (the binary sets it at start-up; a library caller must set it before any backward pass)")]
-    NotSet,
-    #[error("second-order gradients are off on this thread: {DO_NOT_DETACH} is set, but this thread ran a backward pass before it was, and candle reads it once per thread")]
-    ReadTooEarly,
-    #[error("second-order probe: {0}")]
-    Candle(#[from] candle_core::Error),
-}
-
-thread_local! {
-    /// Whether the probe passed on this thread; candle's setting cannot change after it.
-    static PROVEN: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Proof that backward passes on this thread keep their gradients differentiable. Neither
-/// `Send` nor `Sync`: candle's setting is per thread, so the proof is too.
-#[derive(Debug)]
-pub struct SecondOrder {
-    _this_thread: PhantomData<*const ()>,
-}
-
-impl SecondOrder {
-    /// The token for the calling thread, after a probe (run once per thread) shows that a
-    /// second layer gets its second-order gradient. An error says why not.
-    pub fn on_this_thread() -> std::result::Result<SecondOrder, SecondOrderError> {
-        if !PROVEN.get() {
-            if !probe()? {
-                return Err(if is_enabled_in_env() { SecondOrderError::ReadTooEarly } else { SecondOrderError::NotSet });
-            }
-            PROVEN.set(true);
-        }
-        Ok(SecondOrder { _this_thread: PhantomData })
+impl Drop for CreateGraph {
+    fn drop(&mut self) {
+        candle_core::backprop::set_create_graph(self.before);
     }
-}
-
-/// Two layers, f = w2 (w1 x): df/dx = w1 w2, whose derivative in w2 is w1 = 3 when the
-/// gradient stays a graph. Detached, it reaches w1 only (as in a deep net, where every
-/// layer but the first loses its second-order term), and w2 gets nothing.
-fn probe() -> Result<bool> {
-    let dev = Device::Cpu;
-    let x = Var::new(&[0.5f32], &dev)?;
-    let w1 = Var::new(&[3f32], &dev)?;
-    let w2 = Var::new(&[2f32], &dev)?;
-    let f = x.as_tensor().mul(&w1)?.mul(&w2)?;
-    let dfdx = f.backward()?.get(&x).cloned().ok_or_else(|| candle_core::Error::Msg("no input gradient".into()))?;
-    let d2 = dfdx.sum_all()?.backward()?;
-    Ok(match d2.get(&w2) {
-        Some(g) => g.to_vec1::<f32>()? == [3.0],
-        None => false,
-    })
 }
 
 /// xhat = u pos + (1 - u) neg, one u ~ U(0, 1) per pair (row i of each), drawn from `rng`.
@@ -116,10 +60,14 @@ pub fn interpolate(pos: &Tensor, neg: &Tensor, rng: &mut Rng) -> Result<Tensor> 
 /// respect to whatever `score` depends on (the weights). Rows must not interact inside
 /// `score` (no batch norm in training mode): one backward of the summed scores then gives
 /// each row its own gradient.
-pub fn gradient_penalty(_proof: &SecondOrder, xhat: &Tensor, score: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+pub fn gradient_penalty(xhat: &Tensor, score: &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let x = Var::from_tensor(&xhat.detach())?;
     let s = score(x.as_tensor())?;
-    let g = s.sum_all()?.backward()?.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("the score does not depend on its input".into()))?;
+    let mut grads = {
+        let _graph = CreateGraph::on();
+        s.sum_all()?.backward()?
+    };
+    let g = grads.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("the score does not depend on its input".into()))?;
     let sq = g.sqr()?.flatten_from(1)?.sum(1)?;
     // sqrt has an infinite derivative at 0 (a net whose every unit is off there); the
     // offset is far below f32 resolution of any norm that matters.
@@ -145,9 +93,9 @@ pub struct CriticLoss {
 
 /// Eq. 5 on a batch of positives and an equal batch of pseudo-negatives; `rng` draws the
 /// interpolation weights.
-pub fn critic_loss(proof: &SecondOrder, score: &dyn Fn(&Tensor) -> Result<Tensor>, pos: &Tensor, neg: &Tensor, lambda: f64, rng: &mut Rng) -> Result<CriticLoss> {
+pub fn critic_loss(score: &dyn Fn(&Tensor) -> Result<Tensor>, pos: &Tensor, neg: &Tensor, lambda: f64, rng: &mut Rng) -> Result<CriticLoss> {
     let xhat = interpolate(pos, neg, rng)?;
-    let penalty = gradient_penalty(proof, &xhat, score)?;
+    let penalty = gradient_penalty(&xhat, score)?;
     let wasserstein = wasserstein(&score(pos)?, &score(neg)?)?;
     let total = (&wasserstein + (&penalty * lambda)?)?;
     Ok(CriticLoss { wasserstein, penalty, total })
@@ -279,7 +227,7 @@ pub struct CriticBatch {
 /// Eq. 5 (`supervised` None: WINN-single), or softmax cross-entropy on the positives with
 /// `labels` plus a times Eq. 5 (`supervised` Some(a)).
 #[allow(clippy::too_many_arguments)]
-pub fn critic_batch(proof: &SecondOrder, model: &dyn Classifier, x: &Tensor, n: usize, labels: &[u32], supervised: Option<f64>, lambda: f64, rng: &mut Rng) -> Result<CriticBatch> {
+pub fn critic_batch(model: &dyn Classifier, x: &Tensor, n: usize, labels: &[u32], supervised: Option<f64>, lambda: f64, rng: &mut Rng) -> Result<CriticBatch> {
     if x.dim(0)? != 2 * n || n == 0 {
         candle_core::bail!("a WINN batch pairs its positives with as many pseudo-negatives: {} rows for {n} positives", x.dim(0)?);
     }
@@ -287,7 +235,7 @@ pub fn critic_batch(proof: &SecondOrder, model: &dyn Classifier, x: &Tensor, n: 
     let f = model.critic_of(&logits, Mode::Train)?;
     let wasserstein = wasserstein(&f.narrow(0, 0, n)?, &f.narrow(0, n, n)?)?;
     let xhat = interpolate(&x.narrow(0, 0, n)?, &x.narrow(0, n, n)?, rng)?;
-    let penalty = gradient_penalty(proof, &xhat, &|t: &Tensor| model.critic_of(&model.forward(t)?, Mode::Train))?;
+    let penalty = gradient_penalty(&xhat, &|t: &Tensor| model.critic_of(&model.forward(t)?, Mode::Train))?;
     let critic = (&wasserstein + (&penalty * lambda)?)?;
     let loss = match supervised {
         None => critic,
@@ -311,17 +259,11 @@ pub fn critic_batch(proof: &SecondOrder, model: &dyn Classifier, x: &Tensor, n: 
 mod tests {
     use super::*;
 
-    fn proof() -> SecondOrder {
-        enable_second_order();
-        SecondOrder::on_this_thread().expect("second-order gradients on a test thread")
-    }
-
     /// A linear critic f(x) = w . x has grad_x f = w everywhere: the penalty is exactly
     /// (||w|| - 1)^2 whatever the pairs and the draws of u, its gradient in w is
     /// 2 (||w|| - 1) w / ||w||, and the Wasserstein term is w . (mean neg - mean pos).
     #[test]
     fn linear_critic_has_the_analytic_loss_and_gradient() -> Result<()> {
-        let proof = proof();
         let dev = Device::Cpu;
         let wv = [0.6f32, -0.2, 0.9, 0.3, -0.5, 0.1];
         let w = Var::from_vec(wv.to_vec(), (6, 1), &dev)?;
@@ -329,7 +271,7 @@ mod tests {
         let pos = Tensor::from_vec(data.uniform_vec(4 * 6, -1.0, 1.0), (4, 1, 2, 3), &dev)?;
         let neg = Tensor::from_vec(data.uniform_vec(4 * 6, -1.0, 1.0), (4, 1, 2, 3), &dev)?;
         let score = |x: &Tensor| x.flatten_from(1)?.matmul(w.as_tensor())?.flatten_all();
-        let loss = critic_loss(&proof, &score, &pos, &neg, LAMBDA, &mut Rng::new(9))?;
+        let loss = critic_loss(&score, &pos, &neg, LAMBDA, &mut Rng::new(9))?;
 
         let norm = wv.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
         let want_penalty = (norm - 1.0).powi(2);

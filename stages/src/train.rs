@@ -4,7 +4,7 @@
 //! weights (0.5^age per round in the IGM reference code, so recent rounds count more).
 
 use crate::data::augment::pad_crop_flip;
-use crate::critic::{critic_batch, SecondOrder};
+use crate::critic::critic_batch;
 use crate::loss::Objective;
 use crate::nn::Classifier;
 use crate::optim::Optimizer;
@@ -189,7 +189,6 @@ pub fn train_epoch(
     let mut stats = EpochStats { neg_draws: vec![0; if set.count_draws { set.neg_y.len() } else { 0 }], ..EpochStats::default() };
     let n_real = set.real_y.len();
     let (mut real_wrong, mut real_seen, mut neg_fool, mut neg_seen) = (0usize, 0usize, 0usize, 0usize);
-    let mut proof: Option<SecondOrder> = None;
     let mut critic = CriticEpoch { wasserstein: 0.0, penalty: 0.0, f_positive: (f64::INFINITY, f64::NEG_INFINITY) };
     let (mut critic_fool, mut critic_missed) = (0usize, 0usize);
     for batch in &batches {
@@ -214,7 +213,6 @@ pub fn train_epoch(
         let x = Tensor::from_vec(xs, (batch.len(), c, h, w), device)?;
         let (logits, loss) = match objective {
             Objective::Critic { lambda } | Objective::Winn { lambda, .. } => {
-                let proof = proof.get_or_insert(SecondOrder::on_this_thread().map_err(|e| candle_core::Error::Msg(e.to_string()))?);
                 let n = negs.iter().filter(|&&v| v == 0.0).count();
                 if negs[..n].iter().any(|&v| v != 0.0) {
                     candle_core::bail!("a WINN batch needs its positives first, then as many pseudo-negatives (balanced sampling)");
@@ -223,7 +221,7 @@ pub fn train_epoch(
                     Objective::Winn { weight, .. } => Some(weight),
                     _ => None,
                 };
-                let b = critic_batch(proof, model, &x, n, &ys, supervised, lambda, rng)?;
+                let b = critic_batch(model, &x, n, &ys, supervised, lambda, rng)?;
                 let mean = |v: &[f32]| v.iter().map(|&f| f as f64).sum::<f64>() / v.len().max(1) as f64;
                 let (fp, fn_) = (mean(&b.f[..n]), mean(&b.f[n..]));
                 critic.wasserstein += b.wasserstein as f64;

@@ -1,22 +1,15 @@
 //! The WINN gradient penalty differentiated with respect to every parameter tensor of the
 //! WINN nets, through the fast CPU kernels, against central finite differences; and what
-//! happens without `CANDLE_GRAD_DO_NOT_DETACH` (in a child process, so this one keeps it).
-//!
-//! Each test gets its proof the way the binary does: `enable_second_order` (as `main`
-//! calls it), then `SecondOrder::on_this_thread`, whose probe runs on the test's thread.
+//! the failure the penalty guards against: a backward pass that detaches its gradients.
+//! Nothing here sets `CANDLE_GRAD_DO_NOT_DETACH`: the penalty must not depend on it.
 
 use stages::candle::{Device, Result, Tensor, Var};
 use stages::loss::Objective;
 use stages::nn::NetConfig;
 use stages::train::{train_epoch, EpochStats, TrainSet};
-use stages::critic::{enable_second_order, gradient_penalty, interpolate, single_logit, SecondOrder, SecondOrderError, DO_NOT_DETACH};
+use stages::critic::{gradient_penalty, interpolate, single_logit};
 use stages::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Winn64, Winn64Config};
 use stages::rng::Rng;
-
-fn proof() -> SecondOrder {
-    enable_second_order();
-    SecondOrder::on_this_thread().expect("second-order gradients after enable_second_order")
-}
 
 /// Positives and pseudo-negatives of `shape`, interpolated once: the penalty is then a
 /// deterministic function of the weights alone.
@@ -28,8 +21,8 @@ fn xhat(n: usize, shape: (usize, usize, usize), seed: u64) -> Result<Tensor> {
     interpolate(&pos, &neg, &mut r)
 }
 
-fn penalty(proof: &SecondOrder, net: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
-    gradient_penalty(proof, x, &|x| single_logit(&net.forward(x)?))
+fn penalty(net: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
+    gradient_penalty(x, &|x| single_logit(&net.forward(x)?))
 }
 
 /// Per tensor: the largest error of the analytic d/dW penalty against central differences
@@ -49,10 +42,9 @@ fn penalty(proof: &SecondOrder, net: &dyn Classifier, x: &Tensor) -> Result<Tens
 /// whole layer's share) at both steps, so it still fails; at least one coordinate per
 /// tensor must be judged.
 fn fd_errors(net: &dyn Classifier, x: &Tensor, per_tensor: usize, seed: u64) -> Result<Vec<Fd>> {
-    let proof = proof();
-    let p = penalty(&proof, net, x)?;
+    let p = penalty(net, x)?;
     let grads = p.backward()?;
-    let value = |net: &dyn Classifier| -> Result<f64> { Ok(penalty(&proof, net, x)?.to_scalar::<f32>()? as f64) };
+    let value = |net: &dyn Classifier| -> Result<f64> { Ok(penalty(net, x)?.to_scalar::<f32>()? as f64) };
     let mut pick = Rng::new(seed);
     let mut out = Vec::new();
     for (name, var) in net.named_vars() {
@@ -172,53 +164,30 @@ fn winn64_layer_norm_penalty_gradient_matches_finite_differences_in_every_layer(
     Ok(())
 }
 
-const CHILD: &str = "PIPE_CRITIC_TEST_CHILD";
-const CHILD_DONE: &str = "child: checked the refusal";
-
-/// Without the variable, the token is refused and the failure it guards against is real:
-/// CNN4's weights get no second-order gradient at all (even the first layer's: the input
-/// reaches it through a reshape, whose incoming gradient is detached too). Run in a child
-/// process started without the variable: this process has it set for the other tests.
+/// The failure the penalty guards against is real: the same penalty by hand, with a plain
+/// backward pass (gradients detached, candle's default), gives CNN4's weights no
+/// second-order gradient at all (even the first layer's: the input reaches it through a
+/// reshape, whose incoming gradient is detached too), while `gradient_penalty` reaches
+/// every layer with no environment variable set.
 #[test]
-fn without_the_variable_the_token_is_refused() {
-    if std::env::var_os(CHILD).is_some() {
-        return child().unwrap();
-    }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "without_the_variable_the_token_is_refused", "--nocapture", "--test-threads=1"])
-        .env_remove(DO_NOT_DETACH)
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child failed:\n{text}");
-    assert!(text.contains(CHILD_DONE), "the child did not run the check:\n{text}");
-}
-
-fn child() -> Result<()> {
-    assert!(std::env::var_os(DO_NOT_DETACH).is_none());
-    assert!(matches!(SecondOrder::on_this_thread(), Err(SecondOrderError::NotSet)));
-
-    // The same penalty by hand, without a token: the gradients candle detaches.
+fn the_penalty_reaches_every_layer_without_any_environment_setting() -> Result<()> {
+    assert!(std::env::var_os("CANDLE_GRAD_DO_NOT_DETACH").is_none(), "this test must run without the variable");
     let net = cnn4(None, 1)?;
     let x = Var::from_tensor(&xhat(2, (1, 28, 28), 2)?)?;
     let g = single_logit(&net.forward(x.as_tensor())?)?.sum_all()?.backward()?.remove(x.as_tensor()).unwrap();
-    let p = ((g.sqr()?.flatten_from(1)?.sum(1)?.sqrt()? - 1.0)?.sqr()?).mean_all()?;
-    let grads = p.backward()?;
-    let size = |name: &str| -> f32 {
+    let by_hand = ((g.sqr()?.flatten_from(1)?.sum(1)?.sqrt()? - 1.0)?.sqr()?).mean_all()?;
+    let size = |grads: &stages::candle::backprop::GradStore, name: &str| -> f32 {
         let (_, v) = net.named_vars().into_iter().find(|(n, _)| n == name).unwrap();
         grads.get(v.as_tensor()).map_or(0.0, |g| g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap())
     };
+    let detached = by_hand.backward()?;
+    let kept = penalty(&net, x.as_tensor())?.backward()?;
     for name in ["conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "head.weight"] {
-        assert_eq!(size(name), 0.0, "{name}: detached, it should get nothing");
+        assert_eq!(size(&detached, name), 0.0, "{name}: detached, it should get nothing");
+        assert!(size(&kept, name) > 0.0, "{name}: gradient_penalty gave it no second-order gradient");
     }
-
-    // Set too late for this thread (it has run a backward pass): still refused here, while
-    // a thread started afterwards reads it and gets its token.
-    std::env::set_var(DO_NOT_DETACH, "1");
-    assert!(matches!(SecondOrder::on_this_thread(), Err(SecondOrderError::ReadTooEarly)));
-    assert!(std::thread::spawn(|| SecondOrder::on_this_thread().is_ok()).join().unwrap());
-    println!("{CHILD_DONE}");
+    // the switch is restored: the next plain backward pass detaches again
+    assert!(!stages::candle::backprop::create_graph());
     Ok(())
 }
 
@@ -243,7 +212,6 @@ fn gap(net: &Cnn4, pos: &[f32], neg: &[f32]) -> Result<f32> {
 /// penalty bounded, record the range of f over positives, and rerun bit-identically.
 #[test]
 fn critic_epochs_learn_to_tell_positives_from_p0_and_rerun_identically() -> Result<()> {
-    let _ = proof();
     let mut data = Rng::new(21);
     let (pos, neg, pos_eval, neg_eval) = (strokes(64, &mut data), noise(64, &mut data), strokes(32, &mut data), noise(32, &mut data));
     let (ys, ny, weights) = (vec![0u32; 64], vec![0u32; 64], vec![1.0; 64]);
@@ -275,7 +243,6 @@ fn critic_epochs_learn_to_tell_positives_from_p0_and_rerun_identically() -> Resu
 /// a > 0.
 #[test]
 fn supervised_winn_adds_a_times_eq5_to_cross_entropy_through_the_head() -> Result<()> {
-    let proof = proof();
     let cfg = NetConfig { arch: stages::nn::Arch::Cnn4, norm: stages::nn::Normalization::Layer, width: 0.125, leaky_slope: 0.2, channels: 1, height: 28, image_width: 28, num_classes: 10, wass_head: true };
     let net = cfg.build(&mut Rng::new(5), &Device::Cpu).map_err(|e| stages::candle::Error::Msg(e.to_string()))?;
     let mut data = Rng::new(6);
@@ -287,10 +254,10 @@ fn supervised_winn_adds_a_times_eq5_to_cross_entropy_through_the_head() -> Resul
         let (_, v) = net.named_vars().into_iter().find(|(n, _)| n == stages::critic::WASS_WEIGHT).expect("the head is a parameter");
         Ok(grads.get(v.as_tensor()).map_or(0.0, |g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()))
     };
-    let b0 = stages::critic::critic_batch(&proof, net.as_ref(), &x, 4, &labels, Some(0.0), 10.0, &mut Rng::new(1))?;
+    let b0 = stages::critic::critic_batch(net.as_ref(), &x, 4, &labels, Some(0.0), 10.0, &mut Rng::new(1))?;
     assert!((b0.loss.to_scalar::<f32>()? - ce).abs() < 1e-5);
     assert_eq!(head(&b0.loss)?, 0.0);
-    let b = stages::critic::critic_batch(&proof, net.as_ref(), &x, 4, &labels, Some(0.01), 10.0, &mut Rng::new(1))?;
+    let b = stages::critic::critic_batch(net.as_ref(), &x, 4, &labels, Some(0.01), 10.0, &mut Rng::new(1))?;
     let want = ce + 0.01 * (b.wasserstein + 10.0 * b.penalty);
     assert!((b.loss.to_scalar::<f32>()? - want).abs() < 1e-5, "{} vs {want}", b.loss.to_scalar::<f32>()?);
     assert!(head(&b.loss)? > 0.0);

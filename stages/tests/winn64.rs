@@ -199,7 +199,7 @@ fn weight_gradients_match_finite_differences_in_every_layer() -> Result<()> {
 /// pooling, layer norm and the convolutions must all pass second-order gradients.
 #[test]
 fn gradient_penalty_weight_gradients_match_finite_differences_in_every_layer() -> Result<()> {
-    std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+    stages::candle::backprop::set_create_graph(true);
     let net = tiny_net(30)?;
     let x0 = tensor(&[2, 3, 16, 16], 31, -1.0, 1.0);
     // penalty = sum over samples of (||d f_0 / d x||_2 - 1)^2
