@@ -20,6 +20,7 @@
 
 use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
 use super::act::{column_sums, leaky_grad};
+use super::direct;
 use super::gemm_output;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -45,6 +46,12 @@ struct InDims {
     h: usize,
     w: usize,
     c: usize,
+}
+
+impl InDims {
+    fn direct(self) -> direct::Dims {
+        direct::Dims { n: self.n, h: self.h, w: self.w, c: self.c }
+    }
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -193,7 +200,13 @@ fn for_each_patch_chunk(x: &[f32], d: InDims, g: Geom, mut f: impl FnMut(usize, 
 }
 
 /// conv(x, w) = im2col(x) . w, chunk by chunk: N x Ho x Wo x O.
+/// Direct kernels for stride 1 where they apply, else im2col + GEMM.
 fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let direct = if g.stride == 1 { direct::conv(x, d.direct(), wt, o, g.k, g.pad) } else { None };
+    direct.unwrap_or_else(|| gemm_forward(x, wt, d, o, g))
+}
+
+fn gemm_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
     let kk = g.k * g.k * d.c;
     let rows = g.out(d.h) * g.out(d.w);
     gemm_output(d.n * rows * o, |dst| {
@@ -206,7 +219,13 @@ fn conv_forward(x: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32>
 }
 
 /// conv_t(g, w) = col2im(g . w^T), chunk by chunk: the input gradient, N x H x W x C.
+/// Direct kernels for stride 1 where they apply, else im2col + GEMM.
 fn conv_input_grad(gr: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let direct = if g.stride == 1 { direct::conv_t(gr, d.direct(), wt, o, g.k, g.pad) } else { None };
+    direct.unwrap_or_else(|| gemm_input_grad(gr, wt, d, o, g))
+}
+
+fn gemm_input_grad(gr: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
     let kk = g.k * g.k * d.c;
     let rows = g.out(d.h) * g.out(d.w);
     let step = chunk_images(rows * kk, d.n);
@@ -225,7 +244,13 @@ fn conv_input_grad(gr: &[f32], wt: &[f32], d: InDims, o: usize, g: Geom) -> Vec<
 }
 
 /// wgrad(x, g) = im2col(x)^T . g, accumulated chunk by chunk: (k*k*C) x O.
+/// Direct kernels for stride 1 where they apply, else im2col + GEMM.
 fn conv_weight_grad(x: &[f32], gr: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
+    let direct = if g.stride == 1 { direct::wgrad(x, d.direct(), gr, o, g.k, g.pad) } else { None };
+    direct.unwrap_or_else(|| gemm_weight_grad(x, gr, d, o, g))
+}
+
+fn gemm_weight_grad(x: &[f32], gr: &[f32], d: InDims, o: usize, g: Geom) -> Vec<f32> {
     let kk = g.k * g.k * d.c;
     let rows = g.out(d.h) * g.out(d.w);
     gemm_output(kk * o, |dw| {
@@ -461,7 +486,51 @@ mod tests {
         (1, 6, 9, 2, 3, Geom { k: 3, stride: 1, pad: 1 }),
         (5, 6, 6, 2, 3, Geom { k: 3, stride: 1, pad: 1 }),
         (9, 12, 12, 3, 4, Geom { k: 3, stride: 2, pad: 1 }),
+        // the direct kernels (channels in multiples of 16; the stem's 3 inputs)
+        (2, 7, 10, 16, 16, Geom { k: 3, stride: 1, pad: 1 }),
+        (1, 5, 5, 16, 32, Geom { k: 3, stride: 1, pad: 1 }),
+        (3, 4, 3, 32, 64, Geom { k: 3, stride: 1, pad: 1 }),
+        (1, 9, 6, 3, 16, Geom { k: 3, stride: 1, pad: 1 }),
+        (2, 6, 7, 16, 48, Geom { k: 5, stride: 1, pad: 2 }),
+        (1, 6, 8, 16, 16, Geom { k: 3, stride: 1, pad: 0 }),
     ];
+
+    /// The direct stride-1 kernels against im2col + GEMM, on every shape above they take
+    /// (and a wide row that crosses several register tiles), forward and both gradients.
+    #[test]
+    fn direct_kernels_match_im2col_gemm() {
+        if !direct::available() {
+            eprintln!("no AVX-512 here: only the im2col path runs");
+            return;
+        }
+        let wide = [(2usize, 3usize, 37usize, 16usize, 32usize, Geom { k: 3, stride: 1, pad: 1 }), (1, 2, 30, 64, 16, Geom { k: 3, stride: 1, pad: 1 })];
+        let mut checked = 0;
+        for (i, &(n, h, w, c, o, g)) in CASES.iter().chain(&wide).enumerate().filter(|(_, c)| c.5.stride == 1) {
+            let d = InDims { n, h, w, c };
+            let x = Rng::new(90 + i as u64).uniform_vec(n * h * w * c, -1.0, 1.0);
+            let wt = Rng::new(91 + i as u64).uniform_vec(g.k * g.k * c * o, -1.0, 1.0);
+            let gr = Rng::new(92 + i as u64).uniform_vec(n * g.out(h) * g.out(w) * o, -1.0, 1.0);
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale;
+                assert!(err < 1e-5, "case {i} {what}: {err}");
+            };
+            if let Some(y) = direct::conv(&x, d.direct(), &wt, o, g.k, g.pad) {
+                close(&y, &gemm_forward(&x, &wt, d, o, g), "forward");
+                checked += 1;
+            }
+            if let Some(dx) = direct::conv_t(&gr, d.direct(), &wt, o, g.k, g.pad) {
+                close(&dx, &gemm_input_grad(&gr, &wt, d, o, g), "input gradient");
+                checked += 1;
+            }
+            if let Some(dw) = direct::wgrad(&x, d.direct(), &gr, o, g.k, g.pad) {
+                close(&dw, &gemm_weight_grad(&x, &gr, d, o, g), "weight gradient");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "the direct kernels ran on only {checked} of the cases");
+    }
 
     #[test]
     fn forward_and_gradients_match_candle_ops() -> Result<()> {
@@ -572,7 +641,7 @@ mod tests {
     /// same quantity through candle's ops and against finite differences.
     #[test]
     fn second_order_gradient_penalty() -> Result<()> {
-        std::env::set_var("CANDLE_GRAD_DO_NOT_DETACH", "1");
+        candle_core::backprop::set_create_graph(true);
         let g1 = Geom { k: 5, stride: 2, pad: 2 };
         let g2 = Geom { k: 3, stride: 1, pad: 1 };
         let x0 = rand(&[2, 10, 10, 2], 7);

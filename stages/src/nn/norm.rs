@@ -4,6 +4,7 @@
 //! Both return gamma * x_hat without beta: callers add beta fused with the activation
 //! that follows.
 
+use super::norm_op::{self, Group};
 use super::{Layout, Mode, TorchName};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -76,6 +77,7 @@ impl Norm {
     pub fn scale(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self.kind {
             NormKind::Batch => self.batch(x, mode),
+            NormKind::Layer if norm_op::fast(x, self.gamma.as_tensor()) => Ok(norm_op::norm_scale(x, &mode.param(&self.gamma), Group::Sample, EPS)?.0),
             NormKind::Layer => {
                 let dims = x.dims().to_vec();
                 let x2 = x.reshape((dims[0], ()))?;
@@ -94,6 +96,16 @@ impl Norm {
         let x2 = x.reshape(((), c))?;
         let m = x2.dim(0)?;
         match mode {
+            Mode::Train if norm_op::fast(x, self.gamma.as_tensor()) => {
+                let (y, stats) = norm_op::norm_scale(x, self.gamma.as_tensor(), Group::Channel, EPS)?;
+                let st = stats.get().expect("the forward pass sets the statistics");
+                let dev = x.device();
+                let unbiased = m as f64 / (m as f64 - 1.0).max(1.0);
+                let blend = |run: &Var, batch: Vec<f32>| -> Result<()> { run.set(&((run.as_tensor() * (1.0 - BN_MOMENTUM))? + (Tensor::from_vec(batch, c, dev)? * BN_MOMENTUM)?)?) };
+                blend(&self.running_mean, st.mean.clone())?;
+                blend(&self.running_var, st.var.iter().map(|v| (*v as f64 * unbiased) as f32).collect())?;
+                Ok(y)
+            }
             Mode::Train => {
                 // Channel sums as a GEMM with a row of ones: fast, and differentiable.
                 let ones = Tensor::ones((1, m), DType::F32, x.device())?;
