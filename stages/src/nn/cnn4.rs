@@ -1,9 +1,8 @@
 //! The ICN paper's MNIST net: four 5x5 stride-2 convolutions (64/128/256/512 channels),
 //! LeakyReLU, no pooling, no batch norm, then one linear layer to K logits.
 
-use super::act::bias_leaky_relu;
 use super::conv::{conv2d, conv2d_bias_leaky, Geom};
-use super::norm::{Norm, NormKind};
+use super::norm::{Act, Norm, NormKind};
 use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -121,7 +120,7 @@ impl Cnn4 {
         for l in &self.convs {
             h = match (&l.bias, &l.norm) {
                 (Some(b), _) => conv2d_bias_leaky(&h, &p(&l.w), &p(b), GEOM, slope)?,
-                (None, Some(norm)) => bias_leaky_relu(&norm.scale(&conv2d(&h, &p(&l.w), GEOM)?, mode)?, &p(&norm.beta), slope)?,
+                (None, Some(norm)) => norm.act(&conv2d(&h, &p(&l.w), GEOM)?, mode, Act::Leaky(slope as f32), None)?,
                 (None, None) => unreachable!("a layer has a bias or a norm"),
             };
             if let Some(k) = kept.as_deref_mut() {

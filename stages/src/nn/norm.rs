@@ -4,6 +4,8 @@
 //! Both return gamma * x_hat without beta: callers add beta fused with the activation
 //! that follows.
 
+use super::act::bias_leaky_relu;
+pub use super::norm_op::Act;
 use super::norm_op::{self, Group};
 use super::{Layout, Mode, TorchName};
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -73,6 +75,49 @@ impl Norm {
         }
     }
 
+    /// act(gamma * x_hat + beta + residual): the normalization, its shift, an optional
+    /// residual and the activation, fused on the CPU where the statistics are computed
+    /// (training, and layer norm always).
+    pub fn act(&self, x: &Tensor, mode: Mode, act: Act, residual: Option<&Tensor>) -> Result<Tensor> {
+        let group = match (self.kind, mode) {
+            (NormKind::Batch, Mode::Train) => Some(Group::Channel),
+            (NormKind::Layer, _) => Some(Group::Sample),
+            (NormKind::Batch, Mode::Frozen) => None,
+        };
+        let fast = norm_op::fast(x, self.gamma.as_tensor()) && residual.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
+        match group {
+            Some(group) if fast => {
+                let gb = Tensor::stack(&[mode.param(&self.gamma), mode.param(&self.beta)], 0)?;
+                let (y, stats) = norm_op::norm_act(x, &gb, residual, group, EPS, act)?;
+                if group == Group::Channel {
+                    let st = stats.get().expect("the forward pass sets the statistics");
+                    self.update_running(st, x.elem_count() / self.gamma.elem_count())?;
+                }
+                Ok(y)
+            }
+            _ => {
+                let mut z = self.scale(x, mode)?;
+                if let Some(r) = residual {
+                    z = (z + r)?;
+                }
+                match act {
+                    Act::Leaky(slope) => bias_leaky_relu(&z, &mode.param(&self.beta), slope as f64),
+                    Act::Swish => z.broadcast_add(&mode.param(&self.beta))?.silu(),
+                }
+            }
+        }
+    }
+
+    /// One step of the running averages from a batch's statistics over m rows.
+    fn update_running(&self, st: &norm_op::Stats, m: usize) -> Result<()> {
+        let dev = self.gamma.device();
+        let c = self.gamma.elem_count();
+        let unbiased = m as f64 / (m as f64 - 1.0).max(1.0);
+        let blend = |run: &Var, batch: Vec<f32>| -> Result<()> { run.set(&((run.as_tensor() * (1.0 - BN_MOMENTUM))? + (Tensor::from_vec(batch, c, dev)? * BN_MOMENTUM)?)?) };
+        blend(&self.running_mean, st.mean.clone())?;
+        blend(&self.running_var, st.var.iter().map(|v| (*v as f64 * unbiased) as f32).collect())
+    }
+
     /// gamma * x_hat.
     pub fn scale(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match self.kind {
@@ -98,12 +143,7 @@ impl Norm {
         match mode {
             Mode::Train if norm_op::fast(x, self.gamma.as_tensor()) => {
                 let (y, stats) = norm_op::norm_scale(x, self.gamma.as_tensor(), Group::Channel, EPS)?;
-                let st = stats.get().expect("the forward pass sets the statistics");
-                let dev = x.device();
-                let unbiased = m as f64 / (m as f64 - 1.0).max(1.0);
-                let blend = |run: &Var, batch: Vec<f32>| -> Result<()> { run.set(&((run.as_tensor() * (1.0 - BN_MOMENTUM))? + (Tensor::from_vec(batch, c, dev)? * BN_MOMENTUM)?)?) };
-                blend(&self.running_mean, st.mean.clone())?;
-                blend(&self.running_var, st.var.iter().map(|v| (*v as f64 * unbiased) as f32).collect())?;
+                self.update_running(stats.get().expect("the forward pass sets the statistics"), m)?;
                 Ok(y)
             }
             Mode::Train => {

@@ -82,6 +82,14 @@ fn channel_sums(x: &[f32], c: usize, f: impl Fn(usize, f32, usize) -> f64 + Sync
     total
 }
 
+/// How many values one set of statistics covers: all rows (batch norm) or one sample.
+fn chunks_len(group: Group, len: usize, c: usize, chunk: usize) -> usize {
+    match group {
+        Group::Channel => len / c,
+        Group::Sample => chunk,
+    }
+}
+
 fn stats_of(mean: Vec<f64>, var: Vec<f64>, eps: f64) -> Stats {
     Stats { inv: var.iter().map(|v| (1.0 / (v + eps).sqrt()) as f32).collect(), mean: mean.into_iter().map(|m| m as f32).collect(), var: var.into_iter().map(|v| v as f32).collect() }
 }
@@ -91,26 +99,14 @@ impl NormScale {
         self.stats.get().ok_or_else(|| candle_core::Error::Msg("norm backward before its forward".into()))
     }
 
-    /// Statistics, and y = gamma x_hat.
-    fn forward(&self, x: &[f32], gamma: &[f32], n: usize) -> (Stats, Vec<f32>) {
-        let c = gamma.len();
-        let mut y = vec![0f32; x.len()];
+    /// Per-channel or per-sample statistics of x (rows of c values, n samples).
+    fn statistics(&self, x: &[f32], c: usize, n: usize) -> Stats {
         match self.group {
             Group::Channel => {
                 let m = (x.len() / c) as f64;
                 let mean: Vec<f64> = channel_sums(x, c, |_, v, _| v as f64).into_iter().map(|s| s / m).collect();
                 let var: Vec<f64> = channel_sums(x, c, |_, v, j| (v as f64 - mean[j]).powi(2)).into_iter().map(|s| s / m).collect();
-                let st = stats_of(mean, var, self.eps);
-                let a: Vec<f32> = st.inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
-                let b: Vec<f32> = st.mean.iter().zip(&a).map(|(m, a)| -m * a).collect();
-                y.par_chunks_mut(c * ROWS).zip(x.par_chunks(c * ROWS)).for_each(|(yc, xc)| {
-                    for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
-                        for (((o, &v), &a), &b) in yr.iter_mut().zip(xr).zip(&a).zip(&b) {
-                            *o = v * a + b;
-                        }
-                    }
-                });
-                (st, y)
+                stats_of(mean, var, self.eps)
             }
             Group::Sample => {
                 let d = x.len() / n;
@@ -122,7 +118,30 @@ impl NormScale {
                         (mean, var)
                     })
                     .collect();
-                let st = stats_of(per.iter().map(|p| p.0).collect(), per.iter().map(|p| p.1).collect(), self.eps);
+                stats_of(per.iter().map(|p| p.0).collect(), per.iter().map(|p| p.1).collect(), self.eps)
+            }
+        }
+    }
+
+    /// Statistics, and y = gamma x_hat.
+    fn forward(&self, x: &[f32], gamma: &[f32], n: usize) -> (Stats, Vec<f32>) {
+        let c = gamma.len();
+        let st = self.statistics(x, c, n);
+        let mut y = vec![0f32; x.len()];
+        match self.group {
+            Group::Channel => {
+                let a: Vec<f32> = st.inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
+                let b: Vec<f32> = st.mean.iter().zip(&a).map(|(m, a)| -m * a).collect();
+                y.par_chunks_mut(c * ROWS).zip(x.par_chunks(c * ROWS)).for_each(|(yc, xc)| {
+                    for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
+                        for (((o, &v), &a), &b) in yr.iter_mut().zip(xr).zip(&a).zip(&b) {
+                            *o = v * a + b;
+                        }
+                    }
+                });
+            }
+            Group::Sample => {
+                let d = x.len() / n;
                 y.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(s, (ys, xs))| {
                     let (m, i) = (st.mean[s], st.inv[s]);
                     for (yr, xr) in ys.chunks_mut(c).zip(xs.chunks(c)) {
@@ -131,9 +150,35 @@ impl NormScale {
                         }
                     }
                 });
-                (st, y)
             }
         }
+        (st, y)
+    }
+
+    /// (x_hat, inv) from candle ops, in the group's layout: rows are the groups, (C, m) or
+    /// (N, d).
+    fn xhat_graph(&self, x: &Tensor, c: usize) -> Result<(Tensor, Tensor)> {
+        let x2 = match self.group {
+            Group::Channel => x.reshape(((), c))?.t()?,
+            Group::Sample => x.reshape((x.dim(0)?, ()))?,
+        };
+        let xc = x2.broadcast_sub(&x2.mean_keepdim(1)?)?;
+        let inv = (xc.sqr()?.mean_keepdim(1)? + self.eps)?.sqrt()?.recip()?;
+        Ok((xc.broadcast_mul(&inv)?, inv))
+    }
+
+    /// A tensor in the group's layout back in x's shape.
+    fn from_groups(&self, t: Tensor, dims: &[usize]) -> Result<Tensor> {
+        match self.group {
+            Group::Channel => t.t()?.reshape(dims),
+            Group::Sample => t.reshape(dims),
+        }
+    }
+
+    /// gamma x_hat from candle ops (differentiable).
+    fn scale_graph(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
+        let (xhat, _) = self.xhat_graph(x, gamma.dim(0)?)?;
+        self.from_groups(xhat, x.dims())?.broadcast_mul(gamma)
     }
 
     /// (dx, dgamma) by the closed form, from the statistics of the forward pass.
@@ -202,35 +247,16 @@ impl NormScale {
 
     /// The same backward from candle ops, differentiable in x, gamma and g.
     fn backward_graph(&self, x: &Tensor, gamma: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
-        let dims = x.dims().to_vec();
         let c = gamma.dim(0)?;
-        // rows are the groups being normalized: (channels, m) or (samples, d)
-        let (x2, g2) = match self.group {
-            Group::Channel => (x.reshape(((), c))?.t()?, g.reshape(((), c))?.t()?),
-            Group::Sample => (x.reshape((dims[0], ()))?, g.reshape((dims[0], ()))?),
+        let (xhat, inv) = self.xhat_graph(x, c)?;
+        let gh = g.broadcast_mul(gamma)?;
+        let (gh2, g2) = match self.group {
+            Group::Channel => (gh.reshape(((), c))?.t()?, g.reshape(((), c))?.t()?),
+            Group::Sample => (gh.reshape((x.dim(0)?, ()))?, g.reshape((x.dim(0)?, ()))?),
         };
-        let mean = x2.mean_keepdim(1)?;
-        let xc = x2.broadcast_sub(&mean)?;
-        let inv = (xc.sqr()?.mean_keepdim(1)? + self.eps)?.sqrt()?.recip()?;
-        let xhat = xc.broadcast_mul(&inv)?;
-        let back = |t: Tensor| -> Result<Tensor> {
-            match self.group {
-                Group::Channel => t.t()?.reshape(dims.clone()),
-                Group::Sample => t.reshape(dims.clone()),
-            }
-        };
-        let gx = (&g2 * &xhat)?;
-        let dgamma = match self.group {
-            Group::Channel => gx.sum(1)?,
-            Group::Sample => gx.reshape(((), c))?.sum(0)?,
-        };
-        let gamma_rows = match self.group {
-            Group::Channel => gamma.unsqueeze(1)?,
-            Group::Sample => gamma.unsqueeze(0)?.broadcast_as((x2.dim(0)? * x2.dim(1)? / c, c))?.reshape(x2.shape())?,
-        };
-        let gh = g2.broadcast_mul(&gamma_rows)?;
-        let dx = gh.broadcast_sub(&gh.mean_keepdim(1)?)?.sub(&xhat.broadcast_mul(&(&gh * &xhat)?.mean_keepdim(1)?)?)?.broadcast_mul(&inv)?;
-        Ok((back(dx)?, dgamma))
+        let dgamma = self.from_groups((&g2 * &xhat)?, x.dims())?.reshape(((), c))?.sum(0)?;
+        let dx = gh2.broadcast_sub(&gh2.mean_keepdim(1)?)?.sub(&xhat.broadcast_mul(&(&gh2 * &xhat)?.mean_keepdim(1)?)?)?.broadcast_mul(&inv)?;
+        Ok((self.from_groups(dx, x.dims())?, dgamma))
     }
 }
 
@@ -274,6 +300,357 @@ impl candle_core::CustomOp2 for NormScale {
         };
         Ok((x.track_op().then_some(dx), gamma.track_op().then_some(dgamma)))
     }
+}
+
+/// The activation after a normalization.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    /// max(z, slope z): ReLU for slope 0.
+    Leaky(f32),
+    /// z sigmoid(z) (WINN's Table 5 net).
+    Swish,
+}
+
+/// act(gamma x_hat + beta [+ r]): a normalization, its shift, an optional residual and the
+/// activation as one node. gamma and beta come stacked as one 2 x C tensor.
+struct NormAct {
+    norm: NormScale,
+    act: Act,
+}
+
+/// An activation and its derivative as plain functions, so the loops over elements are
+/// compiled once per activation and vectorize (a `match` per element does not).
+trait ActFn: Copy + Send + Sync {
+    fn f(self, z: f32) -> f32;
+    fn d(self, z: f32) -> f32;
+}
+
+#[derive(Clone, Copy)]
+struct LeakyFn(f32);
+
+impl ActFn for LeakyFn {
+    #[inline(always)]
+    fn f(self, z: f32) -> f32 {
+        if z > 0.0 {
+            z
+        } else {
+            z * self.0
+        }
+    }
+    #[inline(always)]
+    fn d(self, z: f32) -> f32 {
+        if z > 0.0 {
+            1.0
+        } else {
+            self.0
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SwishFn;
+
+impl ActFn for SwishFn {
+    #[inline(always)]
+    fn f(self, z: f32) -> f32 {
+        z / (1.0 + (-z).exp())
+    }
+    #[inline(always)]
+    fn d(self, z: f32) -> f32 {
+        let s = 1.0 / (1.0 + (-z).exp());
+        s * (1.0 + z * (1.0 - s))
+    }
+}
+
+/// Per-chunk coefficient vectors (one value per channel) of x_hat = x inv + shift: per
+/// channel for batch norm, the chunk's sample's for layer norm.
+fn coefficients(group: Group, st: &Stats, k: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
+    match group {
+        Group::Channel => (st.inv.clone(), st.mean.iter().zip(&st.inv).map(|(m, i)| -m * i).collect()),
+        Group::Sample => (vec![st.inv[k]; c], vec![-st.mean[k] * st.inv[k]; c]),
+    }
+}
+
+impl NormAct {
+    /// Elements per parallel chunk: rows of one sample (layer norm), or ROWS rows.
+    fn chunk(&self, len: usize, c: usize, n: usize) -> usize {
+        match self.norm.group {
+            Group::Channel => c * ROWS,
+            Group::Sample => len / n.max(1),
+        }
+    }
+
+    fn forward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Stats, Vec<f32>) {
+        match self.act {
+            Act::Leaky(s) => self.forward_with(LeakyFn(s), x, gb, r, n),
+            Act::Swish => self.forward_with(SwishFn, x, gb, r, n),
+        }
+    }
+
+    fn forward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Stats, Vec<f32>) {
+        let c = gb.len() / 2;
+        let (gamma, beta) = gb.split_at(c);
+        let st = self.norm.statistics(x, c, n);
+        let chunk = self.chunk(x.len(), c, n);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(chunk).enumerate().for_each(|(k, yc)| {
+            // z = x (inv gamma) + (shift gamma + beta) + r
+            let (inv, shift) = coefficients(self.norm.group, &st, k, c);
+            let a: Vec<f32> = inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
+            let b: Vec<f32> = shift.iter().zip(gamma).zip(beta).map(|((s, g), b)| s * g + b).collect();
+            let xc = &x[k * chunk..k * chunk + yc.len()];
+            match r {
+                Some(r) => {
+                    let rc = &r[k * chunk..k * chunk + yc.len()];
+                    for ((yr, xr), rr) in yc.chunks_mut(c).zip(xc.chunks(c)).zip(rc.chunks(c)) {
+                        for j in 0..c {
+                            yr[j] = act.f(xr[j] * a[j] + b[j] + rr[j]);
+                        }
+                    }
+                }
+                None => {
+                    for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
+                        for j in 0..c {
+                            yr[j] = act.f(xr[j] * a[j] + b[j]);
+                        }
+                    }
+                }
+            }
+        });
+        (st, y)
+    }
+
+    /// (dx, d[gamma; beta], dr) by the closed form.
+    fn backward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+        match self.act {
+            Act::Leaky(s) => self.backward_with(LeakyFn(s), x, gb, r, g, n),
+            Act::Swish => self.backward_with(SwishFn, x, gb, r, g, n),
+        }
+    }
+
+    fn backward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+        let st = self.norm.stats()?;
+        let c = gb.len() / 2;
+        let (gamma, beta) = gb.split_at(c);
+        let group = self.norm.group;
+        let chunk = self.chunk(x.len(), c, n);
+        let chunks = x.len().div_ceil(chunk);
+        // g through the activation for the rows of chunk k, handed to `each` with x_hat
+        let rows = |k: usize, each: &mut dyn FnMut(usize, &[f32], &[f32])| {
+            let (inv, shift) = coefficients(group, st, k, c);
+            let end = ((k + 1) * chunk).min(x.len());
+            let mut gp = vec![0f32; c];
+            let mut xh = vec![0f32; c];
+            for at in (k * chunk..end).step_by(c) {
+                let (xr, gr) = (&x[at..at + c], &g[at..at + c]);
+                match r {
+                    Some(r) => {
+                        let rr = &r[at..at + c];
+                        for j in 0..c {
+                            xh[j] = xr[j] * inv[j] + shift[j];
+                            gp[j] = gr[j] * act.d(xh[j] * gamma[j] + beta[j] + rr[j]);
+                        }
+                    }
+                    None => {
+                        for j in 0..c {
+                            xh[j] = xr[j] * inv[j] + shift[j];
+                            gp[j] = gr[j] * act.d(xh[j] * gamma[j] + beta[j]);
+                        }
+                    }
+                }
+                each(at - k * chunk, &gp, &xh);
+            }
+        };
+        // pass 1: per chunk and channel, sum gpre and sum gpre x_hat (f32 within a chunk,
+        // f64 across chunks, in order)
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..chunks)
+            .into_par_iter()
+            .map(|k| {
+                let (mut sg, mut sgx) = (vec![0f32; c], vec![0f32; c]);
+                rows(k, &mut |_, gp, xh| {
+                    for j in 0..c {
+                        sg[j] += gp[j];
+                        sgx[j] += gp[j] * xh[j];
+                    }
+                });
+                (sg, sgx)
+            })
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0f64; c], vec![0f64; c]);
+        for (sg, sgx) in &parts {
+            for j in 0..c {
+                dbeta[j] += sg[j] as f64;
+                dgamma[j] += sgx[j] as f64;
+            }
+        }
+        // pass 2: dx = P gpre + Q + R x_hat per channel, and dr = gpre
+        let size = (chunks_len(group, x.len(), c, chunk)) as f64;
+        let coef = |k: usize| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            match group {
+                Group::Channel => {
+                    let kk: Vec<f32> = gamma.iter().zip(&st.inv).map(|(g, i)| g * i).collect();
+                    let q = (0..c).map(|j| -kk[j] * (dbeta[j] / size) as f32).collect();
+                    let rr = (0..c).map(|j| -kk[j] * (dgamma[j] / size) as f32).collect();
+                    (kk, q, rr)
+                }
+                Group::Sample => {
+                    let inv = st.inv[k];
+                    let (sg, sgx) = &parts[k];
+                    let a: f64 = (0..c).map(|j| (gamma[j] * sg[j]) as f64).sum();
+                    let b: f64 = (0..c).map(|j| (gamma[j] * sgx[j]) as f64).sum();
+                    (gamma.iter().map(|g| g * inv).collect(), vec![-inv * (a / size) as f32; c], vec![-inv * (b / size) as f32; c])
+                }
+            }
+        };
+        let mut dx = vec![0f32; x.len()];
+        let mut dr = r.map(|_| vec![0f32; x.len()]);
+        let fill = |k: usize, dc: &mut [f32], mut rc: Option<&mut [f32]>| {
+            let (pp, q, rr) = coef(k);
+            rows(k, &mut |off, gp, xh| {
+                let d = &mut dc[off..off + c];
+                for j in 0..c {
+                    d[j] = pp[j] * gp[j] + q[j] + rr[j] * xh[j];
+                }
+                if let Some(rc) = rc.as_deref_mut() {
+                    rc[off..off + c].copy_from_slice(gp);
+                }
+            });
+        };
+        match dr.as_mut() {
+            Some(dr) => dx.par_chunks_mut(chunk).zip(dr.par_chunks_mut(chunk)).enumerate().for_each(|(k, (dc, rc))| fill(k, dc, Some(rc))),
+            None => dx.par_chunks_mut(chunk).enumerate().for_each(|(k, dc)| fill(k, dc, None)),
+        }
+        let dgb = dgamma.iter().chain(&dbeta).map(|v| *v as f32).collect();
+        Ok((dx, dgb, dr))
+    }
+
+    /// The same backward from candle ops, differentiable in x, gamma, beta, r and g.
+    fn backward_graph(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (gamma, beta) = (gb.get(0)?, gb.get(1)?);
+        let gpre = match self.act {
+            // the slope only selects: its derivative is zero, so the mask is a constant
+            Act::Leaky(s) => g.mul(&(y.detach().gt(0.0)?.to_dtype(DType::F32)? * (1.0 - s as f64))?.affine(1.0, s as f64)?)?,
+            Act::Swish => {
+                let mut z = self.norm.scale_graph(x, &gamma)?.broadcast_add(&beta)?;
+                if let Some(r) = r {
+                    z = (z + r)?;
+                }
+                let sg = candle_nn::ops::sigmoid(&z)?;
+                let d = (&sg * ((&z * sg.affine(-1.0, 1.0)?)? + 1.0)?)?;
+                (g * d)?
+            }
+        };
+        let (dx, dgamma) = self.norm.backward_graph(x, &gamma, &gpre)?;
+        let c = gamma.dim(0)?;
+        let dbeta = gpre.reshape(((), c))?.sum(0)?;
+        Ok((dx, Tensor::stack(&[dgamma, dbeta], 0)?, r.map(|_| gpre)))
+    }
+}
+
+fn cpu<'a>(t: &'a candle_core::Storage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match t {
+        candle_core::Storage::Cpu(s) => slice(s, l, what),
+        _ => candle_core::bail!("{what}: expected CPU tensors"),
+    }
+}
+
+impl NormAct {
+    fn name(&self) -> &'static str {
+        match self.norm.group {
+            Group::Channel => "batch-norm-act",
+            Group::Sample => "layer-norm-act",
+        }
+    }
+
+    fn fwd(&self, x: (&CpuStorage, &Layout), gb: (&CpuStorage, &Layout), r: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let what = self.name();
+        let xs = slice(x.0, x.1, what)?;
+        let gbs = slice(gb.0, gb.1, what)?;
+        let c = gbs.len() / 2;
+        let n = x.1.dims().first().copied().unwrap_or(0);
+        if gb.1.dims() != [2, c] || x.1.dims().last() != Some(&c) || xs.is_empty() {
+            candle_core::bail!("{what}: gamma and beta {:?} for activations {:?}", gb.1.dims(), x.1.dims());
+        }
+        let rs = match r {
+            Some((s, l)) if l.dims() == x.1.dims() => Some(slice(s, l, what)?),
+            Some((_, l)) => candle_core::bail!("{what}: residual {:?} for activations {:?}", l.dims(), x.1.dims()),
+            None => None,
+        };
+        let (st, y) = self.forward(xs, gbs, rs, n);
+        let _ = self.norm.stats.set(st);
+        Ok((CpuStorage::F32(y), x.1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgb, dr) = if backprop::create_graph() {
+            self.backward_graph(x, gb, r, y, g)?
+        } else {
+            let what = self.name();
+            let (xs, gbs, gs) = (x.contiguous()?, gb.contiguous()?, g.contiguous()?);
+            let rs = r.map(|r| r.contiguous()).transpose()?;
+            let (sx, lx) = xs.storage_and_layout();
+            let (sb, lb) = gbs.storage_and_layout();
+            let (sg, lg) = gs.storage_and_layout();
+            let rguard = rs.as_ref().map(|r| r.storage_and_layout());
+            let rslice = match &rguard {
+                Some((s, l)) => Some(cpu(s, l, what)?),
+                None => None,
+            };
+            let (dx, dgb, dr) = self.backward(cpu(&sx, lx, what)?, cpu(&sb, lb, what)?, rslice, cpu(&sg, lg, what)?, x.dim(0)?)?;
+            let dr = dr.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
+            (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dgb, gb.shape(), x.device())?, dr)
+        };
+        let dr = match r {
+            Some(r) if r.track_op() => dr,
+            _ => None,
+        };
+        Ok((x.track_op().then_some(dx), gb.track_op().then_some(dgb), dr))
+    }
+}
+
+struct NormAct2(NormAct);
+struct NormAct3(NormAct);
+
+impl candle_core::CustomOp2 for NormAct2 {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(&self, x: &Tensor, gb: &Tensor, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgb, _) = self.0.bwd(x, gb, None, y, g)?;
+        Ok((dx, dgb))
+    }
+}
+
+impl candle_core::CustomOp3 for NormAct3 {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(&self, x: &Tensor, gb: &Tensor, r: &Tensor, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.0.bwd(x, gb, Some(r), y, g)
+    }
+}
+
+/// act(gamma x_hat + beta + r) with statistics over `group`; `gb` is gamma and beta stacked
+/// (2 x C). Returns the statistics too (for running averages). CPU and f32 only.
+pub fn norm_act(x: &Tensor, gb: &Tensor, r: Option<&Tensor>, group: Group, eps: f64, act: Act) -> Result<(Tensor, Arc<OnceLock<Stats>>)> {
+    let stats = Arc::new(OnceLock::new());
+    let op = NormAct { norm: NormScale { group, eps, stats: stats.clone() }, act };
+    let (x, gb) = (x.contiguous()?, gb.contiguous()?);
+    let y = match r {
+        None => x.apply_op2_arc(&gb, Arc::new(Box::new(NormAct2(op))))?,
+        Some(r) => x.apply_op3_arc(&gb, &r.contiguous()?, Arc::new(Box::new(NormAct3(op))))?,
+    };
+    Ok((y, stats))
 }
 
 /// gamma * x_hat with statistics over `group`, and the statistics (for running averages).
@@ -378,6 +755,70 @@ mod tests {
                 assert!(max_rel(&dx_f, &dx_s) < 1e-4, "{group:?} {shape:?}: dx");
                 assert!(max_rel(&ddx_f, &ddx_s) < 1e-3, "{group:?} {shape:?}: d2/dx");
                 assert!(max_rel(&ddg_f, &ddg_s) < 1e-3, "{group:?} {shape:?}: d2/dgamma");
+            }
+        }
+        Ok(())
+    }
+
+    /// act(gamma x_hat + beta + r) from candle ops.
+    fn reference_act(x: &Tensor, gb: &Tensor, r: Option<&Tensor>, group: Group, act: Act) -> Result<Tensor> {
+        let mut z = reference(x, &gb.get(0)?, group)?.broadcast_add(&gb.get(1)?)?;
+        if let Some(r) = r {
+            z = (z + r)?;
+        }
+        match act {
+            Act::Leaky(s) => candle_nn::ops::leaky_relu(&z, s as f64),
+            Act::Swish => z.silu(),
+        }
+    }
+
+    const ACTS: [Act; 3] = [Act::Leaky(0.0), Act::Leaky(0.2), Act::Swish];
+
+    /// The fused node against candle ops, first order (fast path) and second order (the
+    /// differentiable backward), for both groups, every activation, with and without a
+    /// residual, on the shapes above.
+    #[test]
+    fn fused_activation_and_residual_match_candle_ops_to_second_order() -> Result<()> {
+        for group in [Group::Channel, Group::Sample] {
+            for act in ACTS {
+                for residual in [false, true] {
+                    for (i, &shape) in SHAPES.iter().enumerate() {
+                        let c = shape[3];
+                        let seed = 100 + 10 * i as u64;
+                        let gb = Var::from_tensor(&Tensor::stack(&[rand(&[c], seed, 0.5, 1.5), rand(&[c], seed + 1, -0.5, 0.5)], 0)?)?;
+                        let rv = Var::from_tensor(&rand(shape, seed + 2, -1.0, 1.0))?;
+                        let w = rand(shape, seed + 3, -1.0, 1.0);
+                        let x0 = rand(shape, seed + 4, -2.0, 3.0);
+                        let what = format!("{group:?} {act:?} residual {residual} {shape:?}");
+                        // (y, dx, d gb, d r) first order; then d/d(x, gb) of sum(dx^2 w)
+                        let run = |fast: bool, second: bool| -> Result<Vec<Tensor>> {
+                            let x = Var::from_tensor(&x0)?;
+                            let r = residual.then(|| rv.as_tensor());
+                            let y = if fast { norm_act(x.as_tensor(), gb.as_tensor(), r, group, 1e-5, act)?.0 } else { reference_act(x.as_tensor(), gb.as_tensor(), r, group, act)? };
+                            let before = backprop::set_create_graph(second);
+                            let grads = (&y * &w)?.sum_all()?.backward()?;
+                            backprop::set_create_graph(before);
+                            let dx = grads.get(x.as_tensor()).unwrap().clone();
+                            let mut out = vec![y, dx.clone(), grads.get(gb.as_tensor()).unwrap().clone()];
+                            if residual {
+                                out.push(grads.get(rv.as_tensor()).unwrap().clone());
+                            }
+                            if second {
+                                let g2 = (dx.sqr()? * &w)?.sum_all()?.backward()?;
+                                out.push(g2.get(x.as_tensor()).unwrap().clone());
+                                out.push(g2.get(gb.as_tensor()).unwrap().clone());
+                            }
+                            Ok(out)
+                        };
+                        for (a, b, name) in run(true, false)?.iter().zip(&run(false, false)?).zip(["y", "dx", "dgb", "dr"]).map(|((a, b), n)| (a, b, n)) {
+                            assert!(max_rel(a, b) < 1e-4, "{what}: {name}");
+                        }
+                        let (f2, s2) = (run(true, true)?, run(false, true)?);
+                        for k in f2.len() - 2..f2.len() {
+                            assert!(max_rel(&f2[k], &s2[k]) < 2e-3, "{what}: second-order {}", if k == f2.len() - 2 { "x" } else { "gamma, beta" });
+                        }
+                    }
+                }
             }
         }
         Ok(())

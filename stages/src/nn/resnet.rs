@@ -3,9 +3,8 @@
 //! stages 2 and 3), parameter-free "option A" shortcuts (subsample, zero-pad channels),
 //! global average pooling and a linear head. ResNet-32 is n = 5. NHWC throughout.
 
-use super::act::bias_leaky_relu;
 use super::conv::{conv2d, Geom};
-use super::norm::{Norm, NormKind};
+use super::norm::{Act, Norm, NormKind};
 use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -143,6 +142,7 @@ impl ResNet {
 
 const S1: Geom = Geom { k: 3, stride: 1, pad: 1 };
 const S2: Geom = Geom { k: 3, stride: 2, pad: 1 };
+const RELU: Act = Act::Leaky(0.0);
 
 impl ResNet {
     /// The forward pass, keeping every activation in `kept` when asked.
@@ -156,14 +156,13 @@ impl ResNet {
         let (n, c, _, _) = x.dims4()?;
         let x = if c == 1 { x.reshape((n, x.dim(2)?, x.dim(3)?, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         let (w, bn) = &self.stem;
-        let mut h = bias_leaky_relu(&bn.scale(&conv2d(&x, &p(w), S1)?, mode)?, &p(&bn.beta), 0.0)?;
+        let mut h = bn.act(&conv2d(&x, &p(w), S1)?, mode, RELU, None)?;
         keep(&h);
         for b in &self.blocks {
             let g = if b.stride == 2 { S2 } else { S1 };
-            let a = bias_leaky_relu(&b.bn1.scale(&conv2d(&h, &p(&b.w1), g)?, mode)?, &p(&b.bn1.beta), 0.0)?;
+            let a = b.bn1.act(&conv2d(&h, &p(&b.w1), g)?, mode, RELU, None)?;
             keep(&a);
-            let y = b.bn2.scale(&conv2d(&a, &p(&b.w2), S1)?, mode)?;
-            h = bias_leaky_relu(&(y + shortcut(&h, b.stride, b.c_in, b.c_out)?)?, &p(&b.bn2.beta), 0.0)?;
+            h = b.bn2.act(&conv2d(&a, &p(&b.w2), S1)?, mode, RELU, Some(&shortcut(&h, b.stride, b.c_in, b.c_out)?))?;
             keep(&h);
         }
         let (n, hh, ww, c) = h.dims4()?;

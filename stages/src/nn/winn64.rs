@@ -26,7 +26,7 @@
 //! pooling is reshapes and sums, layer norm is [`super::norm`].
 
 use super::conv::{conv2d, Geom};
-use super::norm::{Norm, NormKind};
+use super::norm::{Act, Norm, NormKind};
 use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Result, Tensor, Var};
@@ -162,11 +162,11 @@ impl Winn64 {
         let (n, c, hh, ww) = x.dims4()?;
         let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         for (i, l) in self.convs.iter().enumerate() {
-            let mut z = conv2d(&h, &p(&l.w), GEOM)?.broadcast_add(&p(&l.b))?;
-            if let Some(norm) = &l.norm {
-                z = norm.scale(&z, mode)?.broadcast_add(&p(&norm.beta))?;
-            }
-            h = z.silu()?;
+            let z = conv2d(&h, &p(&l.w), GEOM)?.broadcast_add(&p(&l.b))?;
+            h = match &l.norm {
+                Some(norm) => norm.act(&z, mode, Act::Swish, None)?,
+                None => z.silu()?,
+            };
             if let Some(k) = kept.as_deref_mut() {
                 k.push(h.clone());
             }
