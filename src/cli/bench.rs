@@ -5,7 +5,6 @@
 use crate::engine::table::{to_parquet, Column};
 use anyhow::{Context, Result};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -31,34 +30,73 @@ pub struct Options<'a> {
     pub out: &'a Path,
 }
 
-/// PyTorch's numbers by workload name, or None when torch is not importable.
-fn torch_numbers(o: &Options, threads: usize) -> Result<Option<HashMap<String, f64>>> {
-    if !o.torch {
-        return Ok(None);
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_torch.py");
-    let ok = Command::new("python3").args(["-c", "import torch"]).output().map(|out| out.status.success()).unwrap_or(false);
-    if !ok || !script.exists() {
-        eprintln!("note: PyTorch not importable (pip install torch), or {} missing: pipe numbers only", script.display());
-        return Ok(None);
-    }
-    let out = Command::new("python3")
-        .arg(&script)
-        .args(["--seconds", &o.seconds.to_string(), "--threads", &threads.to_string(), "--only", &o.only.join(",")])
-        .output()
-        .context("running the PyTorch reference")?;
-    if !out.status.success() {
-        anyhow::bail!("the PyTorch reference failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut m = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with('{')) {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        if let (Some(n), Some(p)) = (v["name"].as_str(), v["per_s"].as_f64()) {
-            m.insert(n.to_string(), p);
-        }
-    }
-    Ok(Some(m))
+/// The PyTorch reference as a server (`bench_torch.py --serve`): one process for the whole
+/// run, asked for one short measurement at a time.
+struct Torch {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
+
+impl Torch {
+    /// None when torch is not importable or the script is missing (said on stderr).
+    fn start(threads: usize) -> Result<Option<Torch>> {
+        // the clone the user runs from, else the one this binary was built in
+        let candidates = [Path::new("scripts/bench_torch.py").to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_torch.py")];
+        let script = candidates.iter().find(|p| p.exists());
+        let ok = Command::new("python3").args(["-c", "import torch"]).output().map(|out| out.status.success()).unwrap_or(false);
+        let Some(script) = script.filter(|_| ok) else {
+            eprintln!("note: PyTorch not importable (pip install torch), or scripts/bench_torch.py missing: pipe numbers only");
+            return Ok(None);
+        };
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--serve", "--threads", &threads.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the PyTorch reference")?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Some(Torch { child, stdin, stdout }))
+    }
+
+    /// Items per second of `name` over about `seconds` (the first call per name warms up).
+    fn measure(&mut self, name: &str, seconds: f64) -> Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{name} {seconds}").context("asking the PyTorch reference")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            let status = self.child.wait()?;
+            anyhow::bail!("the PyTorch reference stopped ({status}) while measuring {name}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("the PyTorch reference answered {line:?}"))?;
+        v["per_s"].as_f64().with_context(|| format!("no per_s in {line:?}"))
+    }
+
+    /// Whether the script has this workload.
+    fn has(name: &str) -> bool {
+        TORCH_WORKLOADS.contains(&name)
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The workloads `scripts/bench_torch.py` writes in PyTorch (pipe's draw counting has no
+/// PyTorch counterpart).
+const TORCH_WORKLOADS: [&str; 10] = ["cnn4_train", "cnn4_synthesis", "cnn4_fgsm", "cnn4_ln_critic", "resnet32_train", "resnet32_ln_train", "resnet32_synthesis", "resnet32_fgsm", "resnet32_ln_critic", "winn64_train"];
+
+/// Pause between turns.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Turns per row: pipe and PyTorch alternate this many times, each for seconds / TURNS.
+const TURNS: usize = 4;
 
 pub fn run(o: &Options) -> Result<Vec<Row>> {
     if let Some(bad) = o.only.iter().find(|n| !stages::bench::WORKLOADS.contains(&n.as_str())) {
@@ -84,30 +122,42 @@ pub fn run(o: &Options) -> Result<Vec<Row>> {
             eprintln!("lineage draw counting: {:.2}% of training time (interleaved)", 100.0 * (ta / tb - 1.0));
         }
     }
+    let mut torch = if o.torch { Torch::start(threads)? } else { None };
     for mut w in workloads {
-        let per_s = match paired.get(w.name) {
-            Some(&v) => v,
-            None => stages::bench::measure(&mut w, o.seconds)?,
+        let (per_s, torch_per_s) = match (paired.get(w.name), torch.as_mut().filter(|_| Torch::has(w.name))) {
+            (Some(&v), _) => (v, None),
+            (None, Some(t)) => {
+                // alternate short turns, so drift in the machine's speed hits both sides
+                let (mut p, mut q) = (0.0, 0.0);
+                for turn in 0..TURNS {
+                    let s = o.seconds / TURNS as f64;
+                    p += if turn == 0 { stages::bench::measure(&mut w, s)? } else { stages::bench::measure_warm(&mut w, s)? };
+                    // each side's idle worker threads spin for a while after its turn
+                    // (OpenMP's and rayon's wait policies): let them settle first
+                    std::thread::sleep(SETTLE);
+                    q += t.measure(w.name, s)?;
+                    std::thread::sleep(SETTLE);
+                }
+                (p / TURNS as f64, Some(q / TURNS as f64))
+            }
+            (None, None) => (stages::bench::measure(&mut w, o.seconds)?, None),
         };
         rows.push(Row {
             name: w.name.into(),
             unit: w.unit.into(),
             batch: w.batch,
             pipe_per_s: per_s,
-            torch_per_s: None,
-            ratio: None,
+            torch_per_s,
+            ratio: torch_per_s.map(|t| per_s / t),
             sgemm_share: per_s * w.flops_per_item / 1e9 / peak,
             sgemm_gflops: peak,
             threads,
         });
         if !o.json {
-            eprintln!("measured {} ({:.1} {}/s)", w.name, per_s, w.unit);
-        }
-    }
-    if let Some(t) = torch_numbers(o, threads)? {
-        for r in &mut rows {
-            r.torch_per_s = t.get(&r.name).copied();
-            r.ratio = r.torch_per_s.map(|t| r.pipe_per_s / t);
+            match torch_per_s {
+                Some(t) => eprintln!("measured {} ({:.1} {}/s; PyTorch {t:.1})", w.name, per_s, w.unit),
+                None => eprintln!("measured {} ({:.1} {}/s)", w.name, per_s, w.unit),
+            }
         }
     }
     if o.json {

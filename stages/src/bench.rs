@@ -1,11 +1,13 @@
 //! The throughput workloads of `pipe bench`, on the same code paths the stages use:
-//! a training step ([`crate::train::train_epoch`]), a synthesis step
-//! ([`crate::synthesize::synthesize`]) and FGSM ([`crate::attack::fgsm`]).
+//! a training step ([`crate::train::train_epoch`]), a WINN critic step with the gradient
+//! penalty (the same function with [`Objective::Critic`]), a synthesis step
+//! ([`crate::synthesize::synthesize`]) and FGSM ([`crate::attack::fgsm`]), on CNN4,
+//! ResNet-32 (batch or layer norm) and the WINN Table 5 net.
 
 use crate::attack::fgsm;
 use crate::loss::Objective;
-use crate::nn::{Classifier, Cnn4, Cnn4Config, ResNet, ResNetConfig};
-use crate::optim::SgdMomentum;
+use crate::nn::{Classifier, Cnn4, Cnn4Config, NormKind, ResNet, ResNetConfig, Winn64, Winn64Config};
+use crate::optim::{Adam, Optimizer, SgdMomentum};
 use crate::rng::Rng;
 use crate::synthesize::{synthesize, Step, StopRule, SynthesisConfig, Target};
 use crate::train::{train_epoch, TrainSet};
@@ -23,9 +25,21 @@ pub struct Workload {
     run: Box<dyn FnMut() -> Result<usize>>,
 }
 
+impl Workload {
+    /// Runs some steps once; returns the items done (for fixed-work measurements).
+    pub fn run_once(&mut self) -> Result<usize> {
+        (self.run)()
+    }
+}
+
 /// Items per second over at least `seconds`, after one warm-up call.
 pub fn measure(w: &mut Workload, seconds: f64) -> Result<f64> {
     (w.run)()?;
+    measure_warm(w, seconds)
+}
+
+/// Items per second over at least `seconds` of a workload already warmed up.
+pub fn measure_warm(w: &mut Workload, seconds: f64) -> Result<f64> {
     let t = Instant::now();
     let mut items = 0;
     while t.elapsed().as_secs_f64() < seconds {
@@ -91,57 +105,146 @@ fn train_with_negatives(name: &'static str, net: Box<dyn Classifier>, shape: (us
     }
 }
 
-/// The four workloads of the issue, filtered by name.
-/// Every workload [`workloads`] can make, by name.
-pub const WORKLOADS: [&str; 6] = ["cnn4_train", "cnn4_train_pn", "cnn4_train_pn_lineage", "cnn4_synthesis", "cnn4_fgsm", "resnet32_train"];
+/// WINN critic steps (Eq. 5, lambda 10, Adam as in the paper) on a one-logit net: each
+/// batch is batch/2 positives and as many pseudo-negatives, and the penalty's inner
+/// backward pass is differentiated again.
+fn critic_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, usize, usize), batch: usize, steps: usize, fwd_flops: f64) -> Workload {
+    let d = shape.0 * shape.1 * shape.2;
+    let half = batch / 2;
+    let (x, y) = images(half * steps, d, 7);
+    let (nx, ny) = images(half * steps, d, 8);
+    let weights = vec![1.0; ny.len()];
+    let mut opt = Adam::new(1e-4, 0.0, 0.9, 1e-8);
+    let mut rng = Rng::new(9);
+    Workload {
+        name,
+        unit: "image",
+        batch,
+        // forward on the batch, forward + input gradient on the interpolates, then the
+        // backward of all of it (second order through the input gradient): about 8 forwards
+        flops_per_item: 8.0 * fwd_flops,
+        run: Box::new(move || {
+            let set = TrainSet { shape, real_x: &x, real_y: &y, neg_x: &nx, neg_y: &ny, neg_weights: Some(&weights), neg_crop: None, augment_pad: 0, count_draws: false };
+            train_epoch(net.as_ref(), &mut opt as &mut dyn Optimizer, &set, batch, Objective::Critic { lambda: crate::critic::LAMBDA }, &mut rng, &Device::Cpu, &mut crate::keep_going)?;
+            Ok(y.len() + ny.len())
+        }),
+    }
+}
 
+/// Synthesis steps (Adam on the inputs, weights frozen) of `batch` images of `shape`.
+fn synthesis_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, usize, usize), batch: usize, fwd_flops: f64) -> Workload {
+    let steps = 10;
+    let targets: Vec<Target> = (0..batch).map(|i| Target { class: (i % 10) as u32, seed: i as u64 }).collect();
+    let cfg = SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: steps, init_std: 0.3, batch_size: batch, stop: StopRule::Steps };
+    Workload {
+        name,
+        unit: "image-step",
+        batch,
+        flops_per_item: 2.0 * fwd_flops,
+        run: Box::new(move || {
+            synthesize(net.as_ref(), shape, &targets, &cfg, &Device::Cpu, &mut crate::keep_going)?;
+            Ok(targets.len() * steps as usize)
+        }),
+    }
+}
+
+/// One FGSM step (forward and input gradient) on `batch` images of `shape`.
+fn fgsm_workload(name: &'static str, net: Box<dyn Classifier>, shape: (usize, usize, usize), batch: usize, fwd_flops: f64) -> Workload {
+    let (x, y) = images(batch, shape.0 * shape.1 * shape.2, 5);
+    Workload {
+        name,
+        unit: "image",
+        batch,
+        flops_per_item: 2.0 * fwd_flops,
+        run: Box::new(move || {
+            fgsm(net.as_ref(), &x, &y, shape, 0.125, -1.0, 1.0, &Device::Cpu)?;
+            Ok(y.len())
+        }),
+    }
+}
+
+fn resnet32(norm: NormKind, classes: usize) -> Result<(Box<dyn Classifier>, f64)> {
+    let cfg = ResNetConfig { norm, ..ResNetConfig::resnet32(classes) };
+    let flops = cfg.forward_flops();
+    Ok((Box::new(ResNet::new(cfg, &mut Rng::new(0), &Device::Cpu)?), flops))
+}
+
+fn cnn4_ln_critic() -> Result<(Box<dyn Classifier>, f64)> {
+    let cfg = Cnn4Config { norm: Some(NormKind::Layer), ..Cnn4Config::mnist(1, 1.0, 0.2) };
+    let flops = cfg.forward_flops();
+    Ok((Box::new(Cnn4::new(cfg, &mut Rng::new(0), &Device::Cpu)?), flops))
+}
+
+fn winn64() -> Result<(Box<dyn Classifier>, f64)> {
+    let cfg = Winn64Config::table5(10, 1.0);
+    let flops = cfg.forward_flops();
+    Ok((Box::new(Winn64::new(cfg, &mut Rng::new(0), &Device::Cpu)?), flops))
+}
+
+/// Every workload [`workloads`] can make, by name.
+pub const WORKLOADS: [&str; 12] = [
+    "cnn4_train",
+    "cnn4_train_pn",
+    "cnn4_train_pn_lineage",
+    "cnn4_synthesis",
+    "cnn4_fgsm",
+    "cnn4_ln_critic",
+    "resnet32_train",
+    "resnet32_ln_train",
+    "resnet32_synthesis",
+    "resnet32_fgsm",
+    "resnet32_ln_critic",
+    "winn64_train",
+];
+
+/// The workloads whose names `keep` accepts, in [`WORKLOADS`] order.
 pub fn workloads(keep: &dyn Fn(&str) -> bool) -> Result<Vec<Workload>> {
     let mut out = Vec::new();
     let cnn4_flops = cnn4()?.config.forward_flops();
+    const MNIST: (usize, usize, usize) = (1, 28, 28);
+    const CIFAR: (usize, usize, usize) = (3, 32, 32);
     if keep("cnn4_train") {
-        out.push(train_workload("cnn4_train", Box::new(cnn4()?), (1, 28, 28), 64, 4, cnn4_flops));
+        out.push(train_workload("cnn4_train", Box::new(cnn4()?), MNIST, 64, 4, cnn4_flops));
     }
     // a quarter of each epoch pseudo-negatives, as in a late round; counted or not
     for (name, count) in [("cnn4_train_pn", false), ("cnn4_train_pn_lineage", true)] {
         if keep(name) {
-            out.push(train_with_negatives(name, Box::new(cnn4()?), (1, 28, 28), 64, 8, cnn4_flops, 128, count));
+            out.push(train_with_negatives(name, Box::new(cnn4()?), MNIST, 64, 8, cnn4_flops, 128, count));
         }
     }
     if keep("cnn4_synthesis") {
-        let net = cnn4()?;
-        let steps = 10;
-        let targets: Vec<Target> = (0..200).map(|i| Target { class: (i % 10) as u32, seed: i as u64 }).collect();
-        let cfg = SynthesisConfig { binary: false, step: Step::Adam { beta1: 0.5, beta2: 0.999, eps: 1e-8 }, lr: 0.01, max_steps: steps, init_std: 0.3, batch_size: 200, stop: StopRule::Steps };
-        out.push(Workload {
-            name: "cnn4_synthesis",
-            unit: "image-step",
-            batch: 200,
-            flops_per_item: 2.0 * cnn4_flops,
-            run: Box::new(move || {
-                synthesize(&net, (1, 28, 28), &targets, &cfg, &Device::Cpu, &mut crate::keep_going)?;
-                Ok(targets.len() * steps as usize)
-            }),
-        });
+        out.push(synthesis_workload("cnn4_synthesis", Box::new(cnn4()?), MNIST, 200, cnn4_flops));
     }
     if keep("cnn4_fgsm") {
-        let net = cnn4()?;
-        let (x, y) = images(1000, 784, 5);
-        out.push(Workload {
-            name: "cnn4_fgsm",
-            unit: "image",
-            batch: 1000,
-            flops_per_item: 2.0 * cnn4_flops,
-            run: Box::new(move || {
-                fgsm(&net, &x, &y, (1, 28, 28), 0.125, -1.0, 1.0, &Device::Cpu)?;
-                Ok(y.len())
-            }),
-        });
+        out.push(fgsm_workload("cnn4_fgsm", Box::new(cnn4()?), MNIST, 1000, cnn4_flops));
+    }
+    if keep("cnn4_ln_critic") {
+        let (net, flops) = cnn4_ln_critic()?;
+        out.push(critic_workload("cnn4_ln_critic", net, MNIST, 100, 2, flops));
     }
     if keep("resnet32_train") {
-        let cfg = ResNetConfig::resnet32(10);
-        let flops = cfg.forward_flops();
-        let net = ResNet::new(cfg, &mut Rng::new(0), &Device::Cpu)?;
-        out.push(train_workload("resnet32_train", Box::new(net), (3, 32, 32), 128, 2, flops));
+        let (net, flops) = resnet32(NormKind::Batch, 10)?;
+        out.push(train_workload("resnet32_train", net, CIFAR, 128, 2, flops));
+    }
+    if keep("resnet32_ln_train") {
+        let (net, flops) = resnet32(NormKind::Layer, 10)?;
+        out.push(train_workload("resnet32_ln_train", net, CIFAR, 128, 2, flops));
+    }
+    if keep("resnet32_synthesis") {
+        let (net, flops) = resnet32(NormKind::Batch, 10)?;
+        out.push(synthesis_workload("resnet32_synthesis", net, CIFAR, 200, flops));
+    }
+    if keep("resnet32_fgsm") {
+        let (net, flops) = resnet32(NormKind::Batch, 10)?;
+        out.push(fgsm_workload("resnet32_fgsm", net, CIFAR, 1000, flops));
+    }
+    if keep("resnet32_ln_critic") {
+        let (net, flops) = resnet32(NormKind::Layer, 1)?;
+        out.push(critic_workload("resnet32_ln_critic", net, CIFAR, 100, 2, flops));
+    }
+    if keep("winn64_train") {
+        let (net, flops) = winn64()?;
+        out.push(train_workload("winn64_train", net, (3, 64, 64), 100, 2, flops));
     }
     Ok(out)
 }
