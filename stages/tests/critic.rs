@@ -34,7 +34,7 @@ fn penalty(net: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
 /// The kernels are f32 only, and the penalty is only piecewise smooth: each ReLU's kink
 /// is a jump in the input gradient, so a difference quotient whose step straddles one is
 /// off by jump / step. Both errors are bounded by measurement here: with steps from
-/// h = 1e-3 down to h/8, the f32 rounding of P (about 1e-7 relative per operation, some thousands of
+/// h = 1e-3 (or the ulp bound below) down to h/8, the f32 rounding of P (about 1e-7 relative per operation, some thousands of
 /// them) puts ~1e-4 of the tensor's scale of noise on a quotient (measured: 1e-5 to 3e-4
 /// on smooth coordinates), and truncation is O(h^2). A kink inside the step shows as two
 /// successive quotients (h, h/2) disagreeing (by jump / 2h): the step is halved (counted
@@ -43,6 +43,7 @@ fn penalty(net: &dyn Classifier, x: &Tensor) -> Result<Tensor> {
 /// tensor must be judged.
 fn fd_errors(net: &dyn Classifier, x: &Tensor, per_tensor: usize, seed: u64) -> Result<Vec<Fd>> {
     let p = penalty(net, x)?;
+    let p0 = p.to_scalar::<f32>()?.abs() as f64;
     let grads = p.backward()?;
     let value = |net: &dyn Classifier| -> Result<f64> { Ok(penalty(net, x)?.to_scalar::<f32>()? as f64) };
     let mut pick = Rng::new(seed);
@@ -53,7 +54,13 @@ fn fd_errors(net: &dyn Classifier, x: &Tensor, per_tensor: usize, seed: u64) -> 
             Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; var.elem_count()],
         };
-        let scale = analytic.iter().fold(0f64, |m, g| m.max(g.abs() as f64)).max(1e-3);
+        let raw = analytic.iter().fold(0f64, |m, g| m.max(g.abs() as f64));
+        let scale = raw.max(1e-3);
+        // The first step is 1e-3, or more for a tensor whose gradient is small but not zero
+        // (below 1e-2: the Table 5 net's first layer-norm gamma, 4e-3), so that one f32 ulp
+        // of P over the step stays under a thousandth of its scale (at most 3e-2: these
+        // tensors sit in smooth layers; a zero gradient keeps 1e-3 for the kinks around it)
+        let h0 = if raw > 0.0 && raw < 1e-2 { (p0 * f32::EPSILON as f64 / (1e-3 * raw)).clamp(1e-3, 3e-2) as f32 } else { 1e-3 };
         let base = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         let quotient = |j: usize, h: f32| -> Result<f64> {
             let at = |d: f32| -> Result<f64> {
@@ -74,7 +81,7 @@ fn fd_errors(net: &dyn Classifier, x: &Tensor, per_tensor: usize, seed: u64) -> 
             let j = pick.below(base.len());
             // halve the step until two successive quotients agree: the kink is then
             // outside the step
-            let mut h = 1e-3f32;
+            let mut h = h0;
             let mut q = quotient(j, h)?;
             let mut agreed = None;
             for _ in 0..3 {

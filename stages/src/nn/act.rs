@@ -2,7 +2,7 @@
 //! maximum, minimum, affine). The backward is built from differentiable candle ops on a
 //! constant slope mask, so second-order gradients flow through it.
 
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 struct BiasLeaky {
@@ -97,7 +97,7 @@ pub(crate) fn leaky_grad(g: &Tensor, y: &Tensor, slope: f32) -> Result<Tensor> {
 
 /// leaky_relu(h + b) with b broadcast over the last axis of h.
 pub fn bias_leaky_relu(h: &Tensor, b: &Tensor, slope: f64) -> Result<Tensor> {
-    if h.device().is_cpu() && h.dtype() == DType::F32 && b.dtype() == DType::F32 {
+    if super::fallback::fast(&[h, b]) {
         h.contiguous()?.apply_op2(&b.contiguous()?, BiasLeaky { slope: slope as f32 })
     } else {
         candle_nn::ops::leaky_relu(&h.broadcast_add(b)?, slope)

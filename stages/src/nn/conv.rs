@@ -18,7 +18,7 @@
 //!
 //! Off the CPU, or for dtypes other than f32, [`conv2d`] falls back to candle's own ops.
 
-use candle_core::{CpuStorage, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use super::act::{column_sums, leaky_grad};
 use super::direct;
 use super::gemm_output;
@@ -428,7 +428,7 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
 
 /// leaky_relu(conv(x, w) + b, slope): the layer of CNN4.
 pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64) -> Result<Tensor> {
-    if x.device().is_cpu() && [x.dtype(), w.dtype(), b.dtype()].iter().all(|d| *d == DType::F32) {
+    if super::fallback::fast(&[x, w, b]) {
         let op = ConvBiasLeaky { g, slope: slope as f32 };
         x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
     } else {
@@ -438,7 +438,7 @@ pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64
 
 /// Convolution of x (N x H x W x C) with w ((k*k*C) x O, rows ordered (ki, kj, c)), no bias.
 pub fn conv2d(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
+    if super::fallback::fast(&[x, w]) {
         conv2d_fast(x, w, g)
     } else {
         conv2d_reference(x, w, g)
@@ -447,11 +447,22 @@ pub fn conv2d(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
 
 /// The same convolution with candle's own (NCHW) ops: the reference of the tests and the
 /// path on devices without the fast kernels.
+///
+/// candle 0.11's conv2d input gradient derives the output padding of its transposed
+/// convolution from the height alone, so on a non-square input with stride 2 it is wrong
+/// (a shape error, DESIGN.md section 4). A non-square input is therefore zero-padded at the
+/// bottom or right to a square, and the output cut back: the extra zeros lie past every
+/// window of the original output (the same zeros its own padding supplies), so the values
+/// are unchanged, and the gradient flows back through the cut and the pad exactly.
 pub fn conv2d_reference(x: &Tensor, w: &Tensor, g: Geom) -> Result<Tensor> {
-    let (_, _, _, c) = x.dims4()?;
+    let (_, h, wd, c) = x.dims4()?;
     let (_, o) = w.dims2()?;
+    let side = h.max(wd);
+    let square = if h == wd { x.clone() } else { x.pad_with_zeros(1, 0, side - h)?.pad_with_zeros(2, 0, side - wd)? };
     let w_nchw = w.reshape((g.k, g.k, c, o))?.permute((3, 2, 0, 1))?.contiguous()?;
-    x.permute((0, 3, 1, 2))?.contiguous()?.conv2d(&w_nchw, g.pad, g.stride, 1, 1)?.permute((0, 2, 3, 1))?.contiguous()
+    let y = square.permute((0, 3, 1, 2))?.contiguous()?.conv2d(&w_nchw, g.pad, g.stride, 1, 1)?.permute((0, 2, 3, 1))?;
+    let y = if h == wd { y } else { y.narrow(1, 0, g.out(h))?.narrow(2, 0, g.out(wd))? };
+    y.contiguous()
 }
 
 #[cfg(test)]
@@ -543,12 +554,11 @@ mod tests {
             assert!(max_rel(&fast, &slow) < 1e-5, "case {i}: forward");
             let r = rand(fast.dims(), 30 + i as u64);
             let gf = (fast * &r)?.sum_all()?.backward()?;
-            if h == w {
-                // candle's own input gradient is only right for square inputs (DESIGN §4)
-                let gs = (slow * &r)?.sum_all()?.backward()?;
-                assert!(max_rel(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-5, "case {i}: dx");
-                assert!(max_rel(gf.get(&wt).unwrap(), gs.get(&wt).unwrap()) < 1e-5, "case {i}: dw");
-            }
+            // candle's own input gradient is wrong on non-square inputs with stride 2
+            // (DESIGN §4); the reference pads those to a square, so it holds for every case
+            let gs = (slow * &r)?.sum_all()?.backward()?;
+            assert!(max_rel(gf.get(&x).unwrap(), gs.get(&x).unwrap()) < 1e-5, "case {i}: dx");
+            assert!(max_rel(gf.get(&wt).unwrap(), gs.get(&wt).unwrap()) < 1e-5, "case {i}: dw");
             // the adjoint identities hold whatever the shape:
             // <conv(x, w), r> = <x, conv_t(r, w)> = <w, wgrad(x, r)>
             let lhs = (conv2d(x.as_tensor(), wt.as_tensor(), g)? * &r)?.sum_all()?.to_scalar::<f32>()?;

@@ -25,13 +25,18 @@ pub(crate) struct Dims {
     pub c: usize,
 }
 
+/// Widest input or output the kernels take. Past it a layer's weights (9 x C x O floats)
+/// no longer stay in the first cache levels while a tile walks them, and im2col + GEMM,
+/// whose patch rows are then long, wins (pipe bench, winn64_train: 128 to 512 channels).
+const MAX_CHANNELS: usize = 64;
+
 /// Whether the kernels run on this machine (checked once).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;
         static YES: OnceLock<bool> = OnceLock::new();
-        *YES.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") && std::env::var_os("PIPE_NO_DIRECT_CONV").is_none())
+        *YES.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -56,7 +61,7 @@ fn padded(x: &[f32], d: Dims, p: usize) -> Vec<f32> {
 /// rows ordered (ki, kj, c); the result is N x H' x W' x O. None unless O % 16 == 0 and
 /// the kernels are available.
 pub(crate) fn conv(x: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || o % 16 != 0 || p >= k || d.h + 2 * p < k || d.w + 2 * p < k || d.n == 0 {
+    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.h + 2 * p < k || d.w + 2 * p < k || d.n == 0 {
         return None;
     }
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
@@ -78,7 +83,7 @@ pub(crate) fn conv(x: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) 
 /// H' x W' x O) with the rotated, transposed weights and padding k - 1 - p. None unless
 /// C % 16 == 0.
 pub(crate) fn conv_t(g: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || d.c % 16 != 0 || p >= k {
+    if !available() || !d.c.is_multiple_of(16) || p >= k || d.c > MAX_CHANNELS || o > MAX_CHANNELS {
         return None;
     }
     let (ho, wo) = (d.h + 2 * p + 1 - k, d.w + 2 * p + 1 - k);
@@ -101,7 +106,7 @@ pub(crate) fn conv_t(g: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize
 /// Images are split into fixed groups, each summed on its own and the groups added in
 /// order, so the result does not depend on the thread count. None unless O % 16 == 0.
 pub(crate) fn wgrad(x: &[f32], d: Dims, g: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || o % 16 != 0 || p >= k || d.n == 0 {
+    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.n == 0 {
         return None;
     }
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
@@ -163,7 +168,7 @@ unsafe fn row(xp: &[f32], x0: usize, w: &[f32], out: &mut [f32], wo: usize, geo:
     assert!(out.len() == wo * geo.o && w.len() == geo.k * geo.k * geo.c * geo.o);
     let mut ob = 0;
     while ob < geo.o {
-        let nv = if (geo.o - ob) % 64 == 0 { 4 } else if (geo.o - ob) % 32 == 0 { 2 } else { 1 };
+        let nv = if (geo.o - ob).is_multiple_of(64) { 4 } else if (geo.o - ob).is_multiple_of(32) { 2 } else { 1 };
         let mut px = 0;
         while px < wo {
             let left = wo - px;

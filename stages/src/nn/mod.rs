@@ -7,6 +7,7 @@ pub mod initial;
 pub mod config;
 pub mod conv;
 mod direct;
+pub mod fallback;
 pub mod norm;
 pub mod norm_op;
 pub mod resnet;

@@ -84,7 +84,7 @@ impl Norm {
             (NormKind::Layer, _) => Some(Group::Sample),
             (NormKind::Batch, Mode::Frozen) => None,
         };
-        let fast = norm_op::fast(x, self.gamma.as_tensor()) && residual.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
+        let fast = norm_op::fast(x, self.gamma.as_tensor()) && residual.is_none_or(|r| super::fallback::fast(&[r]));
         match group {
             Some(group) if fast => {
                 let gb = Tensor::stack(&[mode.param(&self.gamma), mode.param(&self.beta)], 0)?;

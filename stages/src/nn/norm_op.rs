@@ -22,6 +22,9 @@ use candle_core::{backprop, CpuStorage, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
+/// (dx, d[gamma; beta], dr) of a fused node, as flat vectors.
+type Grads = (Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+
 /// What one set of statistics normalizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
@@ -57,17 +60,18 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     }
 }
 
-/// Per-channel sums of f(row index, value, channel) over rows of `c` values, in a fixed
-/// order of fixed chunks (so the result is the same on every run), in f64.
-fn channel_sums(x: &[f32], c: usize, f: impl Fn(usize, f32, usize) -> f64 + Sync) -> Vec<f64> {
-    let parts: Vec<Vec<f64>> = x
+/// Per-channel sums of f(a, b, channel) over rows of `c` values of a and b, in a fixed
+/// order of fixed chunks (so the result is the same on every run): f32 within a chunk of
+/// ROWS rows (so the loop vectorizes), f64 across chunks.
+fn channel_sums(a: &[f32], b: &[f32], c: usize, f: impl Fn(f32, f32, usize) -> f32 + Sync) -> Vec<f64> {
+    let parts: Vec<Vec<f32>> = a
         .par_chunks(c * ROWS)
-        .enumerate()
-        .map(|(k, chunk)| {
-            let mut acc = vec![0f64; c];
-            for (r, row) in chunk.chunks(c).enumerate() {
-                for (j, (a, &v)) in acc.iter_mut().zip(row).enumerate() {
-                    *a += f(k * ROWS + r, v, j);
+        .zip(b.par_chunks(c * ROWS))
+        .map(|(ac, bc)| {
+            let mut acc = vec![0f32; c];
+            for (ar, br) in ac.chunks_exact(c).zip(bc.chunks_exact(c)) {
+                for j in 0..c {
+                    acc[j] += f(ar[j], br[j], j);
                 }
             }
             acc
@@ -76,10 +80,23 @@ fn channel_sums(x: &[f32], c: usize, f: impl Fn(usize, f32, usize) -> f64 + Sync
     let mut total = vec![0f64; c];
     for p in parts {
         for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
+            *t += v as f64;
         }
     }
     total
+}
+
+/// The sum of f over v in 16 f32 lanes (so it vectorizes), added up in f64.
+fn lane_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    let mut acc = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for ch in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(x);
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x) as f64).sum();
+    acc.iter().map(|&a| a as f64).sum::<f64>() + tail
 }
 
 /// How many values one set of statistics covers: all rows (batch norm) or one sample.
@@ -104,8 +121,9 @@ impl NormScale {
         match self.group {
             Group::Channel => {
                 let m = (x.len() / c) as f64;
-                let mean: Vec<f64> = channel_sums(x, c, |_, v, _| v as f64).into_iter().map(|s| s / m).collect();
-                let var: Vec<f64> = channel_sums(x, c, |_, v, j| (v as f64 - mean[j]).powi(2)).into_iter().map(|s| s / m).collect();
+                let mean: Vec<f64> = channel_sums(x, x, c, |v, _, _| v).into_iter().map(|s| s / m).collect();
+                let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+                let var: Vec<f64> = channel_sums(x, x, c, |v, _, j| (v - mean32[j]) * (v - mean32[j])).into_iter().map(|s| s / m).collect();
                 stats_of(mean, var, self.eps)
             }
             Group::Sample => {
@@ -113,8 +131,9 @@ impl NormScale {
                 let per: Vec<(f64, f64)> = x
                     .par_chunks(d)
                     .map(|s| {
-                        let mean = s.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                        let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                        let mean = lane_sum(s, |v| v) / d as f64;
+                        let m = mean as f32;
+                        let var = lane_sum(s, |v| (v - m) * (v - m)) / d as f64;
                         (mean, var)
                     })
                     .collect();
@@ -131,11 +150,10 @@ impl NormScale {
         match self.group {
             Group::Channel => {
                 let a: Vec<f32> = st.inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
-                let b: Vec<f32> = st.mean.iter().zip(&a).map(|(m, a)| -m * a).collect();
                 y.par_chunks_mut(c * ROWS).zip(x.par_chunks(c * ROWS)).for_each(|(yc, xc)| {
                     for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
-                        for (((o, &v), &a), &b) in yr.iter_mut().zip(xr).zip(&a).zip(&b) {
-                            *o = v * a + b;
+                        for (((o, &v), &a), &m) in yr.iter_mut().zip(xr).zip(&a).zip(&st.mean) {
+                            *o = (v - m) * a;
                         }
                     }
                 });
@@ -168,7 +186,7 @@ impl NormScale {
     }
 
     /// A tensor in the group's layout back in x's shape.
-    fn from_groups(&self, t: Tensor, dims: &[usize]) -> Result<Tensor> {
+    fn ungroup(&self, t: Tensor, dims: &[usize]) -> Result<Tensor> {
         match self.group {
             Group::Channel => t.t()?.reshape(dims),
             Group::Sample => t.reshape(dims),
@@ -178,7 +196,7 @@ impl NormScale {
     /// gamma x_hat from candle ops (differentiable).
     fn scale_graph(&self, x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
         let (xhat, _) = self.xhat_graph(x, gamma.dim(0)?)?;
-        self.from_groups(xhat, x.dims())?.broadcast_mul(gamma)
+        self.ungroup(xhat, x.dims())?.broadcast_mul(gamma)
     }
 
     /// (dx, dgamma) by the closed form, from the statistics of the forward pass.
@@ -190,8 +208,8 @@ impl NormScale {
             Group::Channel => {
                 let m = (x.len() / c) as f64;
                 let xhat = |v: f32, j: usize| (v - st.mean[j]) * st.inv[j];
-                let sg = channel_sums(g, c, |_, v, _| v as f64);
-                let sgx = channel_sums(g, c, |r, v, j| (v * xhat(x[r * c + j], j)) as f64);
+                let sg = channel_sums(g, g, c, |v, _, _| v);
+                let sgx = channel_sums(g, x, c, |v, xv, j| v * xhat(xv, j));
                 // dx = gamma inv (g - sg/m - x_hat sgx/m), per channel
                 let k: Vec<f32> = gamma.iter().zip(&st.inv).map(|(g, i)| g * i).collect();
                 let mg: Vec<f32> = sg.iter().map(|s| (s / m) as f32).collect();
@@ -254,9 +272,9 @@ impl NormScale {
             Group::Channel => (gh.reshape(((), c))?.t()?, g.reshape(((), c))?.t()?),
             Group::Sample => (gh.reshape((x.dim(0)?, ()))?, g.reshape((x.dim(0)?, ()))?),
         };
-        let dgamma = self.from_groups((&g2 * &xhat)?, x.dims())?.reshape(((), c))?.sum(0)?;
+        let dgamma = self.ungroup((&g2 * &xhat)?, x.dims())?.reshape(((), c))?.sum(0)?;
         let dx = gh2.broadcast_sub(&gh2.mean_keepdim(1)?)?.sub(&xhat.broadcast_mul(&(&gh2 * &xhat)?.mean_keepdim(1)?)?)?.broadcast_mul(&inv)?;
-        Ok((self.from_groups(dx, x.dims())?, dgamma))
+        Ok((self.ungroup(dx, x.dims())?, dgamma))
     }
 }
 
@@ -362,12 +380,59 @@ impl ActFn for SwishFn {
     }
 }
 
-/// Per-chunk coefficient vectors (one value per channel) of x_hat = x inv + shift: per
-/// channel for batch norm, the chunk's sample's for layer norm.
+/// Per-chunk vectors (one value per channel) of the statistics in x_hat = (x - mean) inv:
+/// per channel for batch norm, the chunk's sample's for layer norm. (x - mean) comes
+/// first: folded into x inv - mean inv, an activation far from zero with a small spread
+/// would lose its low bits to cancellation.
 fn coefficients(group: Group, st: &Stats, k: usize, c: usize) -> (Vec<f32>, Vec<f32>) {
     match group {
-        Group::Channel => (st.inv.clone(), st.mean.iter().zip(&st.inv).map(|(m, i)| -m * i).collect()),
-        Group::Sample => (vec![st.inv[k]; c], vec![-st.mean[k] * st.inv[k]; c]),
+        Group::Channel => (st.inv.clone(), st.mean.clone()),
+        Group::Sample => (vec![st.inv[k]; c], vec![st.mean[k]; c]),
+    }
+}
+
+/// What the backward passes read, and how they walk one chunk.
+struct Rows<'a, A> {
+    x: &'a [f32],
+    g: &'a [f32],
+    r: Option<&'a [f32]>,
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    c: usize,
+    chunk: usize,
+    group: Group,
+    st: &'a Stats,
+    act: A,
+}
+
+impl<A: ActFn> Rows<'_, A> {
+    /// For each row of chunk k: `each(offset in the chunk, g through the activation, x_hat)`.
+    #[inline(always)]
+    fn each(&self, k: usize, mut each: impl FnMut(usize, &[f32], &[f32])) {
+        let c = self.c;
+        let (inv, mean) = coefficients(self.group, self.st, k, c);
+        let end = ((k + 1) * self.chunk).min(self.x.len());
+        let mut gp = vec![0f32; c];
+        let mut xh = vec![0f32; c];
+        for at in (k * self.chunk..end).step_by(c) {
+            let (xr, gr) = (&self.x[at..at + c], &self.g[at..at + c]);
+            match self.r {
+                Some(r) => {
+                    let rr = &r[at..at + c];
+                    for j in 0..c {
+                        xh[j] = (xr[j] - mean[j]) * inv[j];
+                        gp[j] = gr[j] * self.act.d(xh[j] * self.gamma[j] + self.beta[j] + rr[j]);
+                    }
+                }
+                None => {
+                    for j in 0..c {
+                        xh[j] = (xr[j] - mean[j]) * inv[j];
+                        gp[j] = gr[j] * self.act.d(xh[j] * self.gamma[j] + self.beta[j]);
+                    }
+                }
+            }
+            each(at - k * self.chunk, &gp, &xh);
+        }
     }
 }
 
@@ -394,24 +459,23 @@ impl NormAct {
         let chunk = self.chunk(x.len(), c, n);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(chunk).enumerate().for_each(|(k, yc)| {
-            // z = x (inv gamma) + (shift gamma + beta) + r
-            let (inv, shift) = coefficients(self.norm.group, &st, k, c);
+            // z = (x - mean) (inv gamma) + beta + r
+            let (inv, mean) = coefficients(self.norm.group, &st, k, c);
             let a: Vec<f32> = inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
-            let b: Vec<f32> = shift.iter().zip(gamma).zip(beta).map(|((s, g), b)| s * g + b).collect();
             let xc = &x[k * chunk..k * chunk + yc.len()];
             match r {
                 Some(r) => {
                     let rc = &r[k * chunk..k * chunk + yc.len()];
                     for ((yr, xr), rr) in yc.chunks_mut(c).zip(xc.chunks(c)).zip(rc.chunks(c)) {
                         for j in 0..c {
-                            yr[j] = act.f(xr[j] * a[j] + b[j] + rr[j]);
+                            yr[j] = act.f((xr[j] - mean[j]) * a[j] + beta[j] + rr[j]);
                         }
                     }
                 }
                 None => {
                     for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
                         for j in 0..c {
-                            yr[j] = act.f(xr[j] * a[j] + b[j]);
+                            yr[j] = act.f((xr[j] - mean[j]) * a[j] + beta[j]);
                         }
                     }
                 }
@@ -421,53 +485,28 @@ impl NormAct {
     }
 
     /// (dx, d[gamma; beta], dr) by the closed form.
-    fn backward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+    fn backward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<Grads> {
         match self.act {
             Act::Leaky(s) => self.backward_with(LeakyFn(s), x, gb, r, g, n),
             Act::Swish => self.backward_with(SwishFn, x, gb, r, g, n),
         }
     }
 
-    fn backward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>, Option<Vec<f32>>)> {
+    fn backward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<Grads> {
         let st = self.norm.stats()?;
         let c = gb.len() / 2;
         let (gamma, beta) = gb.split_at(c);
         let group = self.norm.group;
         let chunk = self.chunk(x.len(), c, n);
         let chunks = x.len().div_ceil(chunk);
-        // g through the activation for the rows of chunk k, handed to `each` with x_hat
-        let rows = |k: usize, each: &mut dyn FnMut(usize, &[f32], &[f32])| {
-            let (inv, shift) = coefficients(group, st, k, c);
-            let end = ((k + 1) * chunk).min(x.len());
-            let mut gp = vec![0f32; c];
-            let mut xh = vec![0f32; c];
-            for at in (k * chunk..end).step_by(c) {
-                let (xr, gr) = (&x[at..at + c], &g[at..at + c]);
-                match r {
-                    Some(r) => {
-                        let rr = &r[at..at + c];
-                        for j in 0..c {
-                            xh[j] = xr[j] * inv[j] + shift[j];
-                            gp[j] = gr[j] * act.d(xh[j] * gamma[j] + beta[j] + rr[j]);
-                        }
-                    }
-                    None => {
-                        for j in 0..c {
-                            xh[j] = xr[j] * inv[j] + shift[j];
-                            gp[j] = gr[j] * act.d(xh[j] * gamma[j] + beta[j]);
-                        }
-                    }
-                }
-                each(at - k * chunk, &gp, &xh);
-            }
-        };
+        let rows = Rows { x, g, r, gamma, beta, c, chunk, group, st, act };
         // pass 1: per chunk and channel, sum gpre and sum gpre x_hat (f32 within a chunk,
         // f64 across chunks, in order)
         let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..chunks)
             .into_par_iter()
             .map(|k| {
                 let (mut sg, mut sgx) = (vec![0f32; c], vec![0f32; c]);
-                rows(k, &mut |_, gp, xh| {
+                rows.each(k, |_, gp, xh| {
                     for j in 0..c {
                         sg[j] += gp[j];
                         sgx[j] += gp[j] * xh[j];
@@ -506,7 +545,7 @@ impl NormAct {
         let mut dr = r.map(|_| vec![0f32; x.len()]);
         let fill = |k: usize, dc: &mut [f32], mut rc: Option<&mut [f32]>| {
             let (pp, q, rr) = coef(k);
-            rows(k, &mut |off, gp, xh| {
+            rows.each(k, |off, gp, xh| {
                 let d = &mut dc[off..off + c];
                 for j in 0..c {
                     d[j] = pp[j] * gp[j] + q[j] + rr[j] * xh[j];
@@ -664,7 +703,7 @@ pub fn norm_scale(x: &Tensor, gamma: &Tensor, group: Group, eps: f64) -> Result<
 
 /// Whether [`norm_scale`] runs on these tensors.
 pub fn fast(x: &Tensor, gamma: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && gamma.dtype() == DType::F32
+    super::fallback::fast(&[x, gamma])
 }
 
 #[cfg(test)]
