@@ -65,6 +65,8 @@ pub fn gradient_penalty(xhat: &Tensor, score: &dyn Fn(&Tensor) -> Result<Tensor>
     let s = score(x.as_tensor())?;
     let mut grads = {
         let _graph = CreateGraph::on();
+        // only d score / d x is used: the fused ops skip their parameters' gradients
+        let _inputs = crate::nn::wanted::InputsOnly::on();
         s.sum_all()?.backward()?
     };
     let g = grads.remove(x.as_tensor()).ok_or_else(|| candle_core::Error::Msg("the score does not depend on its input".into()))?;

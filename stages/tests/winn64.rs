@@ -199,14 +199,17 @@ fn weight_gradients_match_finite_differences_in_every_layer() -> Result<()> {
 /// pooling, layer norm and the convolutions must all pass second-order gradients.
 #[test]
 fn gradient_penalty_weight_gradients_match_finite_differences_in_every_layer() -> Result<()> {
-    stages::candle::backprop::set_create_graph(true);
     let net = tiny_net(30)?;
     let x0 = tensor(&[2, 3, 16, 16], 31, -1.0, 1.0);
-    // penalty = sum over samples of (||d f_0 / d x||_2 - 1)^2
+    // penalty = sum over samples of (||d f_0 / d x||_2 - 1)^2, its inner backward pass
+    // kept differentiable (and only that one, as critic::gradient_penalty does)
     let penalty_t = |n: &Winn64| -> Result<Tensor> {
         let x = Var::from_tensor(&x0)?;
         let f = n.forward(x.as_tensor())?.narrow(1, 0, 1)?.sum_all()?;
-        let dx = f.backward()?.get(x.as_tensor()).expect("input gradient").clone();
+        let before = stages::candle::backprop::set_create_graph(true);
+        let inner = f.backward();
+        stages::candle::backprop::set_create_graph(before);
+        let dx = inner?.get(x.as_tensor()).expect("input gradient").clone();
         let norms = dx.sqr()?.flatten_from(1)?.sum(1)?.sqrt()?;
         Ok((norms - 1.0)?.sqr()?.sum_all()?)
     };

@@ -21,6 +21,7 @@
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor};
 use super::act::{column_sums, leaky_grad};
 use super::direct;
+use super::wanted;
 use super::gemm_output;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -296,7 +297,7 @@ impl candle_core::CustomOp2 for Conv {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() { Some(conv_t(&grad, w, self.g, x.dims())?) } else { None };
-        let dw = if w.track_op() { Some(wgrad(x, &grad, self.g)?) } else { None };
+        let dw = if w.track_op() && wanted::params() { Some(wgrad(x, &grad, self.g)?) } else { None };
         Ok((dx, dw))
     }
 }
@@ -420,8 +421,8 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let gpre = leaky_grad(grad, y, self.slope)?;
         let dx = if x.track_op() { Some(conv_t(&gpre, w, self.g, x.dims())?) } else { None };
-        let dw = if w.track_op() { Some(wgrad(x, &gpre, self.g)?) } else { None };
-        let db = if b.track_op() { Some(column_sums(&gpre)?) } else { None };
+        let dw = if w.track_op() && wanted::params() { Some(wgrad(x, &gpre, self.g)?) } else { None };
+        let db = if b.track_op() && wanted::params() { Some(column_sums(&gpre)?) } else { None };
         Ok((dx, dw, db))
     }
 }

@@ -12,6 +12,7 @@ pub mod norm;
 pub mod norm_op;
 pub mod resnet;
 pub mod torch;
+pub mod wanted;
 pub mod winn64;
 
 use candle_core::{Result, Tensor, Var};

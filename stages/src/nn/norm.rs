@@ -95,6 +95,11 @@ impl Norm {
                 }
                 Ok(y)
             }
+            None if fast => {
+                let gb = Tensor::stack(&[mode.param(&self.gamma), mode.param(&self.beta)], 0)?;
+                let (mean, var) = (self.running_mean.as_tensor().to_vec1::<f32>()?, self.running_var.as_tensor().to_vec1::<f32>()?);
+                norm_op::norm_act_fixed(x, &gb, residual, mean, var, EPS, act)
+            }
             _ => {
                 let mut z = self.scale(x, mode)?;
                 if let Some(r) = residual {

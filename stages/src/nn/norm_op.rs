@@ -334,6 +334,9 @@ pub enum Act {
 struct NormAct {
     norm: NormScale,
     act: Act,
+    /// Statistics given (batch norm's running averages, frozen), not computed: x_hat is
+    /// then an affine map of x alone.
+    fixed: bool,
 }
 
 /// An activation and its derivative as plain functions, so the loops over elements are
@@ -445,22 +448,24 @@ impl NormAct {
         }
     }
 
-    fn forward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Stats, Vec<f32>) {
+    /// The statistics it computed (none when fixed), and the output.
+    fn forward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Option<Stats>, Vec<f32>) {
         match self.act {
             Act::Leaky(s) => self.forward_with(LeakyFn(s), x, gb, r, n),
             Act::Swish => self.forward_with(SwishFn, x, gb, r, n),
         }
     }
 
-    fn forward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Stats, Vec<f32>) {
+    fn forward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, n: usize) -> (Option<Stats>, Vec<f32>) {
         let c = gb.len() / 2;
         let (gamma, beta) = gb.split_at(c);
-        let st = self.norm.statistics(x, c, n);
+        let computed = (!self.fixed).then(|| self.norm.statistics(x, c, n));
+        let st = computed.as_ref().unwrap_or_else(|| self.norm.stats().expect("fixed statistics are set before the forward pass"));
         let chunk = self.chunk(x.len(), c, n);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(chunk).enumerate().for_each(|(k, yc)| {
             // z = (x - mean) (inv gamma) + beta + r
-            let (inv, mean) = coefficients(self.norm.group, &st, k, c);
+            let (inv, mean) = coefficients(self.norm.group, st, k, c);
             let a: Vec<f32> = inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
             let xc = &x[k * chunk..k * chunk + yc.len()];
             match r {
@@ -481,18 +486,19 @@ impl NormAct {
                 }
             }
         });
-        (st, y)
+        (computed, y)
     }
 
     /// (dx, d[gamma; beta], dr) by the closed form.
-    fn backward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<Grads> {
+    fn backward(&self, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize, need_gb: bool) -> Result<Grads> {
         match self.act {
-            Act::Leaky(s) => self.backward_with(LeakyFn(s), x, gb, r, g, n),
-            Act::Swish => self.backward_with(SwishFn, x, gb, r, g, n),
+            Act::Leaky(s) => self.backward_with(LeakyFn(s), x, gb, r, g, n, need_gb),
+            Act::Swish => self.backward_with(SwishFn, x, gb, r, g, n, need_gb),
         }
     }
 
-    fn backward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize) -> Result<Grads> {
+    #[allow(clippy::too_many_arguments)]
+    fn backward_with<A: ActFn>(&self, act: A, x: &[f32], gb: &[f32], r: Option<&[f32]>, g: &[f32], n: usize, need_gb: bool) -> Result<Grads> {
         let st = self.norm.stats()?;
         let c = gb.len() / 2;
         let (gamma, beta) = gb.split_at(c);
@@ -502,6 +508,8 @@ impl NormAct {
         let rows = Rows { x, g, r, gamma, beta, c, chunk, group, st, act };
         // pass 1: per chunk and channel, sum gpre and sum gpre x_hat (f32 within a chunk,
         // f64 across chunks, in order)
+        // (fixed statistics need them only for d[gamma; beta])
+        let chunks = if self.fixed && !need_gb { 0 } else { chunks };
         let parts: Vec<(Vec<f32>, Vec<f32>)> = (0..chunks)
             .into_par_iter()
             .map(|k| {
@@ -526,6 +534,8 @@ impl NormAct {
         let size = (chunks_len(group, x.len(), c, chunk)) as f64;
         let coef = |k: usize| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
             match group {
+                // x_hat does not depend on x through the statistics: dx = gamma inv gpre
+                Group::Channel if self.fixed => (gamma.iter().zip(&st.inv).map(|(g, i)| g * i).collect(), vec![0.0; c], vec![0.0; c]),
                 Group::Channel => {
                     let kk: Vec<f32> = gamma.iter().zip(&st.inv).map(|(g, i)| g * i).collect();
                     let q = (0..c).map(|j| -kk[j] * (dbeta[j] / size) as f32).collect();
@@ -563,14 +573,55 @@ impl NormAct {
         Ok((dx, dgb, dr))
     }
 
-    /// The same backward from candle ops, differentiable in x, gamma, beta, r and g.
-    fn backward_graph(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// The backward as nodes a second backward pass can go through: g through the
+    /// activation (a candle-differentiable node), then the normalization's backward as one
+    /// fused node with its own closed-form derivative ([`NormBack`]).
+    fn backward_second_order(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor, want_gb: bool) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let (gamma, beta) = (gb.get(0)?, gb.get(1)?);
+        let gpre = match self.act {
+            Act::Leaky(s) => super::act::leaky_grad(g, y, s)?,
+            Act::Swish => {
+                let mut z = self.norm.scale_graph(x, &gamma)?.broadcast_add(&beta)?;
+                if let Some(r) = r {
+                    z = (z + r)?;
+                }
+                let sg = candle_nn::ops::sigmoid(&z)?;
+                (g * (&sg * ((&z * sg.affine(-1.0, 1.0)?)? + 1.0)?)?)?
+            }
+        };
+        let op = NormBack { norm: NormScale { group: self.norm.group, eps: self.norm.eps, stats: self.norm.stats.clone() } };
+        let dx = x.contiguous()?.apply_op3(&gamma.contiguous()?, &gpre.contiguous()?, op)?;
+        let dgb = if want_gb {
+            let c = gamma.dim(0)?;
+            let (_, dgamma) = self.norm.backward_graph(x, &gamma, &gpre)?;
+            Some(Tensor::stack(&[dgamma, gpre.reshape(((), c))?.sum(0)?], 0)?)
+        } else {
+            None
+        };
+        Ok((dx, dgb, r.map(|_| gpre)))
+    }
+
+    /// The same backward from candle ops, differentiable in x, gamma, beta, r and g.
+    fn backward_graph(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor, want_gb: bool) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (gamma, beta) = (gb.get(0)?, gb.get(1)?);
+        let c = gamma.dim(0)?;
+        // fixed statistics: x_hat = (x - mean) inv with constant mean and inv
+        let fixed = if self.fixed {
+            let st = self.norm.stats()?;
+            let (mean, inv) = (Tensor::new(st.mean.as_slice(), x.device())?, Tensor::new(st.inv.as_slice(), x.device())?);
+            Some((x.broadcast_sub(&mean)?.broadcast_mul(&inv)?, inv))
+        } else {
+            None
+        };
         let gpre = match self.act {
             // the slope only selects: its derivative is zero, so the mask is a constant
             Act::Leaky(s) => g.mul(&(y.detach().gt(0.0)?.to_dtype(DType::F32)? * (1.0 - s as f64))?.affine(1.0, s as f64)?)?,
             Act::Swish => {
-                let mut z = self.norm.scale_graph(x, &gamma)?.broadcast_add(&beta)?;
+                let scaled = match &fixed {
+                    Some((xhat, _)) => xhat.broadcast_mul(&gamma)?,
+                    None => self.norm.scale_graph(x, &gamma)?,
+                };
+                let mut z = scaled.broadcast_add(&beta)?;
                 if let Some(r) = r {
                     z = (z + r)?;
                 }
@@ -579,10 +630,173 @@ impl NormAct {
                 (g * d)?
             }
         };
-        let (dx, dgamma) = self.norm.backward_graph(x, &gamma, &gpre)?;
-        let c = gamma.dim(0)?;
-        let dbeta = gpre.reshape(((), c))?.sum(0)?;
-        Ok((dx, Tensor::stack(&[dgamma, dbeta], 0)?, r.map(|_| gpre)))
+        let (dx, dgamma) = match &fixed {
+            Some((xhat, inv)) => (gpre.broadcast_mul(&(&gamma * inv)?)?, (&gpre * xhat)?.reshape(((), c))?.sum(0)?),
+            None => self.norm.backward_graph(x, &gamma, &gpre)?,
+        };
+        let dgb = if want_gb { Some(Tensor::stack(&[dgamma, gpre.reshape(((), c))?.sum(0)?], 0)?) } else { None };
+        Ok((dx, dgb, r.map(|_| gpre)))
+    }
+}
+
+/// dx = inv P(gpre gamma) of a normalization, P(u) = u - mean(u) - x_hat mean(u x_hat) per
+/// group, as a node of its own, so that the WINN penalty's second backward pass goes
+/// through one fused kernel per layer rather than some twenty candle ops. Its derivative,
+/// for a cotangent v of dx (u = gpre gamma, sums S over the group of size D, x_hat and inv
+/// from the forward pass):
+///
+/// ```text
+/// T      = S(v u) - mean(u) S(v) - mean(u x_hat) S(v x_hat)
+/// d x    = -inv^2 (T x_hat / D + S(v x_hat) P(u) / D + mean(u x_hat) P(v))
+/// d gpre = inv P(v) gamma,    d gamma = sum over the channel of inv P(v) gpre
+/// ```
+///
+/// (P is symmetric, and d x_hat / d x = inv P, which gives every term.)
+struct NormBack {
+    norm: NormScale,
+}
+
+impl NormBack {
+    /// (d x, d gamma, d gpre) for the cotangent v.
+    fn second(&self, x: &[f32], gamma: &[f32], gpre: &[f32], v: &[f32], n: usize) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let st = self.norm.stats()?;
+        let c = gamma.len();
+        let group = self.norm.group;
+        // elements of one group: a sample (layer norm), or a chunk of rows of every
+        // channel at once (batch norm, groups are the channels)
+        let chunk = match group {
+            Group::Channel => c * ROWS,
+            Group::Sample => x.len() / n,
+        };
+        let chunks = x.len().div_ceil(chunk);
+        // pass 1: per chunk and channel, S(u), S(u x_hat), S(v), S(v x_hat), S(v u)
+        let parts: Vec<[Vec<f64>; 5]> = (0..chunks)
+            .into_par_iter()
+            .map(|k| {
+                let (inv, mean) = coefficients(group, st, k, c);
+                let mut acc: [Vec<f64>; 5] = std::array::from_fn(|_| vec![0f64; c]);
+                let end = ((k + 1) * chunk).min(x.len());
+                for at in (k * chunk..end).step_by(c) {
+                    for j in 0..c {
+                        let xh = (x[at + j] - mean[j]) * inv[j];
+                        let u = gpre[at + j] * gamma[j];
+                        let vv = v[at + j];
+                        acc[0][j] += u as f64;
+                        acc[1][j] += (u * xh) as f64;
+                        acc[2][j] += vv as f64;
+                        acc[3][j] += (vv * xh) as f64;
+                        acc[4][j] += (vv * u) as f64;
+                    }
+                }
+                acc
+            })
+            .collect();
+        // the group sums: per channel over every chunk, or per sample over its channels
+        let sums = |k: usize| -> ([f64; 5], f64) {
+            match group {
+                Group::Channel => unreachable!("per-channel sums are vectors"),
+                Group::Sample => {
+                    let mut t = [0f64; 5];
+                    for (q, tq) in t.iter_mut().enumerate() {
+                        *tq = parts[k][q].iter().sum();
+                    }
+                    (t, chunk as f64)
+                }
+            }
+        };
+        let channel: Option<[Vec<f64>; 5]> = (group == Group::Channel).then(|| {
+            let mut t: [Vec<f64>; 5] = std::array::from_fn(|_| vec![0f64; c]);
+            for p in &parts {
+                for q in 0..5 {
+                    for j in 0..c {
+                        t[q][j] += p[q][j];
+                    }
+                }
+            }
+            t
+        });
+        let mut dx = vec![0f32; x.len()];
+        let mut dg = vec![0f32; x.len()];
+        let dgamma_parts: Vec<Vec<f64>> = dx
+            .par_chunks_mut(chunk)
+            .zip(dg.par_chunks_mut(chunk))
+            .enumerate()
+            .map(|(k, (dxc, dgc))| {
+                let (inv, mean) = coefficients(group, st, k, c);
+                // per channel j: (D, S(u), S(u x_hat), S(v), S(v x_hat), S(v u))
+                let stat = |j: usize| -> (f32, f32, f32, f32, f32, f32) {
+                    let (t, d) = match &channel {
+                        Some(t) => ([t[0][j], t[1][j], t[2][j], t[3][j], t[4][j]], (x.len() / c) as f64),
+                        None => sums(k),
+                    };
+                    (d as f32, t[0] as f32, t[1] as f32, t[2] as f32, t[3] as f32, t[4] as f32)
+                };
+                let per: Vec<_> = (0..c).map(stat).collect();
+                let mut dgamma = vec![0f64; c];
+                let base = k * chunk;
+                for (i, (dxv, dgv)) in dxc.iter_mut().zip(dgc.iter_mut()).enumerate() {
+                    let (at, j) = (base + i, i % c);
+                    let (d, su, sux, sv, svx, svu) = per[j];
+                    let s = inv[j];
+                    let xh = (x[at] - mean[j]) * s;
+                    let u = gpre[at] * gamma[j];
+                    let (a, b) = (su / d, sux / d);
+                    let t = svu - a * sv - b * svx;
+                    let pu = u - a - xh * b;
+                    let pv = v[at] - sv / d - xh * (svx / d);
+                    *dxv = -s * s * (t * xh / d + svx * pu / d + b * pv);
+                    let w = s * pv;
+                    *dgv = w * gamma[j];
+                    dgamma[j] += (w * gpre[at]) as f64;
+                }
+                dgamma
+            })
+            .collect();
+        let mut dgamma = vec![0f64; c];
+        for p in dgamma_parts {
+            for (t, v) in dgamma.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        Ok((dx, dgamma.into_iter().map(|v| v as f32).collect(), dg))
+    }
+}
+
+impl candle_core::CustomOp3 for NormBack {
+    fn name(&self) -> &'static str {
+        "norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "norm-backward")?;
+        let gamma = slice(s2, l2, "norm-backward")?;
+        let gpre = slice(s3, l3, "norm-backward")?;
+        if l1.dims() != l3.dims() || l1.dims().last() != Some(&gamma.len()) {
+            candle_core::bail!("norm-backward: x {:?}, gamma {:?}, gradient {:?}", l1.dims(), l2.dims(), l3.dims());
+        }
+        let (dx, _) = self.norm.backward(x, gamma, gpre, l1.dims()[0])?;
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, gamma: &Tensor, gpre: &Tensor, _dx: &Tensor, v: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if backprop::create_graph() {
+            candle_core::bail!("norm-backward: third-order gradients are not supported");
+        }
+        let (xs, gs, ps, vs) = (x.contiguous()?, gamma.contiguous()?, gpre.contiguous()?, v.contiguous()?);
+        let what = "norm-backward";
+        let (ddx, ddgamma, ddgpre) = {
+            let (sx, lx) = xs.storage_and_layout();
+            let (sg, lg) = gs.storage_and_layout();
+            let (sp, lp) = ps.storage_and_layout();
+            let (sv, lv) = vs.storage_and_layout();
+            self.second(cpu(&sx, lx, what)?, cpu(&sg, lg, what)?, cpu(&sp, lp, what)?, cpu(&sv, lv, what)?, x.dim(0)?)?
+        };
+        let dev = x.device();
+        Ok((
+            x.track_op().then(|| Tensor::from_vec(ddx, x.shape(), dev)).transpose()?,
+            gamma.track_op().then(|| Tensor::from_vec(ddgamma, gamma.shape(), dev)).transpose()?,
+            gpre.track_op().then(|| Tensor::from_vec(ddgpre, gpre.shape(), dev)).transpose()?,
+        ))
     }
 }
 
@@ -616,13 +830,18 @@ impl NormAct {
             None => None,
         };
         let (st, y) = self.forward(xs, gbs, rs, n);
-        let _ = self.norm.stats.set(st);
+        if let Some(st) = st {
+            let _ = self.norm.stats.set(st);
+        }
         Ok((CpuStorage::F32(y), x.1.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, gb: &Tensor, r: Option<&Tensor>, y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgb, dr) = if backprop::create_graph() {
-            self.backward_graph(x, gb, r, y, g)?
+        let want_gb = gb.track_op() && super::wanted::params();
+        let (dx, dgb, dr) = if backprop::create_graph() && !self.fixed {
+            self.backward_second_order(x, gb, r, y, g, want_gb)?
+        } else if backprop::create_graph() {
+            self.backward_graph(x, gb, r, y, g, want_gb)?
         } else {
             let what = self.name();
             let (xs, gbs, gs) = (x.contiguous()?, gb.contiguous()?, g.contiguous()?);
@@ -635,15 +854,15 @@ impl NormAct {
                 Some((s, l)) => Some(cpu(s, l, what)?),
                 None => None,
             };
-            let (dx, dgb, dr) = self.backward(cpu(&sx, lx, what)?, cpu(&sb, lb, what)?, rslice, cpu(&sg, lg, what)?, x.dim(0)?)?;
+            let (dx, dgb, dr) = self.backward(cpu(&sx, lx, what)?, cpu(&sb, lb, what)?, rslice, cpu(&sg, lg, what)?, x.dim(0)?, want_gb)?;
             let dr = dr.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
-            (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dgb, gb.shape(), x.device())?, dr)
+            (Tensor::from_vec(dx, x.shape(), x.device())?, want_gb.then(|| Tensor::from_vec(dgb, gb.shape(), x.device())).transpose()?, dr)
         };
         let dr = match r {
             Some(r) if r.track_op() => dr,
             _ => None,
         };
-        Ok((x.track_op().then_some(dx), gb.track_op().then_some(dgb), dr))
+        Ok((x.track_op().then_some(dx), dgb, dr))
     }
 }
 
@@ -683,13 +902,25 @@ impl candle_core::CustomOp3 for NormAct3 {
 /// (2 x C). Returns the statistics too (for running averages). CPU and f32 only.
 pub fn norm_act(x: &Tensor, gb: &Tensor, r: Option<&Tensor>, group: Group, eps: f64, act: Act) -> Result<(Tensor, Arc<OnceLock<Stats>>)> {
     let stats = Arc::new(OnceLock::new());
-    let op = NormAct { norm: NormScale { group, eps, stats: stats.clone() }, act };
+    let op = NormAct { norm: NormScale { group, eps, stats: stats.clone() }, act, fixed: false };
+    Ok((apply_norm_act(op, x, gb, r)?, stats))
+}
+
+/// act(gamma (x - mean) / sqrt(var + eps) + beta + r) with given per-channel statistics:
+/// batch norm frozen, one pass each way.
+pub fn norm_act_fixed(x: &Tensor, gb: &Tensor, r: Option<&Tensor>, mean: Vec<f32>, var: Vec<f32>, eps: f64, act: Act) -> Result<Tensor> {
+    let st = stats_of(mean.iter().map(|&m| m as f64).collect(), var.iter().map(|&v| v as f64).collect(), eps);
+    let op = NormAct { norm: NormScale { group: Group::Channel, eps, stats: Arc::new(OnceLock::from(st)) }, act, fixed: true };
+    apply_norm_act(op, x, gb, r)
+}
+
+fn apply_norm_act(op: NormAct, x: &Tensor, gb: &Tensor, r: Option<&Tensor>) -> Result<Tensor> {
     let (x, gb) = (x.contiguous()?, gb.contiguous()?);
     let y = match r {
         None => x.apply_op2_arc(&gb, Arc::new(Box::new(NormAct2(op))))?,
         Some(r) => x.apply_op3_arc(&gb, &r.contiguous()?, Arc::new(Box::new(NormAct3(op))))?,
     };
-    Ok((y, stats))
+    Ok(y)
 }
 
 /// gamma * x_hat with statistics over `group`, and the statistics (for running averages).
@@ -856,6 +1087,69 @@ mod tests {
                         for k in f2.len() - 2..f2.len() {
                             assert!(max_rel(&f2[k], &s2[k]) < 2e-3, "{what}: second-order {}", if k == f2.len() - 2 { "x" } else { "gamma, beta" });
                         }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Batch norm frozen (running statistics given): against candle ops, to second order.
+    #[test]
+    fn fixed_statistics_match_candle_ops_to_second_order() -> Result<()> {
+        for act in ACTS {
+            for residual in [false, true] {
+                for (i, &shape) in SHAPES.iter().enumerate() {
+                    let c = shape[3];
+                    let seed = 300 + 10 * i as u64;
+                    let gb = Var::from_tensor(&Tensor::stack(&[rand(&[c], seed, 0.5, 1.5), rand(&[c], seed + 1, -0.5, 0.5)], 0)?)?;
+                    let mean = Rng::new(seed + 2).uniform_vec(c, -1.0, 1.0);
+                    let var = Rng::new(seed + 3).uniform_vec(c, 0.2, 3.0);
+                    let rv = Var::from_tensor(&rand(shape, seed + 4, -1.0, 1.0))?;
+                    let w = rand(shape, seed + 5, -1.0, 1.0);
+                    let x0 = rand(shape, seed + 6, -2.0, 3.0);
+                    let reference = |x: &Tensor, r: Option<&Tensor>| -> Result<Tensor> {
+                        let (m, v) = (Tensor::new(mean.as_slice(), &Device::Cpu)?, Tensor::new(var.as_slice(), &Device::Cpu)?);
+                        let xhat = x.broadcast_sub(&m)?.broadcast_div(&(v + 1e-5)?.sqrt()?)?;
+                        let mut z = xhat.broadcast_mul(&gb.as_tensor().get(0)?)?.broadcast_add(&gb.as_tensor().get(1)?)?;
+                        if let Some(r) = r {
+                            z = (z + r)?;
+                        }
+                        match act {
+                            Act::Leaky(s) => candle_nn::ops::leaky_relu(&z, s as f64),
+                            Act::Swish => z.silu(),
+                        }
+                    };
+                    let run = |fast: bool| -> Result<Vec<Tensor>> {
+                        let x = Var::from_tensor(&x0)?;
+                        let r = residual.then(|| rv.as_tensor());
+                        let y = if fast { norm_act_fixed(x.as_tensor(), gb.as_tensor(), r, mean.clone(), var.clone(), 1e-5, act)? } else { reference(x.as_tensor(), r)? };
+                        let before = backprop::set_create_graph(true);
+                        let grads = (&y * &w)?.sum_all()?.backward()?;
+                        backprop::set_create_graph(before);
+                        let dx = grads.get(x.as_tensor()).unwrap().clone();
+                        let mut out = vec![y, dx.clone(), grads.get(gb.as_tensor()).unwrap().clone()];
+                        if residual {
+                            out.push(grads.get(rv.as_tensor()).unwrap().clone());
+                        }
+                        let g2 = (dx.sqr()? * &w)?.sum_all()?.backward()?;
+                        if act == Act::Swish {
+                            // piecewise-linear activations have no second derivative in x
+                            out.push(g2.get(x.as_tensor()).unwrap().clone());
+                        }
+                        out.push(g2.get(gb.as_tensor()).unwrap().clone());
+                        // and the first-order fast path (no graph kept)
+                        let x2 = Var::from_tensor(&x0)?;
+                        let y2 = if fast { norm_act_fixed(x2.as_tensor(), gb.as_tensor(), r, mean.clone(), var.clone(), 1e-5, act)? } else { reference(x2.as_tensor(), r)? };
+                        let g1 = (&y2 * &w)?.sum_all()?.backward()?;
+                        out.push(g1.get(x2.as_tensor()).unwrap().clone());
+                        out.push(g1.get(gb.as_tensor()).unwrap().clone());
+                        Ok(out)
+                    };
+                    let (f, sl) = (run(true)?, run(false)?);
+                    assert_eq!(f.len(), sl.len());
+                    for (k, (a, b)) in f.iter().zip(&sl).enumerate() {
+                        assert!(max_rel(a, b) < 2e-3, "{act:?} residual {residual} {shape:?}: output {k} differs by {}", max_rel(a, b));
                     }
                 }
             }

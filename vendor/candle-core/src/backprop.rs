@@ -183,9 +183,11 @@ impl Tensor {
             if node.is_variable() {
                 continue;
             }
-            let grad = grads
-                .remove(node)
-                .expect("candle internal error - grad not populated");
+            // pipe: a node no gradient reached (an operand whose op chose not to compute
+            // one, e.g. a parameter in a pass that wants input gradients only) passes none on
+            let Some(grad) = grads.remove(node) else {
+                continue;
+            };
             // https://github.com/huggingface/candle/issues/1241
             // Ideally, we would make these operations in place where possible to ensure that we
             // do not have to allocate too often. Here we just call `.detach` to avoid computing
