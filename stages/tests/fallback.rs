@@ -3,6 +3,9 @@
 //! the WINN penalty's second-order gradients, on non-square inputs (where candle's stride-2
 //! input gradient is wrong unless worked around) and batch 1.
 
+#[path = "support/compare.rs"]
+mod compare;
+use compare::max_rel;
 use stages::candle::{Device, Result, Tensor, Var};
 use stages::critic::{gradient_penalty, single_logit};
 use stages::nn::fallback::CandleOps;
@@ -21,14 +24,6 @@ fn cnn4(norm: Option<NormKind>, h: usize, w: usize) -> Result<Cnn4> {
 
 fn input(n: usize, h: usize, w: usize, seed: u64) -> Result<Tensor> {
     Tensor::from_vec(Rng::new(seed).uniform_vec(n * 3 * h * w, -1.0, 1.0), (n, 3, h, w), &Device::Cpu)
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
 }
 
 /// Logits and the gradients of sum(logits * r) for every parameter and the input, on

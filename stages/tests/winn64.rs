@@ -2,6 +2,9 @@
 //! with candle's own ops, its gradients (first order, and the gradient penalty's second
 //! order) against finite differences in every layer, and its checkpoint round trip.
 
+#[path = "support/compare.rs"]
+mod compare;
+use compare::max_rel;
 use stages::candle::{DType, Device, Tensor, Var};
 use stages::checkpoint;
 use stages::nn::{Arch, Classifier, Mode, NetConfig, NetError, Normalization, Winn64, Winn64Config};
@@ -75,14 +78,6 @@ fn reference_forward(p: &HashMap<String, Tensor>, x: &Tensor, layer_norm: bool) 
     // the head reads features in NHWC order
     let h = h.permute((0, 2, 3, 1))?.contiguous()?.flatten_from(1)?;
     Ok(h.matmul(&p["head.weight"])?.broadcast_add(&p["head.bias"])?)
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max) / scale
 }
 
 #[test]

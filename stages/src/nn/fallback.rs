@@ -4,6 +4,7 @@
 //! (a test) with [`CandleOps::on`].
 
 use candle_core::{DType, Tensor};
+use super::switch::Scoped;
 use std::cell::Cell;
 use std::sync::OnceLock;
 
@@ -25,17 +26,11 @@ pub fn fast(tensors: &[&Tensor]) -> bool {
 
 /// Forces candle's ops on this thread while it lives.
 pub struct CandleOps {
-    before: bool,
+    _on: Scoped,
 }
 
 impl CandleOps {
     pub fn on() -> Self {
-        CandleOps { before: FORCED.replace(true) }
-    }
-}
-
-impl Drop for CandleOps {
-    fn drop(&mut self) {
-        FORCED.set(self.before);
+        CandleOps { _on: Scoped::set(&FORCED, true) }
     }
 }

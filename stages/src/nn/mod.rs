@@ -11,6 +11,7 @@ pub mod fallback;
 pub mod norm;
 pub mod norm_op;
 pub mod resnet;
+mod switch;
 pub mod torch;
 pub mod wanted;
 pub mod winn64;

@@ -1042,6 +1042,31 @@ mod tests {
         }
     }
 
+    /// y = forward(x) at x0; (y, dx, d gb, d r when given) of sum(y w), the backward kept
+    /// differentiable when `second`, and then d/d(x, gb) of sum(dx^2 w) (x only when
+    /// `second_x`: piecewise-linear activations have no second derivative in x).
+    fn derivatives(forward: &dyn Fn(&Tensor) -> Result<Tensor>, x0: &Tensor, gb: &Var, r: Option<&Var>, w: &Tensor, second: bool, second_x: bool) -> Result<Vec<Tensor>> {
+        let x = Var::from_tensor(x0)?;
+        let y = forward(x.as_tensor())?;
+        let before = backprop::set_create_graph(second);
+        let grads = (&y * w)?.sum_all()?.backward();
+        backprop::set_create_graph(before);
+        let grads = grads?;
+        let dx = grads.get(x.as_tensor()).unwrap().clone();
+        let mut out = vec![y, dx.clone(), grads.get(gb.as_tensor()).unwrap().clone()];
+        if let Some(r) = r {
+            out.push(grads.get(r.as_tensor()).unwrap().clone());
+        }
+        if second {
+            let g2 = (dx.sqr()? * w)?.sum_all()?.backward()?;
+            if second_x {
+                out.push(g2.get(x.as_tensor()).unwrap().clone());
+            }
+            out.push(g2.get(gb.as_tensor()).unwrap().clone());
+        }
+        Ok(out)
+    }
+
     const ACTS: [Act; 3] = [Act::Leaky(0.0), Act::Leaky(0.2), Act::Swish];
 
     /// The fused node against candle ops, first order (fast path) and second order (the
@@ -1061,24 +1086,11 @@ mod tests {
                         let x0 = rand(shape, seed + 4, -2.0, 3.0);
                         let what = format!("{group:?} {act:?} residual {residual} {shape:?}");
                         // (y, dx, d gb, d r) first order; then d/d(x, gb) of sum(dx^2 w)
+                        let r = residual.then_some(&rv);
                         let run = |fast: bool, second: bool| -> Result<Vec<Tensor>> {
-                            let x = Var::from_tensor(&x0)?;
-                            let r = residual.then(|| rv.as_tensor());
-                            let y = if fast { norm_act(x.as_tensor(), gb.as_tensor(), r, group, 1e-5, act)?.0 } else { reference_act(x.as_tensor(), gb.as_tensor(), r, group, act)? };
-                            let before = backprop::set_create_graph(second);
-                            let grads = (&y * &w)?.sum_all()?.backward()?;
-                            backprop::set_create_graph(before);
-                            let dx = grads.get(x.as_tensor()).unwrap().clone();
-                            let mut out = vec![y, dx.clone(), grads.get(gb.as_tensor()).unwrap().clone()];
-                            if residual {
-                                out.push(grads.get(rv.as_tensor()).unwrap().clone());
-                            }
-                            if second {
-                                let g2 = (dx.sqr()? * &w)?.sum_all()?.backward()?;
-                                out.push(g2.get(x.as_tensor()).unwrap().clone());
-                                out.push(g2.get(gb.as_tensor()).unwrap().clone());
-                            }
-                            Ok(out)
+                            let rt = r.map(|r| r.as_tensor());
+                            let forward = |x: &Tensor| if fast { Ok(norm_act(x, gb.as_tensor(), rt, group, 1e-5, act)?.0) } else { reference_act(x, gb.as_tensor(), rt, group, act) };
+                            derivatives(&forward, &x0, &gb, r, &w, second, true)
                         };
                         for (a, b, name) in run(true, false)?.iter().zip(&run(false, false)?).zip(["y", "dx", "dgb", "dr"]).map(|((a, b), n)| (a, b, n)) {
                             assert!(max_rel(a, b) < 1e-4, "{what}: {name}");
@@ -1120,30 +1132,13 @@ mod tests {
                             Act::Swish => z.silu(),
                         }
                     };
+                    let r = residual.then_some(&rv);
                     let run = |fast: bool| -> Result<Vec<Tensor>> {
-                        let x = Var::from_tensor(&x0)?;
-                        let r = residual.then(|| rv.as_tensor());
-                        let y = if fast { norm_act_fixed(x.as_tensor(), gb.as_tensor(), r, mean.clone(), var.clone(), 1e-5, act)? } else { reference(x.as_tensor(), r)? };
-                        let before = backprop::set_create_graph(true);
-                        let grads = (&y * &w)?.sum_all()?.backward()?;
-                        backprop::set_create_graph(before);
-                        let dx = grads.get(x.as_tensor()).unwrap().clone();
-                        let mut out = vec![y, dx.clone(), grads.get(gb.as_tensor()).unwrap().clone()];
-                        if residual {
-                            out.push(grads.get(rv.as_tensor()).unwrap().clone());
-                        }
-                        let g2 = (dx.sqr()? * &w)?.sum_all()?.backward()?;
-                        if act == Act::Swish {
-                            // piecewise-linear activations have no second derivative in x
-                            out.push(g2.get(x.as_tensor()).unwrap().clone());
-                        }
-                        out.push(g2.get(gb.as_tensor()).unwrap().clone());
-                        // and the first-order fast path (no graph kept)
-                        let x2 = Var::from_tensor(&x0)?;
-                        let y2 = if fast { norm_act_fixed(x2.as_tensor(), gb.as_tensor(), r, mean.clone(), var.clone(), 1e-5, act)? } else { reference(x2.as_tensor(), r)? };
-                        let g1 = (&y2 * &w)?.sum_all()?.backward()?;
-                        out.push(g1.get(x2.as_tensor()).unwrap().clone());
-                        out.push(g1.get(gb.as_tensor()).unwrap().clone());
+                        let rt = r.map(|r| r.as_tensor());
+                        let forward = |x: &Tensor| if fast { norm_act_fixed(x, gb.as_tensor(), rt, mean.clone(), var.clone(), 1e-5, act) } else { reference(x, rt) };
+                        // to second order, then the first-order fast path (no graph kept)
+                        let mut out = derivatives(&forward, &x0, &gb, r, &w, true, act == Act::Swish)?;
+                        out.extend(derivatives(&forward, &x0, &gb, r, &w, false, false)?);
                         Ok(out)
                     };
                     let (f, sl) = (run(true)?, run(false)?);

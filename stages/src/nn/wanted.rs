@@ -4,6 +4,7 @@
 //! fused ops skip their parameters' gradients: a convolution's weight gradient (a third of
 //! its backward), a normalization's gamma and beta.
 
+use super::switch::Scoped;
 use std::cell::Cell;
 
 thread_local! {
@@ -17,17 +18,11 @@ pub fn params() -> bool {
 
 /// Parameter gradients off on this thread while it lives.
 pub struct InputsOnly {
-    before: bool,
+    _on: Scoped,
 }
 
 impl InputsOnly {
     pub fn on() -> Self {
-        InputsOnly { before: INPUTS_ONLY.replace(true) }
-    }
-}
-
-impl Drop for InputsOnly {
-    fn drop(&mut self) {
-        INPUTS_ONLY.set(self.before);
+        InputsOnly { _on: Scoped::set(&INPUTS_ONLY, true) }
     }
 }
