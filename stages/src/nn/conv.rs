@@ -419,7 +419,8 @@ impl candle_core::CustomOp3 for ConvBiasLeaky {
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, y: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gpre = leaky_grad(grad, y, self.slope)?;
+        // slope 1 is the identity: conv + bias alone (conv2d_bias)
+        let gpre = if self.slope == 1.0 { grad.clone() } else { leaky_grad(grad, y, self.slope)? };
         let dx = if x.track_op() { Some(conv_t(&gpre, w, self.g, x.dims())?) } else { None };
         let dw = if w.track_op() && wanted::params() { Some(wgrad(x, &gpre, self.g)?) } else { None };
         let db = if b.track_op() && wanted::params() { Some(column_sums(&gpre)?) } else { None };
@@ -434,6 +435,15 @@ pub fn conv2d_bias_leaky(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom, slope: f64
         x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
     } else {
         candle_nn::ops::leaky_relu(&conv2d_reference(x, w, g)?.broadcast_add(b)?, slope)
+    }
+}
+
+/// conv(x, w) + b as one node (the Table 5 net's layers, whose activation follows a norm).
+pub fn conv2d_bias(x: &Tensor, w: &Tensor, b: &Tensor, g: Geom) -> Result<Tensor> {
+    if super::fallback::fast(&[x, w, b]) {
+        conv2d_bias_leaky(x, w, b, g, 1.0)
+    } else {
+        conv2d_reference(x, w, g)?.broadcast_add(b)
     }
 }
 

@@ -10,6 +10,7 @@ mod direct;
 pub mod fallback;
 pub mod norm;
 pub mod norm_op;
+mod pool;
 pub mod resnet;
 mod switch;
 pub mod torch;

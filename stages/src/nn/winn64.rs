@@ -25,7 +25,7 @@
 //! kernels of [`super::conv`], Swish is candle's `silu` (its backward is made of candle ops),
 //! pooling is reshapes and sums, layer norm is [`super::norm`].
 
-use super::conv::{conv2d, Geom};
+use super::conv::{conv2d_bias, Geom};
 use super::norm::{Act, Norm, NormKind};
 use super::{Classifier, Layout, Mode, TorchName};
 use crate::rng::Rng;
@@ -147,13 +147,7 @@ impl Winn64 {
     }
 }
 
-/// 2x2 average pooling of N x H x W x C (even H and W) as reshapes and sums: linear, so its
-/// backward is a broadcast, differentiable again.
-pub fn avg_pool2_nhwc(x: &Tensor) -> Result<Tensor> {
-    let (n, h, w, c) = x.dims4()?;
-    let rows = x.reshape((n, h / 2, 2, w * c))?.sum(2)?;
-    rows.reshape((n, h / 2, w / 2, 2, c))?.sum(3)? * 0.25
-}
+use super::pool::avg_pool2_nhwc;
 
 impl Winn64 {
     /// The forward pass, keeping every layer's activation in `kept` when asked.
@@ -162,7 +156,7 @@ impl Winn64 {
         let (n, c, hh, ww) = x.dims4()?;
         let mut h = if c == 1 { x.reshape((n, hh, ww, 1))? } else { x.permute((0, 2, 3, 1))?.contiguous()? };
         for (i, l) in self.convs.iter().enumerate() {
-            let z = conv2d(&h, &p(&l.w), GEOM)?.broadcast_add(&p(&l.b))?;
+            let z = conv2d_bias(&h, &p(&l.w), &p(&l.b), GEOM)?;
             h = match &l.norm {
                 Some(norm) => norm.act(&z, mode, Act::Swish, None)?,
                 None => z.silu()?,
