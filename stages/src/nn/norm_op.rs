@@ -142,37 +142,6 @@ impl NormScale {
         }
     }
 
-    /// Statistics, and y = gamma x_hat.
-    fn forward(&self, x: &[f32], gamma: &[f32], n: usize) -> (Stats, Vec<f32>) {
-        let c = gamma.len();
-        let st = self.statistics(x, c, n);
-        let mut y = vec![0f32; x.len()];
-        match self.group {
-            Group::Channel => {
-                let a: Vec<f32> = st.inv.iter().zip(gamma).map(|(i, g)| i * g).collect();
-                y.par_chunks_mut(c * ROWS).zip(x.par_chunks(c * ROWS)).for_each(|(yc, xc)| {
-                    for (yr, xr) in yc.chunks_mut(c).zip(xc.chunks(c)) {
-                        for (((o, &v), &a), &m) in yr.iter_mut().zip(xr).zip(&a).zip(&st.mean) {
-                            *o = (v - m) * a;
-                        }
-                    }
-                });
-            }
-            Group::Sample => {
-                let d = x.len() / n;
-                y.par_chunks_mut(d).zip(x.par_chunks(d)).enumerate().for_each(|(s, (ys, xs))| {
-                    let (m, i) = (st.mean[s], st.inv[s]);
-                    for (yr, xr) in ys.chunks_mut(c).zip(xs.chunks(c)) {
-                        for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(gamma) {
-                            *o = (v - m) * i * g;
-                        }
-                    }
-                });
-            }
-        }
-        (st, y)
-    }
-
     /// (x_hat, inv) from candle ops, in the group's layout: rows are the groups, (C, m) or
     /// (N, d).
     fn xhat_graph(&self, x: &Tensor, c: usize) -> Result<(Tensor, Tensor)> {
@@ -275,48 +244,6 @@ impl NormScale {
         let dgamma = self.ungroup((&g2 * &xhat)?, x.dims())?.reshape(((), c))?.sum(0)?;
         let dx = gh2.broadcast_sub(&gh2.mean_keepdim(1)?)?.sub(&xhat.broadcast_mul(&(&gh2 * &xhat)?.mean_keepdim(1)?)?)?.broadcast_mul(&inv)?;
         Ok((self.ungroup(dx, x.dims())?, dgamma))
-    }
-}
-
-impl candle_core::CustomOp2 for NormScale {
-    fn name(&self) -> &'static str {
-        match self.group {
-            Group::Channel => "batch-norm-scale",
-            Group::Sample => "layer-norm-scale",
-        }
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, self.name())?;
-        let gamma = slice(s2, l2, self.name())?;
-        let c = gamma.len();
-        let n = l1.dims().first().copied().unwrap_or(0);
-        if l1.dims().last() != Some(&c) || x.is_empty() {
-            candle_core::bail!("{}: gamma of {c} for activations {:?}", self.name(), l1.dims());
-        }
-        let (st, y) = self.forward(x, gamma, n);
-        let _ = self.stats.set(st);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dgamma) = if backprop::create_graph() {
-            self.backward_graph(x, gamma, g)?
-        } else {
-            let (xs, gs, ups) = (x.contiguous()?, gamma.contiguous()?, g.contiguous()?);
-            let (dx, dgamma) = {
-                let (sx, lx) = xs.storage_and_layout();
-                let (sg, lg) = gs.storage_and_layout();
-                let (su, lu) = ups.storage_and_layout();
-                let (candle_core::Storage::Cpu(sx), candle_core::Storage::Cpu(sg), candle_core::Storage::Cpu(su)) = (&*sx, &*sg, &*su) else {
-                    candle_core::bail!("{}: expected CPU tensors", candle_core::CustomOp2::name(self))
-                };
-                let what = candle_core::CustomOp2::name(self);
-                self.backward(slice(sx, lx, what)?, slice(sg, lg, what)?, slice(su, lu, what)?, x.dim(0)?)?
-            };
-            (Tensor::from_vec(dx, x.shape(), x.device())?, Tensor::from_vec(dgamma, gamma.shape(), x.device())?)
-        };
-        Ok((x.track_op().then_some(dx), gamma.track_op().then_some(dgamma)))
     }
 }
 
@@ -925,11 +852,10 @@ fn apply_norm_act(op: NormAct, x: &Tensor, gb: &Tensor, r: Option<&Tensor>) -> R
 
 /// gamma * x_hat with statistics over `group`, and the statistics (for running averages).
 /// CPU and f32 only: callers use candle ops elsewhere.
+/// It is [`norm_act`] with beta 0 and the identity (a LeakyReLU of slope 1).
 pub fn norm_scale(x: &Tensor, gamma: &Tensor, group: Group, eps: f64) -> Result<(Tensor, Arc<OnceLock<Stats>>)> {
-    let stats = Arc::new(OnceLock::new());
-    let op = NormScale { group, eps, stats: stats.clone() };
-    let y = x.contiguous()?.apply_op2_arc(&gamma.contiguous()?, Arc::new(Box::new(op)))?;
-    Ok((y, stats))
+    let gb = Tensor::stack(&[gamma, &gamma.zeros_like()?], 0)?;
+    norm_act(x, &gb, None, group, eps, Act::Leaky(1.0))
 }
 
 /// Whether [`norm_scale`] runs on these tensors.
