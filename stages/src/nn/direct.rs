@@ -15,6 +15,7 @@
 //! callers then use im2col + GEMM.
 
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// N x H x W x C.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,17 +45,43 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// x zero-padded by `p` on every side: N x (H + 2p) x (W + 2p) x C.
+/// x zero-padded by `p` on every side: N x (H + 2p) x (W + 2p) x C. Only the border is
+/// zeroed: a zero-filled buffer would be one more write pass over the whole of it.
 fn padded(x: &[f32], d: Dims, p: usize) -> Vec<f32> {
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
-    let mut out = vec![0f32; d.n * hp * wp * d.c];
+    let (band, line) = (p * wp * d.c, d.w * d.c);
+    let mut out = uninit(d.n * hp * wp * d.c);
     out.par_chunks_mut(hp * wp * d.c).zip(x.par_chunks(d.h * d.w * d.c)).for_each(|(o, img)| {
-        for (r, row) in img.chunks(d.w * d.c).enumerate() {
+        o[..band + p * d.c].fill(MaybeUninit::new(0.0));
+        for (r, row) in img.chunks(line).enumerate() {
             let at = ((r + p) * wp + p) * d.c;
-            o[at..at + d.w * d.c].copy_from_slice(row);
+            // SAFETY: MaybeUninit<f32> has the layout of f32.
+            o[at..at + line].copy_from_slice(unsafe { &*(row as *const [f32] as *const [MaybeUninit<f32>]) });
+            // right border of this row and left border of the next
+            o[at + line..at + line + 2 * p * d.c].fill(MaybeUninit::new(0.0));
         }
+        let tail = o.len() - band;
+        o[tail..].fill(MaybeUninit::new(0.0));
     });
-    out
+    // SAFETY: every element was written above: top band and the first row's left border,
+    // each row, the borders between rows (the last row's right border runs into the bottom
+    // band, which is written too).
+    unsafe { assume_init(out) }
+}
+
+/// A buffer of `len` floats for a kernel that writes each of them once.
+fn uninit(len: usize) -> Vec<MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialization.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// # Safety
+/// Every element of `v` must have been written.
+unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, v.len(), v.capacity())
 }
 
 /// conv(x, w) with a k x k kernel, stride 1 and zero padding `p` (< k): w is (k*k*C) x O,
@@ -67,7 +94,7 @@ pub(crate) fn conv(x: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) 
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
     let (ho, wo) = (hp - k + 1, wp - k + 1);
     let xp = padded(x, d, p);
-    let mut out = vec![0f32; d.n * ho * wo * o];
+    let mut out = uninit(d.n * ho * wo * o);
     let geo = Geo { wp, c: d.c, k, o };
     out.par_chunks_mut(wo * o).enumerate().for_each(|(r, orow)| {
         let (img, oh) = (r / ho, r % ho);
@@ -76,7 +103,8 @@ pub(crate) fn conv(x: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) 
         // (rows oh..oh+k of the padded image), w and orow (checked by `row` below).
         unsafe { row(&xp, x0, w, orow, wo, geo) };
     });
-    Some(out)
+    // SAFETY: `row` stores every pixel and channel of its output row.
+    Some(unsafe { assume_init(out) })
 }
 
 /// The input gradient of [`conv`]: conv_t(g, w) for stride 1, as a convolution of g (N x
@@ -106,12 +134,10 @@ pub(crate) fn conv_t(g: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize
 /// Images are split into fixed groups, each summed on its own and the groups added in
 /// order, so the result does not depend on the thread count. None unless O % 16 == 0.
 pub(crate) fn wgrad(x: &[f32], d: Dims, g: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.n == 0 {
+    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.h + 2 * p < k || d.w + 2 * p < k || d.n == 0 {
         return None;
     }
-    let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
-    let (ho, wo) = (hp - k + 1, wp - k + 1);
-    let xp = padded(x, d, p);
+    let (ho, wo) = (d.h + 2 * p + 1 - k, d.w + 2 * p + 1 - k);
     const GROUP: usize = 4;
     let kk = k * k * d.c;
     let parts: Vec<Vec<f32>> = (0..d.n.div_ceil(GROUP))
@@ -119,10 +145,10 @@ pub(crate) fn wgrad(x: &[f32], d: Dims, g: &[f32], o: usize, k: usize, p: usize)
         .map(|grp| {
             let mut dw = vec![0f32; kk * o];
             for img in grp * GROUP..((grp + 1) * GROUP).min(d.n) {
-                let xi = &xp[img * hp * wp * d.c..(img + 1) * hp * wp * d.c];
+                let xi = &x[img * d.h * d.w * d.c..(img + 1) * d.h * d.w * d.c];
                 let gi = &g[img * ho * wo * o..(img + 1) * ho * wo * o];
                 // SAFETY: as in `conv`; indices stay in xi, gi and dw.
-                unsafe { wgrad_image(xi, gi, &mut dw, WGeo { wp, ho, wo, c: d.c, k, o }) };
+                unsafe { wgrad_image(xi, gi, &mut dw, WGeo { h: d.h, w: d.w, p, ho, wo, c: d.c, k, o }) };
             }
             dw
         })
@@ -146,7 +172,9 @@ struct Geo {
 
 #[derive(Clone, Copy)]
 struct WGeo {
-    wp: usize,
+    h: usize,
+    w: usize,
+    p: usize,
     ho: usize,
     wo: usize,
     c: usize,
@@ -164,7 +192,7 @@ use std::arch::x86_64::*;
 /// AVX-512F and FMA must be available; x0 + the row's input span must lie in xp.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
-unsafe fn row(xp: &[f32], x0: usize, w: &[f32], out: &mut [f32], wo: usize, geo: Geo) {
+unsafe fn row(xp: &[f32], x0: usize, w: &[f32], out: &mut [MaybeUninit<f32>], wo: usize, geo: Geo) {
     assert!(out.len() == wo * geo.o && w.len() == geo.k * geo.k * geo.c * geo.o);
     let mut ob = 0;
     while ob < geo.o {
@@ -190,7 +218,7 @@ unsafe fn row(xp: &[f32], x0: usize, w: &[f32], out: &mut [f32], wo: usize, geo:
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn row(_: &[f32], _: usize, _: &[f32], _: &mut [f32], _: usize, _: Geo) {
+unsafe fn row(_: &[f32], _: usize, _: &[f32], _: &mut [MaybeUninit<f32>], _: usize, _: Geo) {
     unreachable!("available() is false off x86-64")
 }
 
@@ -208,7 +236,7 @@ struct TileAt {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
-unsafe fn tile<const NV: usize, const P: usize>(xp: &[f32], w: &[f32], out: &mut [f32], t: TileAt, geo: Geo) -> usize {
+unsafe fn tile<const NV: usize, const P: usize>(xp: &[f32], w: &[f32], out: &mut [MaybeUninit<f32>], t: TileAt, geo: Geo) -> usize {
     let Geo { wp, c, k, o } = geo;
     // bounds of everything read and written below
     assert!(t.x0 + ((k - 1) * wp + (k - 1) + P - 1) * c + c <= xp.len());
@@ -235,7 +263,7 @@ unsafe fn tile<const NV: usize, const P: usize>(xp: &[f32], w: &[f32], out: &mut
             }
         }
     }
-    let optr = out.as_mut_ptr();
+    let optr = out.as_mut_ptr() as *mut f32;
     for (p, a) in acc.iter().enumerate() {
         for (v, reg) in a.iter().enumerate() {
             _mm512_storeu_ps(optr.add(t.out0 + p * o + t.ob + 16 * v), *reg);
@@ -280,19 +308,24 @@ unsafe fn wgrad_image(_: &[f32], _: &[f32], _: &mut [f32], _: WGeo) {
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
 unsafe fn wgrad_block<const CB: usize>(xi: &[f32], gi: &[f32], dw: &mut [f32], c0: usize, geo: WGeo) -> usize {
-    let WGeo { wp, ho, wo, c, k, o } = geo;
-    assert!(xi.len() >= (ho + k - 1) * wp * c && gi.len() >= ho * wo * o && dw.len() >= k * k * c * o && c0 + CB <= c);
+    let WGeo { h, w, p, ho, wo, c, k, o } = geo;
+    assert!(xi.len() >= h * w * c && gi.len() >= ho * wo * o && dw.len() >= k * k * c * o && c0 + CB <= c);
     let (xptr, gptr, dptr) = (xi.as_ptr(), gi.as_ptr(), dw.as_mut_ptr());
     for ki in 0..k {
+        // Output rows and columns whose shifted input lies inside x; the rest read the
+        // zero padding and add nothing, so x is read in place, never padded.
+        let (oh0, oh1) = (p.saturating_sub(ki), (h + p).saturating_sub(ki).min(ho));
         for kj in 0..k {
+            let (ow0, ow1) = (p.saturating_sub(kj), (w + p).saturating_sub(kj).min(wo));
             for ob in (0..o).step_by(16) {
                 let mut acc = [_mm512_setzero_ps(); CB];
-                for oh in 0..ho {
-                    let xrow = ((oh + ki) * wp + kj) * c + c0;
+                for oh in oh0..oh1 {
+                    // x at (oh + ki - p, ow0 + kj - p): the row's first pixel read
+                    let xrow = ((oh + ki - p) * w + (ow0 + kj - p)) * c + c0;
                     let grow = oh * wo * o + ob;
-                    for ow in 0..wo {
+                    for ow in ow0..ow1 {
                         let gv = _mm512_loadu_ps(gptr.add(grow + ow * o));
-                        let xs = xptr.add(xrow + ow * c);
+                        let xs = xptr.add(xrow + (ow - ow0) * c);
                         for (cb, a) in acc.iter_mut().enumerate() {
                             *a = _mm512_fmadd_ps(_mm512_set1_ps(*xs.add(cb)), gv, *a);
                         }
