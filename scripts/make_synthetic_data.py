@@ -3,11 +3,11 @@ the ResNet `*_cpu` pipelines on a machine without the data (no network here).
 
 Each class is a fixed random low-frequency colour pattern; each image blends its class's
 pattern with one of many class-free background patterns (the class's share drawn per
-image), shifts the blend by a few pixels and adds noise. Learnable but not separable: a
-small ResNet trained briefly errs on a good part of the test set, so synthesis runs many
-steps before its stop rule holds, as on real images (with the class pattern alone and
-light noise, the first version of this script, every class was separable and synthesis
-stopped after 3 to 19 steps). Seeded: the same files every run.
+image), shifts the blend by a few pixels and adds noise. Learnable but not separable, like
+real images at this budget: on 4,000 training images a nearest-centroid rule scores 64% on
+the test batch, and `icn_cifar10_cpu` (ResNet-32, 4 epochs) ends at 69% test error. The
+first version of this script (the class pattern alone, light noise) was separable: 0%
+error, which no real data set gives. Seeded: the same files every run.
 
     pip install numpy scipy
     python3 scripts/make_synthetic_data.py --cifar10 data/cifar-10-batches-bin --svhn data/svhn
@@ -24,10 +24,10 @@ import numpy as np
 BACKGROUNDS = 64
 """Class-free patterns mixed into every image."""
 
-CLASS_SHARE = (0.05, 0.3)
+CLASS_SHARE = (0.1, 0.4)
 """Range of the class pattern's weight in an image; the background has the rest."""
 
-NOISE = 50.0
+NOISE = 45.0
 """Standard deviation of the pixel noise, on the 0..255 scale."""
 
 
