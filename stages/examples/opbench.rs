@@ -2,7 +2,10 @@
 //! whose length does not depend on the machine's speed, with the allocator the binary uses.
 //!
 //!     cargo build --release -p stages --example opbench
-//!     perf record target/release/examples/opbench resnet32_train 5
+//!     MIMALLOC_PURGE_DELAY=-1 perf record target/release/examples/opbench resnet32_train 5
+//!
+//! `pipe` keeps freed memory (`mi_option_set(purge_delay, -1)` in its main): the variable
+//! does the same here, or the profile shows page zeroing `pipe` does not pay.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
