@@ -51,10 +51,10 @@ pub fn run_stage(store: &Store, run: &str, stage: &str) -> Result<RunStage> {
     record.stages.into_iter().find(|s| s.stage == stage).ok_or_else(|| UserError(format!("run {id} has no stage `{stage}`; it has {}", names.join(", "))).into())
 }
 
-/// The status a run is shown with: a `running` record while no `pipe run` holds the store
-/// is a run that was killed (or could not write its end), so it is `interrupted`.
+/// The status a run is shown with: a `running` record of a run no process keeps alive is a
+/// run that was killed (or could not write its end), so it is `interrupted`.
 pub fn shown_status(store: &Store, r: &RunRecord) -> String {
-    if r.status == "running" && !store.is_locked() {
+    if r.status == "running" && !store.run_alive(&r.id) {
         "interrupted".into()
     } else {
         r.status.clone()

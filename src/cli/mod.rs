@@ -285,8 +285,6 @@ fn run(a: &PipelineArgs, display: Display) -> Result<()> {
     let created = !a.store.store.exists();
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
-    store.clear_tmp()?;
-    store.clear_live()?;
     interrupt::install();
     let mut records = Vec::new();
     for (i, (m, runner)) in members.iter().zip(&runners).enumerate() {

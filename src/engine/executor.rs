@@ -239,10 +239,12 @@ pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
 pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, display: Display) -> Result<()> {
     let t_run = Instant::now();
+    // alive before its record says `running`, so that no reader takes it for killed
+    let _alive = store.hold_alive(&record.id)?;
     store.write_run(&record.id, record).context("writing the run record")?;
     let live = Live { store, run: record.id.clone(), display };
     let result = run_stages(store, stages, runner, record, stop, &live);
-    let _ = store.clear_live();
+    let _ = store.end_live(&record.id);
     record.seconds = t_run.elapsed().as_secs_f64();
     record.finished_at = Some(timefmt::now_iso());
     match &result {
@@ -353,8 +355,21 @@ fn execute(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, 
         seconds: t0.elapsed().as_secs_f64(),
         resumed: io.resumed,
     };
-    store.commit_manifest(key, &manifest)?;
-    Ok(manifest)
+    if store.commit_manifest(key, &manifest)? {
+        return Ok(manifest);
+    }
+    // Another run committed this key while this one computed it: the first commit stays
+    // (downstream stages of both runs then read the same outputs), provided it is usable.
+    match committed(store, key)? {
+        Some(first) => {
+            eprintln!("note: stage {} ({}) was committed by another run first; using its outputs", stage.id, &key[..12]);
+            Ok(first)
+        }
+        None => {
+            store.recommit_manifest(key, &manifest)?;
+            Ok(manifest)
+        }
+    }
 }
 
 /// A running stage's view of the store: its inputs, its outputs, its resumption

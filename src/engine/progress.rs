@@ -230,16 +230,14 @@ impl<'a> Meter<'a> {
     }
 }
 
-/// The heartbeats of the run holding the store now, with their age in seconds: none when no
-/// run holds it (a heartbeat left by a killed run says nothing current).
+/// The heartbeats of the runs alive now, with their age in seconds (a heartbeat left by a
+/// killed run says nothing current).
 pub fn current(store: &Store) -> Vec<(Heartbeat, f64)> {
-    if !store.is_locked() {
-        return Vec::new();
-    }
     store
         .live_all()
         .iter()
         .filter_map(|b| serde_json::from_slice::<Heartbeat>(b).ok())
+        .filter(|h| store.run_alive(&h.run))
         .map(|h| {
             let age = timefmt::seconds_since(&h.updated_at).unwrap_or(0.0).max(0.0);
             (h, age)

@@ -107,6 +107,20 @@ fn check_layout(root: &Path) -> Result<()> {
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// How a staged file takes its name.
+#[derive(Clone, Copy)]
+enum Publish {
+    Replace,
+    IfAbsent,
+}
+
+/// flock on a file we own; true when granted. No memory is involved.
+fn flock(f: &File, how: libc::c_int) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor owned by `f`, which outlives the call.
+    unsafe { libc::flock(f.as_raw_fd(), how) == 0 }
+}
+
 impl Store {
     /// Opens (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
@@ -182,11 +196,18 @@ impl Store {
     /// Writes `bytes` at `path` so that readers see the old file or the whole new one. A
     /// failure (a full disk) names `path` and leaves no temp file behind.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.publish(path, bytes, Publish::Replace).map(|_| ())
+    }
+
+    /// Stages `bytes` in tmp/, synced, then puts them at `path`: by rename (replacing what
+    /// is there) or by hard link, which fails when `path` exists, so that of two writers
+    /// racing on one name the first wins whole and the other learns it lost (`Ok(false)`).
+    fn publish(&self, path: &Path, bytes: &[u8], how: Publish) -> Result<bool> {
         let dir = path.parent().context("path has no parent")?;
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp_dir().join(format!("{}-{}.tmp", std::process::id(), n));
-        let staged = (|| -> std::io::Result<()> {
+        let staged = (|| -> std::io::Result<bool> {
             let mut f = File::create(&tmp)?;
             let room = fault::disk_room(bytes.len());
             f.write_all(&bytes[..room])?;
@@ -195,25 +216,52 @@ impl Store {
             }
             f.sync_all()?;
             fault::point("write");
-            fs::rename(&tmp, path)
+            // A writer beside this one may remove the folder meanwhile (a stage committed by
+            // another run drops its partial/ folder): made again, the name is taken anew.
+            let mut tries = 0;
+            loop {
+                let put = match how {
+                    Publish::Replace => fs::rename(&tmp, path).map(|()| true),
+                    Publish::IfAbsent => match fs::hard_link(&tmp, path) {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(e),
+                    },
+                };
+                match put {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 && tmp.exists() => {
+                        tries += 1;
+                        fs::create_dir_all(dir)?;
+                    }
+                    put => {
+                        if matches!(how, Publish::IfAbsent) {
+                            let _ = fs::remove_file(&tmp);
+                        }
+                        return put;
+                    }
+                }
+            }
         })();
-        if let Err(e) = staged {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()));
-        }
+        let won = match staged {
+            Ok(won) => won,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("writing {} ({} bytes)", path.display(), bytes.len()));
+            }
+        };
         File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))?;
-        Ok(())
+        Ok(won)
     }
 
     /// Writes a JSON record sealed with the digest of its canonical content, so that an
     /// edit (or a torn disk block) is found on read.
-    fn write_sealed<T: Serialize>(&self, path: &Path, record: &T) -> Result<()> {
+    fn write_sealed<T: Serialize>(&self, path: &Path, record: &T, how: Publish) -> Result<bool> {
         let mut value = serde_json::to_value(record)?;
         let map = value.as_object_mut().context("a sealed record is a JSON object")?;
         map.remove(SEAL);
         let seal = digest_bytes(canonical_json(&Value::Object(map.clone())).as_bytes());
         map.insert(SEAL.into(), Value::String(seal));
-        self.write_atomic(path, &serde_json::to_vec_pretty(&value)?)
+        self.publish(path, &serde_json::to_vec_pretty(&value)?, how)
     }
 
     /// Staging area of atomic writes; anything left in it is debris of a killed writer.
@@ -262,10 +310,35 @@ impl Store {
         read_sealed(&self.manifest_path(key))
     }
 
-    /// Commits a stage: its outputs must already be stored.
-    pub fn commit_manifest<T: Serialize>(&self, key: &str, manifest: &T) -> Result<()> {
-        self.write_sealed(&self.manifest_path(key), manifest)?;
-        fs::remove_dir_all(self.partial_dir(key)).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+    /// Commits a stage, whose outputs must already be stored, unless another writer
+    /// committed the key first: `Ok(false)` then, and the caller reads the winner's
+    /// manifest (a key names one computation, so either is right; the first stays).
+    pub fn commit_manifest<T: Serialize>(&self, key: &str, manifest: &T) -> Result<bool> {
+        let won = self.write_sealed(&self.manifest_path(key), manifest, Publish::IfAbsent)?;
+        self.drop_partial(key)?;
+        Ok(won)
+    }
+
+    /// Commits a stage over a manifest that is there but unusable (damaged, or naming
+    /// objects that are gone): the stage was computed again to replace it.
+    pub fn recommit_manifest<T: Serialize>(&self, key: &str, manifest: &T) -> Result<()> {
+        self.write_sealed(&self.manifest_path(key), manifest, Publish::Replace)?;
+        self.drop_partial(key)
+    }
+
+    /// Removes a committed stage's checkpoints. Another run computing the same key may be
+    /// writing one there at the same moment: after a few tries its file is left, as debris
+    /// that no run reads (the stage is committed) and `pipe gc --partials` removes.
+    fn drop_partial(&self, key: &str) -> Result<()> {
+        let dir = self.partial_dir(key);
+        for _ in 0..3 {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => continue,
+                Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+            }
+        }
         Ok(())
     }
 
@@ -343,7 +416,7 @@ impl Store {
         fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, &path)).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Every heartbeat there is (whether one is current is the lock's to say).
+    /// Every heartbeat there is (whether one is current is [`Store::run_alive`]'s to say).
     pub fn live_all(&self) -> Vec<Vec<u8>> {
         let Ok(dir) = fs::read_dir(self.root.join("live")) else { return Vec::new() };
         let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
@@ -351,9 +424,42 @@ impl Store {
         files.iter().filter_map(|p| fs::read(p).ok()).collect()
     }
 
-    /// Removes every heartbeat: called when a run ends and, with the lock held, before one
-    /// starts (a killed run leaves its last one).
-    pub fn clear_live(&self) -> Result<()> {
+    fn alive_path(&self, run: &str) -> PathBuf {
+        self.root.join("live").join(format!("{run}.lock"))
+    }
+
+    /// Marks run `run` alive for the life of the returned file: an exclusive flock that
+    /// the kernel drops when the process ends, however it ends. Other runs of the store
+    /// each hold their own, so one run's liveness says nothing of another's.
+    pub fn hold_alive(&self, run: &str) -> Result<File> {
+        let path = self.alive_path(run);
+        fs::create_dir_all(path.parent().context("path has no parent")?)?;
+        let f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        if !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+            bail!("run {run} is already alive in another process ({})", path.display());
+        }
+        Ok(f)
+    }
+
+    /// Whether run `run` is alive in some process now (a `running` record of a run that is
+    /// not alive was killed).
+    pub fn run_alive(&self, run: &str) -> bool {
+        let Ok(f) = File::open(self.alive_path(run)) else { return false };
+        !flock(&f, libc::LOCK_SH | libc::LOCK_NB)
+    }
+
+    /// Removes a finished run's heartbeat and liveness file (its own only: other runs of
+    /// the store may be going on).
+    pub fn end_live(&self, run: &str) -> Result<()> {
+        remove_file_if_present(&self.live_path(run))?;
+        remove_file_if_present(&self.alive_path(run))?;
+        // the last run out leaves no folder (one still going keeps it: removal refuses)
+        let _ = fs::remove_dir(self.root.join("live"));
+        Ok(())
+    }
+
+    /// Removes every heartbeat: only under the exclusive lock, when no run is alive.
+    fn clear_live(&self) -> Result<()> {
         let dir = self.root.join("live");
         match fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
@@ -366,7 +472,7 @@ impl Store {
     }
 
     pub fn write_run<T: Serialize>(&self, id: &str, record: &T) -> Result<()> {
-        self.write_sealed(&self.run_path(id), record)
+        self.write_sealed(&self.run_path(id), record, Publish::Replace).map(|_| ())
     }
 
     /// A run record; one whose seal does not match its content is a [`Damaged`] error.
@@ -394,15 +500,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether a `pipe run` (or gc, or repair) holds the writer lock now.
-    pub fn is_locked(&self) -> bool {
-        let Ok(f) = File::open(self.root.join("lock")) else { return false };
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a file descriptor we own. A shared lock is refused exactly while
-        // a writer holds the exclusive one; ours ends when `f` is dropped.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
-    }
-
     /// Run ids, oldest first (ids start with a UTC timestamp).
     pub fn run_ids(&self) -> Result<Vec<String>> {
         let mut ids = list_json_stems(&self.root.join("runs"))?;
@@ -418,18 +515,38 @@ impl Store {
         sync_dir(&self.root.join("runs"))
     }
 
-    /// Takes the store's writer lock for the life of the returned file: two `pipe run`s on
-    /// one store would otherwise race on the same partial checkpoints.
+    /// Takes the store's writer lock, shared, for the life of the returned file: any
+    /// number of `pipe run`s write a store at once (objects are content-addressed, a
+    /// manifest is committed by the first writer only), while `pipe gc` and `verify
+    /// --repair`, which delete, take it exclusively ([`Store::try_lock`]). A writer that
+    /// finds itself alone first clears what killed writers left behind.
     pub fn lock(&self) -> Result<File> {
-        match self.try_lock()? {
-            Some(f) => Ok(f),
-            // exit 1, as for gc: nothing the user typed is wrong, the store is busy
-            None => bail!("the store {} is in use by another `pipe run` (or `pipe gc`, `pipe verify --repair`); wait for it or use another --store", self.root.display()),
+        let path = self.root.join("lock");
+        let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        if flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+            self.clear_tmp()?;
+            self.clear_live()?;
         }
+        // Shared, converting the exclusive lock if this writer took it. Another writer may
+        // hold the lock exclusively for the moment its start-up cleaning takes, so a refusal
+        // is retried for a while before it is put down to a gc or a repair.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
+                return Ok(f);
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // exit 1, as for gc: nothing the user typed is wrong, the store is busy
+        bail!("the store {} is being cleaned by `pipe gc` or `pipe verify --repair`; wait for it to end", self.root.display())
     }
 
-    /// Removes what killed writers left in tmp/: called with the writer lock held, when no
-    /// write of this store can be in flight, so that debris never fills a disk for good.
+    /// Removes what killed writers left in tmp/: called with the writer lock held
+    /// exclusively, when no write of this store can be in flight, so that debris never
+    /// fills a disk for good.
     pub fn clear_tmp(&self) -> Result<()> {
         for entry in fs::read_dir(self.tmp_dir()).with_context(|| format!("listing {}", self.tmp_dir().display()))? {
             let path = entry?.path();
@@ -442,14 +559,11 @@ impl Store {
         Ok(())
     }
 
-    /// The writer lock, or None while another process holds it.
+    /// The writer lock held exclusively, or None while any run (or other cleaner) holds it.
     pub fn try_lock(&self) -> Result<Option<File>> {
         let path = self.root.join("lock");
         let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        Ok((rc == 0).then_some(f))
+        Ok(flock(&f, libc::LOCK_EX | libc::LOCK_NB).then_some(f))
     }
 }
 
@@ -562,11 +676,71 @@ mod tests {
     }
 
     #[test]
-    fn second_lock_is_refused() -> Result<()> {
+    fn runs_share_the_lock_and_cleaners_exclude_them() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let _held = store.lock()?;
-        assert!(store.lock().is_err());
+        let first = store.lock()?;
+        let second = store.lock()?;
+        assert!(store.try_lock()?.is_none(), "gc must not start under a run");
+        drop(first);
+        assert!(store.try_lock()?.is_none(), "nor under the other one");
+        drop(second);
+        let cleaner = store.try_lock()?.expect("no run holds the store");
+        let refused = store.lock().unwrap_err().to_string();
+        assert!(refused.contains("pipe gc"), "{refused}");
+        drop(cleaner);
+        Ok(())
+    }
+
+    #[test]
+    fn only_a_writer_alone_clears_debris() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let debris = store.tmp_dir().join("999-0.tmp");
+        fs::write(&debris, b"half a write")?;
+        let running = store.lock()?;
+        assert!(!debris.exists(), "alone: what a killed writer left is removed");
+        fs::write(&debris, b"a write in flight")?;
+        let _second = store.lock()?;
+        assert!(debris.exists(), "beside another writer, its staged files are left alone");
+        drop(running);
+        Ok(())
+    }
+
+    #[test]
+    fn the_first_of_racing_commits_wins_whole() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let won: Vec<bool> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8).map(|i| {
+                let store = &store;
+                s.spawn(move || store.commit_manifest("k", &serde_json::json!({"writer": i})).unwrap())
+            }).collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+        let winner = won.iter().position(|w| *w).unwrap();
+        let kept: Value = store.manifest("k")?.unwrap();
+        assert_eq!(kept["writer"], winner, "the manifest is the winner's, not overwritten by a loser");
+        assert_eq!(fs::read_dir(store.tmp_dir())?.count(), 0, "losers leave nothing staged");
+        store.recommit_manifest("k", &serde_json::json!({"writer": "again"}))?;
+        assert_eq!(store.manifest::<Value>("k")?.unwrap()["writer"], "again");
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_is_alive_while_its_process_holds_it() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        assert!(!store.run_alive("r1"));
+        let held = store.hold_alive("r1")?;
+        assert!(store.run_alive("r1"));
+        assert!(!store.run_alive("r2"), "one run's liveness says nothing of another's");
+        assert!(store.hold_alive("r1").is_err());
+        drop(held);
+        assert!(!store.run_alive("r1"), "a run whose process let go (or died) is not alive");
+        store.end_live("r1")?;
+        assert!(!dir.path().join("live/r1.lock").exists());
         Ok(())
     }
 }
