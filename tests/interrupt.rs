@@ -16,8 +16,9 @@ fn heartbeat_on(store: &Path, stage: &str, child: &mut Child) -> serde_json::Val
     loop {
         let beat = std::fs::read_dir(store.join("live"))
             .ok()
-            .and_then(|mut d| d.find_map(|e| e.ok()))
-            .and_then(|e| std::fs::read(e.path()).ok())
+            // the heartbeat, beside the run's liveness lock
+            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json"))))
+            .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
         if let Some(b) = beat.filter(|b| b["stage"] == stage && b["done"].as_u64() > Some(0)) {
             return b;

@@ -5,7 +5,7 @@
 use crate::engine::graph::{key_of, stage_key, InputRef, StageDef};
 use crate::engine::interrupt::{self, Interrupted};
 use crate::engine::progress::{Display, Live, Meter, Stop};
-use crate::engine::store::{absent_if_damaged, digest_file, Digest, Store};
+use crate::engine::store::{absent_if_damaged, digest_file, Digest, Lease, Store};
 use crate::engine::timefmt;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -271,12 +271,9 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
         let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
         let key = stage_key(stage, &inputs);
         let t0 = Instant::now();
-        let (manifest, status) = match committed(store, &key)? {
-            Some(m) => (m, "cached"),
-            None => {
-                if interrupt::requested() {
-                    return Err(Interrupted::new(format!("stopped before {}", stage.id)).into());
-                }
+        let (manifest, status) = match leased(store, stage, &key)? {
+            Leased::Committed(m) => (*m, "cached"),
+            Leased::Ours(_lease) => {
                 let m = match execute(store, stage, &key, inputs, runner, live) {
                     Ok(m) => m,
                     // a stage stopped by an interrupt, whatever error its library call gave
@@ -309,6 +306,40 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
         }
     }
     Ok(())
+}
+
+enum Leased {
+    /// Committed already, or by the run that held the lease while this one waited.
+    Committed(Box<Manifest>),
+    /// This run computes the stage; the lease ends when it is dropped.
+    Ours(Lease),
+}
+
+/// The committed manifest of a stage, or the lease to compute it. While another run of the
+/// store computes the stage this one waits for its commit rather than compute it too; if
+/// that run dies its lease ends, and this one takes the stage over (from its checkpoint).
+fn leased(store: &Store, stage: &StageDef, key: &str) -> Result<Leased> {
+    let mut said = false;
+    loop {
+        if let Some(m) = committed(store, key)? {
+            return Ok(Leased::Committed(Box::new(m)));
+        }
+        if interrupt::requested() {
+            return Err(Interrupted::new(format!("stopped before {}", stage.id)).into());
+        }
+        if let Some(lease) = store.lease(key)? {
+            // committed between the look above and the lease: nothing left to do
+            return Ok(match committed(store, key)? {
+                Some(m) => Leased::Committed(Box::new(m)),
+                None => Leased::Ours(lease),
+            });
+        }
+        if !said {
+            eprintln!("waiting for stage {} ({}), which another run of this store is computing", stage.id, &key[..12]);
+            said = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn stage_line(status: &str, stage: &StageDef, key: &str, seconds: f64, m: &Manifest) -> String {

@@ -544,10 +544,15 @@ impl Store {
         bail!("the store {} is being cleaned by `pipe gc` or `pipe verify --repair`; wait for it to end", self.root.display())
     }
 
-    /// Removes what killed writers left in tmp/: called with the writer lock held
-    /// exclusively, when no write of this store can be in flight, so that debris never
-    /// fills a disk for good.
+    /// Removes what killed writers left in tmp/, and the lease files: called with the
+    /// writer lock held exclusively, when no write of this store can be in flight, so that
+    /// debris never fills a disk for good.
     pub fn clear_tmp(&self) -> Result<()> {
+        let leases = self.root.join("leases");
+        match fs::remove_dir_all(&leases) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", leases.display())),
+            _ => {}
+        }
         for entry in fs::read_dir(self.tmp_dir()).with_context(|| format!("listing {}", self.tmp_dir().display()))? {
             let path = entry?.path();
             if path.is_dir() {
@@ -559,11 +564,54 @@ impl Store {
         Ok(())
     }
 
+    /// The lease on computing stage `key`, held until the returned value is dropped, or
+    /// None while another process computes it. A flock, so the kernel ends the lease of a
+    /// process that dies, and the next taker resumes from the stage's checkpoint.
+    pub fn lease(&self, key: &str) -> Result<Option<Lease>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.root.join("leases").join(format!("{key}.lock"));
+        let dir = path.parent().context("path has no parent")?;
+        loop {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let f = match File::options().create(true).truncate(false).write(true).open(&path) {
+                Ok(f) => f,
+                // the last holder removed the folder between the two calls
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+            };
+            if !flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+                return Ok(None);
+            }
+            // A holder removes its file as it lets go; a lock taken on a file already
+            // removed (or replaced) guards nothing, so it is taken again on the new one.
+            let same = fs::metadata(&path).is_ok_and(|m| f.metadata().is_ok_and(|g| g.ino() == m.ino() && g.dev() == m.dev()));
+            if same {
+                return Ok(Some(Lease { _held: f, path }));
+            }
+        }
+    }
+
     /// The writer lock held exclusively, or None while any run (or other cleaner) holds it.
     pub fn try_lock(&self) -> Result<Option<File>> {
         let path = self.root.join("lock");
         let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
         Ok(flock(&f, libc::LOCK_EX | libc::LOCK_NB).then_some(f))
+    }
+}
+
+/// The right to compute one stage ([`Store::lease`]); its file goes when it is dropped, so a
+/// store keeps no trace of the leases of runs that ended.
+pub struct Lease {
+    /// Locked; closed (unlocking it) only after `drop` below removed its name.
+    _held: File,
+    path: PathBuf,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // removed while still locked, so that no one locks the old file after this
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_dir(self.path.parent().expect("a lease lives in leases/"));
     }
 }
 
@@ -725,6 +773,21 @@ mod tests {
         assert_eq!(fs::read_dir(store.tmp_dir())?.count(), 0, "losers leave nothing staged");
         store.recommit_manifest("k", &serde_json::json!({"writer": "again"}))?;
         assert_eq!(store.manifest::<Value>("k")?.unwrap()["writer"], "again");
+        Ok(())
+    }
+
+    #[test]
+    fn one_lease_per_stage_and_none_left_behind() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let held = store.lease("k")?.expect("nobody computes k");
+        assert!(store.lease("k")?.is_none(), "a second taker waits");
+        let other = store.lease("j")?.expect("leases are per key");
+        drop(held);
+        assert!(!dir.path().join("leases/k.lock").exists(), "a lease leaves no file");
+        let again = store.lease("k")?.expect("free once let go");
+        drop((again, other));
+        assert!(!dir.path().join("leases").exists());
         Ok(())
     }
 
