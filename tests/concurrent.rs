@@ -110,3 +110,46 @@ fn a_stage_whose_run_dies_is_taken_over_from_its_checkpoint() {
     assert!(line.as_deref().is_some_and(|l| l.contains("resumed from")), "train/0 taken over from the dead run's checkpoint: {}", text(&out));
     assert_eq!(output_digests(&store), expected, "the taken-over run ends with the bytes of a run alone");
 }
+
+/// member label -> (stage, output, digest) of every run record in a store.
+fn member_outputs(store: &Path) -> std::collections::BTreeMap<String, Vec<(String, String, String)>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(store.join("runs")).unwrap() {
+        let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        assert_eq!(rec["status"], "ok");
+        let mut got = Vec::new();
+        for s in rec["stages"].as_array().unwrap() {
+            for (name, o) in s["outputs"].as_object().unwrap() {
+                got.push((s["stage"].as_str().unwrap().to_string(), name.clone(), o["digest"].as_str().unwrap().to_string()));
+            }
+        }
+        assert!(out.insert(rec["member"].as_str().unwrap().to_string(), got).is_none(), "one record per member");
+    }
+    out
+}
+
+#[test]
+fn a_sweep_with_jobs_ends_as_the_serial_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 2);
+    let text_of = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text_of}\n[sweep]\n\"pipeline.seed\" = [1, 2, 3]\n")).unwrap();
+    let serial = dir.path().join("serial");
+    run(&file, &serial, &[]);
+
+    let parallel = dir.path().join("parallel");
+    let out = pipe().arg("run").arg(&file).arg("--store").arg(&parallel).args(["--jobs", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("sweep of 3 members, 2 at a time"), "{said}");
+    assert!(said.lines().any(|l| l.starts_with("[3/3] ") && l.contains("ran ")), "member lines carry their number: {said}");
+    assert_eq!(member_outputs(&parallel), member_outputs(&serial), "the same outputs, member by member");
+    // the members share `load`: computed once, by whichever member took its lease first
+    let loads = said.lines().filter(|l| l.contains("] ran") && l.contains(" load ")).count();
+    assert_eq!(loads, 1, "{said}");
+    assert!(parallel.join("sweeps/tiny.parquet").is_file(), "the sweep's table is written at the end");
+
+    let zero = pipe().arg("run").arg(&file).arg("--store").arg(dir.path().join("none")).args(["--jobs", "0"]).output().unwrap();
+    assert_eq!(zero.status.code(), Some(2), "{}", text(&zero));
+    assert!(!dir.path().join("none").exists(), "nothing written");
+}

@@ -1,6 +1,7 @@
 //! The `pipe` command line: run, status, ls, show.
 
 pub mod bench;
+mod jobs;
 pub mod samples;
 pub mod sample;
 pub mod stylize;
@@ -78,6 +79,13 @@ enum Command {
         /// No progress bars or progress lines (stage results are still printed).
         #[arg(long, short)]
         quiet: bool,
+        /// Sweep members to run at once, each a process with its share of the cores; stages
+        /// they share are computed once.
+        #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: u32,
+        /// Run only this sweep member (0-based; what `--jobs` starts for each member).
+        #[arg(long, hide = true)]
+        member: Option<usize>,
     },
     /// Everything that went into a checkpoint: the chain of warm starts, the data sets and
     /// every pseudo-negative (how it was made, how often it was drawn into a batch, how
@@ -246,7 +254,7 @@ enum Command {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { args, quiet } => run(&args, Display::detect(quiet)),
+        Command::Run { args, quiet, jobs, member } => run(&args, quiet, jobs as usize, member),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Samples(a) => samples::run(&a),
         Command::Sample(a) => sample::run(&a),
@@ -278,17 +286,26 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn run(a: &PipelineArgs, display: Display) -> Result<()> {
+fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>) -> Result<()> {
+    let display = Display::detect(quiet);
     let members = sweep::expand(&a.file, &a.set)?;
     crate::audit::study::check(&members)?;
+    if let Some(k) = only.filter(|k| *k >= members.len()) {
+        return Err(UserError(format!("--member {k}: {} has {} member(s), numbered from 0", a.file.display(), members.len())).into());
+    }
     let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
     let created = !a.store.store.exists();
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     interrupt::install();
+    if jobs > 1 && members.len() > 1 && only.is_none() {
+        let ids = jobs::run_members(&a.file, &a.set, &a.store.store, quiet, &members, jobs).map_err(|e| with_resume_hint(e, a))?;
+        let records = ids.iter().map(|id| store.run::<RunRecord>(id)?.with_context(|| format!("the record of run {id} is missing"))).collect::<Result<Vec<_>>>()?;
+        return crate::audit::study::report(&store, &members, &records).map(|_| ());
+    }
     let mut records = Vec::new();
-    for (i, (m, runner)) in members.iter().zip(&runners).enumerate() {
-        if members.len() > 1 {
+    for (i, (m, runner)) in members.iter().zip(&runners).enumerate().filter(|(i, _)| only.is_none_or(|k| k == *i)) {
+        if members.len() > 1 && only.is_none() {
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
         let member = (members.len() > 1).then(|| m.label());
@@ -303,7 +320,7 @@ fn run(a: &PipelineArgs, display: Display) -> Result<()> {
             }
         }
     }
-    if members.len() > 1 {
+    if members.len() > 1 && only.is_none() {
         crate::audit::study::report(&store, &members, &records)?;
     }
     Ok(())
