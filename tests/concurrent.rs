@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 mod common;
-use common::{last_record, output_digests, pipe, ran, run, small, text, tiny_with};
+use common::{last_record, output_digests, pipe, ran, record_outputs, run, small, text, tiny_with};
 
 fn spawn_run(file: &Path, store: &Path) -> std::process::Child {
     pipe().arg("run").arg(file).arg("--store").arg(store).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
@@ -42,13 +42,7 @@ fn two_runs_of_one_pipeline_share_a_store() {
     for r in &records {
         let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(r).unwrap()).unwrap();
         assert_eq!(rec["status"], "ok");
-        let mut got = Vec::new();
-        for s in rec["stages"].as_array().unwrap() {
-            for (name, o) in s["outputs"].as_object().unwrap() {
-                got.push((s["stage"].as_str().unwrap().to_string(), name.clone(), o["digest"].as_str().unwrap().to_string()));
-            }
-        }
-        assert_eq!(got, expected, "{}", r.display());
+        assert_eq!(record_outputs(&rec), expected, "{}", r.display());
     }
     // one manifest per stage, nothing left staged or half-written, and the store verifies
     assert_eq!(std::fs::read_dir(shared.join("stages")).unwrap().count(), stages.len());
@@ -117,13 +111,7 @@ fn member_outputs(store: &Path) -> std::collections::BTreeMap<String, Vec<(Strin
     for e in std::fs::read_dir(store.join("runs")).unwrap() {
         let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
         assert_eq!(rec["status"], "ok");
-        let mut got = Vec::new();
-        for s in rec["stages"].as_array().unwrap() {
-            for (name, o) in s["outputs"].as_object().unwrap() {
-                got.push((s["stage"].as_str().unwrap().to_string(), name.clone(), o["digest"].as_str().unwrap().to_string()));
-            }
-        }
-        assert!(out.insert(rec["member"].as_str().unwrap().to_string(), got).is_none(), "one record per member");
+        assert!(out.insert(rec["member"].as_str().unwrap().to_string(), record_outputs(&rec)).is_none(), "one record per member");
     }
     out
 }

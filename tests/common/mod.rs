@@ -106,7 +106,11 @@ pub fn last_record(store: &Path) -> serde_json::Value {
 
 /// stage -> output name -> digest, from the newest run record.
 pub fn output_digests(store: &Path) -> Vec<(String, String, String)> {
-    let rec = last_record(store);
+    record_outputs(&last_record(store))
+}
+
+/// (stage, output, digest) of every output a run record names.
+pub fn record_outputs(rec: &serde_json::Value) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for s in rec["stages"].as_array().unwrap() {
         for (name, o) in s["outputs"].as_object().unwrap() {
@@ -115,7 +119,6 @@ pub fn output_digests(store: &Path) -> Vec<(String, String, String)> {
     }
     out
 }
-
 
 /// The path of object `digest` in `store` (the layout pinned by the store's tests).
 pub fn object(store: &Path, digest: &str) -> PathBuf {
