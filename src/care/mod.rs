@@ -170,7 +170,7 @@ pub fn apply(store: &Store, r: &GcReport) -> Result<()> {
     store.remove_runs(&r.removed_runs)?;
     store.remove_manifests(&r.removed_manifests)?;
     store.remove_objects(&r.removed_objects)?;
-    store.clear_tmp()?;
+    store.clear_debris()?;
     for key in &r.removed_partials {
         remove_any(&store.partial_dir(key))?;
     }

@@ -458,15 +458,6 @@ impl Store {
         Ok(())
     }
 
-    /// Removes every heartbeat: only under the exclusive lock, when no run is alive.
-    fn clear_live(&self) -> Result<()> {
-        let dir = self.root.join("live");
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
-            _ => Ok(()),
-        }
-    }
-
     pub fn run_path(&self, id: &str) -> PathBuf {
         self.root.join("runs").join(format!("{id}.json"))
     }
@@ -521,11 +512,9 @@ impl Store {
     /// --repair`, which delete, take it exclusively ([`Store::try_lock`]). A writer that
     /// finds itself alone first clears what killed writers left behind.
     pub fn lock(&self) -> Result<File> {
-        let path = self.root.join("lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f = self.lock_file()?;
         if flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
-            self.clear_tmp()?;
-            self.clear_live()?;
+            self.clear_debris()?;
         }
         // Shared, converting the exclusive lock if this writer took it. Another writer may
         // hold the lock exclusively for the moment its start-up cleaning takes, so a refusal
@@ -544,15 +533,13 @@ impl Store {
         bail!("the store {} is being cleaned by `pipe gc` or `pipe verify --repair`; wait for it to end", self.root.display())
     }
 
-    /// Removes what killed writers left in tmp/, and the lease files: called with the
-    /// writer lock held exclusively, when no write of this store can be in flight, so that
-    /// debris never fills a disk for good.
-    pub fn clear_tmp(&self) -> Result<()> {
-        let leases = self.root.join("leases");
-        match fs::remove_dir_all(&leases) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("removing {}", leases.display())),
-            _ => {}
-        }
+    /// Removes what killed writers left behind: staged files in tmp/, heartbeats and
+    /// liveness files in live/, lease files in leases/. Called with the writer lock held
+    /// exclusively (by a run that starts alone, by gc), when no writer of this store is
+    /// alive, so that debris never fills a disk for good.
+    pub fn clear_debris(&self) -> Result<()> {
+        remove_dir_all_if_present(&self.root.join("live"))?;
+        remove_dir_all_if_present(&self.root.join("leases"))?;
         for entry in fs::read_dir(self.tmp_dir()).with_context(|| format!("listing {}", self.tmp_dir().display()))? {
             let path = entry?.path();
             if path.is_dir() {
@@ -593,9 +580,14 @@ impl Store {
 
     /// The writer lock held exclusively, or None while any run (or other cleaner) holds it.
     pub fn try_lock(&self) -> Result<Option<File>> {
-        let path = self.root.join("lock");
-        let f = File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let f = self.lock_file()?;
         Ok(flock(&f, libc::LOCK_EX | libc::LOCK_NB).then_some(f))
+    }
+
+    /// The file the writer lock is taken on (created, never truncated).
+    fn lock_file(&self) -> Result<File> {
+        let path = self.root.join("lock");
+        File::options().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))
     }
 }
 
@@ -612,6 +604,13 @@ impl Drop for Lease {
         // removed while still locked, so that no one locks the old file after this
         let _ = fs::remove_file(&self.path);
         let _ = fs::remove_dir(self.path.parent().expect("a lease lives in leases/"));
+    }
+}
+
+fn remove_dir_all_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", dir.display())),
+        _ => Ok(()),
     }
 }
 

@@ -31,6 +31,13 @@ pub(crate) struct Dims {
 /// whose patch rows are then long, wins (pipe bench, winn64_train: 128 to 512 channels).
 const MAX_CHANNELS: usize = 64;
 
+/// Whether [`conv`] and [`wgrad`] take a layer of input `d`, O outputs, a k x k kernel and
+/// padding p: the kernels are here, O is whole vectors of 16, neither side is wider than
+/// [`MAX_CHANNELS`], and the padded image holds at least one kernel.
+fn takes(d: Dims, o: usize, k: usize, p: usize) -> bool {
+    available() && o.is_multiple_of(16) && o <= MAX_CHANNELS && d.c <= MAX_CHANNELS && p < k && d.h + 2 * p >= k && d.w + 2 * p >= k && d.n > 0
+}
+
 /// Whether the kernels run on this machine (checked once).
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -88,7 +95,7 @@ unsafe fn assume_init(v: Vec<MaybeUninit<f32>>) -> Vec<f32> {
 /// rows ordered (ki, kj, c); the result is N x H' x W' x O. None unless O % 16 == 0 and
 /// the kernels are available.
 pub(crate) fn conv(x: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.h + 2 * p < k || d.w + 2 * p < k || d.n == 0 {
+    if !takes(d, o, k, p) {
         return None;
     }
     let (hp, wp) = (d.h + 2 * p, d.w + 2 * p);
@@ -134,7 +141,7 @@ pub(crate) fn conv_t(g: &[f32], d: Dims, w: &[f32], o: usize, k: usize, p: usize
 /// Images are split into fixed groups, each summed on its own and the groups added in
 /// order, so the result does not depend on the thread count. None unless O % 16 == 0.
 pub(crate) fn wgrad(x: &[f32], d: Dims, g: &[f32], o: usize, k: usize, p: usize) -> Option<Vec<f32>> {
-    if !available() || !o.is_multiple_of(16) || o > MAX_CHANNELS || d.c > MAX_CHANNELS || p >= k || d.h + 2 * p < k || d.w + 2 * p < k || d.n == 0 {
+    if !takes(d, o, k, p) {
         return None;
     }
     let (ho, wo) = (d.h + 2 * p + 1 - k, d.w + 2 * p + 1 - k);
