@@ -81,7 +81,7 @@ fn a_stage_whose_run_dies_is_taken_over_from_its_checkpoint() {
     let store = dir.path().join("store");
     let mut first = spawn_run(&file, &store);
     let deadline = Instant::now() + Duration::from_secs(300);
-    let saved = || std::fs::read_dir(store.join("partial")).ok().is_some_and(|mut d| d.any(|e| e.unwrap().path().join("checkpoint.safetensors").exists()));
+    let saved = || common::partial_file(&store, "checkpoint.safetensors").is_some();
     while !saved() {
         assert!(first.try_wait().unwrap().is_none() && Instant::now() < deadline, "train/0 saved no epoch");
         std::thread::sleep(Duration::from_millis(2));

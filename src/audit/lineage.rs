@@ -117,7 +117,7 @@ fn resolve(store: &Store, index: &Index, what: &str) -> Result<String> {
     checkpoints.dedup();
     crate::audit::runs::unique_match(&checkpoints, what, "checkpoint")?
         .cloned()
-        .ok_or_else(|| UserError(format!("no checkpoint `{what}` in {}: give a checkpoint digest (prefix) or RUN:train/N", store.root().display())).into())
+        .ok_or_else(|| UserError(format!("no checkpoint `{what}` in {}: give a checkpoint digest (prefix) or RUN:train/N", store.location())).into())
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T> {

@@ -76,7 +76,7 @@ fn leaves(prefix: &str, v: &Value, class: Option<u32>, out: &mut Vec<(String, Op
 /// the overall ones): (`<split>_<metric>`, class, value). A missing object gives none:
 /// the export should still describe a store whose objects were pruned.
 fn class_errors(store: &Store, s: &RunStage) -> Result<Vec<(String, Option<u32>, f64)>> {
-    let Some(o) = s.outputs.get(evaluate::METRICS).filter(|o| store.object_path(&o.digest).exists()) else {
+    let Some(o) = s.outputs.get(evaluate::METRICS).filter(|o| store.has_object(&o.digest)) else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -221,8 +221,14 @@ impl Metrics {
 /// `<store>/export/metrics.parquet`).
 pub fn export(root: &Path, out: Option<&Path>) -> Result<()> {
     let m = metrics(root)?;
-    let out: PathBuf = out.map(Path::to_path_buf).unwrap_or_else(|| root.join("export").join("metrics.parquet"));
-    Store::at(root)?.write_atomic(&out, &m.to_parquet()?)?;
+    let out: PathBuf = match out {
+        Some(out) => out.to_path_buf(),
+        None if root.to_string_lossy().contains("://") => {
+            return Err(UserError(format!("the store {} is not a directory: give the export's path with --out", root.display())).into())
+        }
+        None => root.join("export").join("metrics.parquet"),
+    };
+    crate::engine::store::write_file_atomic(&out, &m.to_parquet()?)?;
     println!("{} ({}) -> {}", count(m.rows.len(), "row"), count(m.runs.len(), "run"), out.display());
     Ok(())
 }

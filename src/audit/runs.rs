@@ -28,7 +28,7 @@ pub fn find_run(store: &Store, what: &str) -> Result<String> {
     let found = unique_match(&ids, what, "run")?.cloned();
     found.ok_or_else(|| {
         let listed = if ids.is_empty() { "it has no runs".to_string() } else { format!("its runs: {}", last_few(&ids)) };
-        UserError(format!("no run `{what}` in {}; {listed} (see `pipe ls`)", store.root().display())).into()
+        UserError(format!("no run `{what}` in {}; {listed} (see `pipe ls`)", store.location())).into()
     })
 }
 

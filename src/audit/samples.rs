@@ -128,7 +128,7 @@ fn resolve(store: &Store, what: &str) -> Result<(Option<String>, Manifest)> {
         None => {
             let keys = store.stage_keys()?;
             let key = unique_match(&keys, what, "stage key")?.cloned();
-            (None, key.ok_or_else(|| UserError(format!("no stage `{what}` in {}: give RUN:synthesize/N or a stage key (prefix)", store.root().display())))?)
+            (None, key.ok_or_else(|| UserError(format!("no stage `{what}` in {}: give RUN:synthesize/N or a stage key (prefix)", store.location())))?)
         }
     };
     let m: Manifest = store.manifest(&key)?.ok_or_else(|| UserError(format!("stage {key} is not committed in this store")))?;

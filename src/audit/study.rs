@@ -71,8 +71,9 @@ fn selected_reported(r: &RunRecord) -> f64 {
     r.selected.as_ref().and_then(|s| s[rounds.reported].as_f64()).unwrap_or(f64::NAN)
 }
 
-fn sweeps_path(store: &Store, members: &[Member], suffix: &str) -> PathBuf {
-    store.root().join("sweeps").join(format!("{}{suffix}", members[0].pipeline.name))
+/// Writes a sweep's table or figure into the store's sweeps/ and says where it is.
+fn put_sweep_file(store: &Store, members: &[Member], suffix: &str, bytes: &[u8]) -> Result<PathBuf> {
+    Ok(PathBuf::from(store.put_file(&format!("sweeps/{}{suffix}", members[0].pipeline.name), bytes)?))
 }
 
 /// The tidy table of a sweep (a row per member and evaluated round) in
@@ -113,8 +114,7 @@ fn results_table(store: &Store, members: &[Member], records: &[RunRecord]) -> Re
         ("test_error", Column::F64(rows.iter().map(|r| r.test_error).collect())),
         ("selected", Column::Bool(rows.iter().map(|r| r.selected).collect())),
     ]);
-    let path = sweeps_path(store, members, ".parquet");
-    store.write_atomic(&path, &to_parquet(columns)?)?;
+    let path = put_sweep_file(store, members, ".parquet", &to_parquet(columns)?)?;
 
     let rounds = records.first().map_or(crate::methods::icn::ROUNDS, crate::methods::rounds_of);
     let groups = group(members.iter().zip(records).map(|(m, r)| (setting_label(m, &[]), selected_reported(r))));
@@ -158,8 +158,7 @@ fn plot_sizes(store: &Store, members: &[Member], records: &[RunRecord]) -> Resul
     let title = format!("{}: test error of the selected round (mean +- sd over seeds)", members[0].pipeline.name);
     let chart = stages::plot::Chart { title: &title, x_label: &axis, y_label: "test error (%)", log_x: lo > 0.0 && hi / lo >= 10.0, series: &series };
     let png = stages::plot::line_chart_png(&chart, 900, 600)?;
-    let path = sweeps_path(store, members, ".png");
-    store.write_atomic(&path, &png)?;
+    let path = put_sweep_file(store, members, ".png", &png)?;
     println!("plot: {}", path.display());
     Ok(Some(path))
 }
@@ -300,9 +299,10 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
         .collect();
 
     let num = |d: &Direction, k: &str| d.summary.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-    let path = sweeps_path(store, members, ".two-way.parquet");
-    store.write_atomic(
-        &path,
+    let path = put_sweep_file(
+        store,
+        members,
+        ".two-way.parquet",
         &to_parquet(vec![
             ("configuration", Column::Str(rows.iter().map(|d| d.config.clone()).collect())),
             ("seed", Column::U64(rows.iter().map(|d| d.seed).collect())),
@@ -342,8 +342,7 @@ fn two_way(store: &Store, members: &[Member], records: &[RunRecord]) -> Result<V
     // the adversarial example figures of the first configuration, next to the table
     for (d, s) in rows.iter().zip(&record.stages).take(2) {
         if let Some(o) = s.outputs.get(attack::FIGURE) {
-            let fig = sweeps_path(store, members, &format!(".adversarial.{}.png", d.attacked));
-            store.write_atomic(&fig, &store.read(&o.digest)?)?;
+            let fig = put_sweep_file(store, members, &format!(".adversarial.{}.png", d.attacked), &store.read(&o.digest)?)?;
             println!("figure: {} (rows: original, perturbation, adversarial)", fig.display());
             files.push(fig);
         }

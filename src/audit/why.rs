@@ -133,7 +133,7 @@ pub struct Report {
 pub fn run(file: &Path, sets: &[String], root: &Path, only: Option<&str>, json: bool) -> Result<()> {
     let members = sweep::expand(file, sets)?;
     let store = Store::open_existing(root)?;
-    let records: Vec<RunRecord> = if store.root().join("runs").is_dir() { store.intact_runs()? } else { Vec::new() };
+    let records: Vec<RunRecord> = store.intact_runs()?;
     let canonical = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
     let mut reports = Vec::new();
     for m in &members {
@@ -234,7 +234,7 @@ fn explain(store: &Store, stages: &[StageDef], last: Option<&RunRecord>, only: O
     Ok(Report {
         pipeline: String::new(),
         file: String::new(),
-        store: store.root().display().to_string(),
+        store: store.location(),
         member: None,
         last_run: last.map(|r| LastRun {
             id: r.id.clone(),
@@ -270,7 +270,7 @@ fn reasons(
         let detail = match store.manifest::<Manifest>(&prev.key) {
             Err(e) => format!("{e:#}"),
             Ok(None) => "its manifest is no longer in the store".to_string(),
-            Ok(Some(m)) => match m.outputs.iter().find(|(_, o)| !store.object_path(&o.digest).exists()) {
+            Ok(Some(m)) => match m.outputs.iter().find(|(_, o)| !store.has_object(&o.digest)) {
                 Some((name, _)) => format!("its output {name} is missing from the store"),
                 None => "the store no longer holds it".to_string(),
             },

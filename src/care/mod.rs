@@ -14,14 +14,13 @@
 use crate::engine::executor::{Manifest, RunRecord};
 use crate::engine::fault;
 use crate::engine::graph::key_of;
-use crate::engine::store::{digest_file, Digest, Store};
+use crate::engine::store::{Digest, Held, Store};
 use crate::UserError;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::Path;
 
 pub struct GcOptions {
@@ -85,9 +84,9 @@ pub fn gc(root: &Path, opts: &GcOptions) -> Result<()> {
     Ok(())
 }
 
-fn lock(store: &Store, what: &str) -> Result<fs::File> {
+fn lock(store: &Store, what: &str) -> Result<Held> {
     // exit 1, not 2: nothing the user typed is wrong, the store is busy
-    store.try_lock()?.ok_or_else(|| anyhow!("the store {} is locked by a running `pipe run`; {what} deletes nothing under a running pipeline: try again once it ends", store.root().display()))
+    store.try_lock()?.ok_or_else(|| anyhow!("the store {} is locked by a running `pipe run`; {what} deletes nothing under a running pipeline: try again once it ends", store.location()))
 }
 
 /// What gc would remove; nothing is touched.
@@ -103,7 +102,7 @@ pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         let record: RunRecord = match store.run(id) {
             Ok(Some(r)) => r,
             Ok(None) => continue,
-            Err(e) => bail!("{e:#}: gc cannot tell what run {id} needs; fix or remove {} first", store.run_path(id).display()),
+            Err(e) => bail!("{e:#}: gc cannot tell what run {id} needs; fix or remove {} first", store.run_location(id)),
         };
         for s in record.stages {
             live_objects.extend(s.outputs.into_values().map(|o| o.digest));
@@ -123,7 +122,7 @@ pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     }
 
     let mut r = GcReport {
-        store: store.root().display().to_string(),
+        store: store.location(),
         dry_run: opts.dry_run,
         kept_runs: kept.to_vec(),
         runs: Tally::default(),
@@ -139,24 +138,24 @@ pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         removed_partials: Vec::new(),
     };
     for id in old {
-        r.runs.add(size(&store.run_path(id)));
+        r.runs.add(store.run_size(id));
         r.removed_runs.push(id.clone());
     }
     let mut keys = store.stage_keys()?;
     keys.sort();
     for key in keys.into_iter().filter(|k| !live_keys.contains(k)) {
-        r.manifests.add(size(&store.manifest_path(&key)));
+        r.manifests.add(store.manifest_size(&key));
         r.removed_manifests.push(key);
     }
-    for d in store.objects()?.into_iter().filter(|d| !live_objects.contains(d)) {
-        r.objects.add(size(&store.object_path(&d)));
+    for (d, bytes) in store.objects()?.into_iter().filter(|(d, _)| !live_objects.contains(d)) {
+        r.objects.add(bytes);
         r.removed_objects.push(d);
     }
-    for entry in fs::read_dir(store.tmp_dir()).with_context(|| format!("listing {}", store.tmp_dir().display()))? {
-        r.tmp.add(size(&entry?.path()));
+    for entry in store.staged()? {
+        r.tmp.add(entry.bytes);
     }
-    for key in store.partial_keys()? {
-        r.partials.add(size(&store.partial_dir(&key)));
+    for (key, bytes) in store.partials()? {
+        r.partials.add(bytes);
         if opts.partials {
             r.removed_partials.push(key);
         }
@@ -171,27 +170,7 @@ pub fn apply(store: &Store, r: &GcReport) -> Result<()> {
     store.remove_manifests(&r.removed_manifests)?;
     store.remove_objects(&r.removed_objects)?;
     store.clear_debris()?;
-    for key in &r.removed_partials {
-        remove_any(&store.partial_dir(key))?;
-    }
-    Ok(())
-}
-
-fn remove_any(path: &Path) -> Result<()> {
-    let res = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
-    match res {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
-        _ => Ok(()),
-    }
-}
-
-/// Bytes of a file or of a directory tree; 0 for what vanished meanwhile.
-fn size(path: &Path) -> u64 {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::read_dir(path).map(|rd| rd.filter_map(|e| e.ok()).map(|e| size(&e.path())).sum()).unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
+    store.remove_partials(&r.removed_partials)
 }
 
 /// 1536 -> "1.5 KiB".
@@ -298,13 +277,13 @@ pub fn verify(root: &Path, repair: bool, json: bool) -> Result<()> {
         report.bad_manifests.len(),
         report.bad_runs.len()
     );
-    bail!("the store {} is damaged: {what}; `pipe verify --repair` uncommits the stages concerned so that the next `pipe run` remakes them, and removes damaged run records", store.root().display());
+    bail!("the store {} is damaged: {what}; `pipe verify --repair` uncommits the stages concerned so that the next `pipe run` remakes them, and removes damaged run records", store.location());
 }
 
 /// Rehashes every object and checks every manifest and run record; changes nothing.
 pub fn check(store: &Store) -> Result<VerifyReport> {
     let names = store.objects()?;
-    let total: u64 = names.iter().map(|d| size(&store.object_path(d))).sum();
+    let total: u64 = names.iter().map(|(_, bytes)| bytes).sum();
     let bar = if names.len() >= 100 || total >= 1 << 28 { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("verify  {msg:<12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
     bar.set_message(format!("{} objects", names.len()));
@@ -312,14 +291,13 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
     // looked (a concurrent gc) is simply not in the store
     let hashed: BTreeMap<Digest, Option<String>> = names
         .par_iter()
-        .filter_map(|d| {
-            let path = store.object_path(d);
-            let res = digest_file(&path);
-            bar.inc(size(&path));
+        .filter_map(|(d, bytes)| {
+            let res = store.rehash(d);
+            bar.inc(*bytes);
             match res {
-                Ok(actual) if actual == *d => Some((d.clone(), None)),
-                Ok(actual) => Some((d.clone(), Some(format!("its bytes hash to {actual}")))),
-                Err(_) if !path.exists() => None,
+                Ok(Some(actual)) if actual == *d => Some((d.clone(), None)),
+                Ok(Some(actual)) => Some((d.clone(), Some(format!("its bytes hash to {actual}")))),
+                Ok(None) => None,
                 Err(e) => Some((d.clone(), Some(format!("unreadable: {e:#}")))),
             }
         })
@@ -337,7 +315,7 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
     keys.sort();
     let mut bad_manifests = Vec::new();
     for key in &keys {
-        let bad = |error: String| BadFile { name: key.clone(), path: store.manifest_path(key).display().to_string(), error };
+        let bad = |error: String| BadFile { name: key.clone(), path: store.manifest_location(key), error };
         let m: Manifest = match store.manifest(key) {
             Ok(Some(m)) => m,
             Ok(None) => continue,
@@ -358,7 +336,7 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
             let state = match hashed.get(&o.digest) {
                 Some(state) => Some(state.clone()),
                 // committed after the listing (a run beside us): check it now
-                None if store.object_path(&o.digest).exists() => Some(store.read(&o.digest).err().map(|e| format!("{e:#}"))),
+                None if store.has_object(&o.digest) => Some(store.read(&o.digest).err().map(|e| format!("{e:#}"))),
                 None => None,
             };
             match state {
@@ -370,10 +348,10 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
     }
     let runs = store.run_ids()?;
     let bad_runs: Vec<BadFile> =
-        runs.iter().filter_map(|id| store.run::<RunRecord>(id).err().map(|e| BadFile { name: id.clone(), path: store.run_path(id).display().to_string(), error: format!("{e:#}") })).collect();
+        runs.iter().filter_map(|id| store.run::<RunRecord>(id).err().map(|e| BadFile { name: id.clone(), path: store.run_location(id), error: format!("{e:#}") })).collect();
     let intact = corrupt.is_empty() && missing.is_empty() && bad_manifests.is_empty() && bad_runs.is_empty();
     Ok(VerifyReport {
-        store: store.root().display().to_string(),
+        store: store.location(),
         objects: hashed.len(),
         manifests: keys.len(),
         runs: runs.len(),
@@ -389,7 +367,7 @@ pub fn check(store: &Store) -> Result<VerifyReport> {
 }
 
 fn bad_object(store: &Store, digest: &str, reason: String) -> BadObject {
-    BadObject { digest: digest.to_string(), path: store.object_path(digest).display().to_string(), reason, referenced_by: Vec::new() }
+    BadObject { digest: digest.to_string(), path: store.object_location(digest), reason, referenced_by: Vec::new() }
 }
 
 /// Removes damaged run records, uncommits every stage that names a corrupt or missing
@@ -466,6 +444,13 @@ mod tests {
     use super::*;
     use crate::engine::executor::{OutputInfo, RunStage};
     use serde_json::json;
+    use std::fs;
+    use std::path::PathBuf;
+
+    /// Where a directory store keeps an object (the layout is pinned in the store's tests).
+    fn object_path(root: &Path, d: &str) -> PathBuf {
+        root.join("objects").join(&d[..2]).join(&d[2..])
+    }
 
     /// A manifest whose key is the real key of what it records.
     fn manifest(stage: &str, inputs: &[(&str, &str)], outputs: &[(&str, &str)]) -> Manifest {
@@ -548,9 +533,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
         let (shared, only1, only2, input_only, keys) = two_runs(&store)?;
-        fs::write(store.tmp_dir().join("123-0.tmp"), b"debris")?;
-        fs::create_dir_all(store.partial_dir("kinterrupted"))?;
-        fs::write(store.partial_dir("kinterrupted").join("epoch"), b"12345")?;
+        fs::write(dir.path().join("tmp/123-0.tmp"), b"debris")?;
+        store.write_partial("kinterrupted", "epoch", b"")?; // 32 bytes: its trailer
 
         let all = collect(&store, &opts(None, false))?;
         assert!(all.removed_objects.is_empty() && all.removed_manifests.is_empty() && all.removed_runs.is_empty(), "{all:?}");
@@ -560,24 +544,24 @@ mod tests {
         assert_eq!(r.removed_runs, ["2024a"]);
         assert_eq!(r.removed_manifests, std::slice::from_ref(&keys.t1));
         assert_eq!(r.removed_objects, std::slice::from_ref(&only1));
-        assert_eq!(r.partials, Tally { count: 1, bytes: 5 });
+        assert_eq!(r.partials, Tally { count: 1, bytes: 32 });
         assert_eq!(r.freed_bytes, r.runs.bytes + r.manifests.bytes + 10 + 6);
         apply(&store, &r)?;
         for d in [&shared, &only2, &input_only] {
             assert!(store.verify(d), "{d} must survive");
         }
-        assert!(!store.object_path(&only1).exists());
-        assert_eq!(store.object_path(&only1).parent().unwrap().exists(), store.objects()?.iter().any(|d| d[..2] == only1[..2]), "no empty fan-out directory is left");
+        assert!(!object_path(dir.path(), &only1).exists());
+        assert_eq!(object_path(dir.path(), &only1).parent().unwrap().exists(), store.objects()?.iter().any(|(d, _)| d[..2] == only1[..2]), "no empty fan-out directory is left");
         assert_eq!(store.run_ids()?, ["2024b"]);
         assert!(store.manifest::<Manifest>(&keys.t1)?.is_none());
-        assert_eq!(fs::read_dir(store.tmp_dir())?.count(), 0);
-        assert!(store.partial_dir("kinterrupted").is_dir(), "partials stay without --partials");
+        assert_eq!(fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+        assert!(store.has_partial("kinterrupted"), "partials stay without --partials");
 
         let again = collect(&store, &opts(None, true))?;
         assert_eq!((again.objects.count, again.manifests.count, again.runs.count), (0, 0, 0));
         assert_eq!(again.removed_partials, ["kinterrupted"]);
         apply(&store, &again)?;
-        assert!(!store.partial_dir("kinterrupted").exists());
+        assert!(!store.has_partial("kinterrupted") && !dir.path().join("partial/kinterrupted").exists());
         assert!(check(&store)?.intact);
         Ok(())
     }
@@ -587,11 +571,11 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
         two_runs(&store)?;
-        fs::write(store.run_path("2024b"), b"{ not json")?;
+        fs::write(dir.path().join("runs/2024b.json"), b"{ not json")?;
         let err = collect(&store, &opts(None, false)).unwrap_err().to_string();
         assert!(err.contains("2024b") && err.contains("cannot tell"), "{err}");
         // an old record is deleted unread, so it cannot block
-        fs::write(store.run_path("2024a"), b"{ not json")?;
+        fs::write(dir.path().join("runs/2024a.json"), b"{ not json")?;
         store.write_run("2024b", &record("2024b", &[]))?;
         assert_eq!(collect(&store, &opts(Some(1), false))?.removed_runs, ["2024a"]);
         Ok(())
@@ -606,9 +590,9 @@ mod tests {
         assert!(clean.intact);
         assert_eq!((clean.objects, clean.manifests, clean.runs), (4, 3, 2));
 
-        fs::write(store.object_path(&shared), b"sharEd")?;
-        fs::remove_file(store.object_path(&only1))?;
-        fs::write(store.manifest_path("kbroken"), b"{")?;
+        fs::write(object_path(dir.path(), &shared), b"sharEd")?;
+        fs::remove_file(object_path(dir.path(), &only1))?;
+        fs::write(dir.path().join("stages/kbroken.json"), b"{")?;
         let r = check(&store)?;
         assert!(!r.intact);
         assert_eq!(r.corrupt.len(), 1);

@@ -22,7 +22,7 @@ struct Failed {
 
 /// Runs `members` (all of the sweep in `file` with `set`) `jobs` at a time on `store`, and
 /// returns each member's run id, in the members' order.
-pub fn run_members(file: &Path, set: &[String], store: &Path, quiet: bool, members: &[Member], jobs: usize) -> Result<Vec<String>> {
+pub fn run_members(file: &Path, set: &[String], store: &Path, quiet: bool, members: &[Member], jobs: usize, extra: &[String]) -> Result<Vec<String>> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = (cores / jobs).max(1);
     let exe = std::env::current_exe().context("finding the pipe binary to run sweep members")?;
@@ -47,6 +47,7 @@ pub fn run_members(file: &Path, set: &[String], store: &Path, quiet: bool, membe
                 if quiet {
                     cmd.arg("--quiet");
                 }
+                cmd.args(extra);
                 cmd.env("RAYON_NUM_THREADS", threads.to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
                 let outcome = member(cmd, &tag);
                 match outcome {

@@ -35,6 +35,77 @@ struct StoreArg {
     store: PathBuf,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
+enum ExecutorKind {
+    /// In this process (with --jobs, in this machine's processes).
+    Local,
+    /// Each stage a Slurm job (`pipe exec-stage KEY`); this run submits, polls and waits.
+    Slurm,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+struct ExecutorArgs {
+    /// Where stages are computed.
+    #[arg(long, value_enum, default_value = "local")]
+    executor: ExecutorKind,
+    /// Slurm partition of the stage jobs (sbatch --partition).
+    #[arg(long)]
+    partition: Option<String>,
+    /// Generic resources of each stage job (sbatch --gres, e.g. gpu:1).
+    #[arg(long)]
+    gres: Option<String>,
+    /// Time limit of each stage job (sbatch --time, e.g. 2:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// A stage job that ends without committing its stage (failed, preempted, out of time)
+    /// is submitted again this many times; it resumes from its checkpoint.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Folder of the stage jobs' logs, on a file system the nodes share.
+    #[arg(long, default_value = "slurm-logs")]
+    slurm_logs: PathBuf,
+    /// Seconds between looks at the queue.
+    #[arg(long, default_value_t = 2.0)]
+    poll: f64,
+}
+
+impl ExecutorArgs {
+    /// The same settings as arguments, for the processes of a sweep's members.
+    fn to_args(&self) -> Vec<String> {
+        let mut out = vec!["--executor".into(), if self.executor == ExecutorKind::Slurm { "slurm" } else { "local" }.into()];
+        for (flag, v) in [("--partition", &self.partition), ("--gres", &self.gres), ("--time", &self.time)] {
+            if let Some(v) = v {
+                out.extend([flag.to_string(), v.clone()]);
+            }
+        }
+        out.extend(["--retries".into(), self.retries.to_string(), "--slurm-logs".into(), self.slurm_logs.display().to_string(), "--poll".into(), self.poll.to_string()]);
+        out
+    }
+
+    /// The Slurm queue, when stages go to Slurm; slurm settings without it are refused.
+    fn slurm(&self) -> Result<Option<crate::engine::slurm::Slurm>> {
+        if self.executor != ExecutorKind::Slurm {
+            if self.partition.is_some() || self.gres.is_some() || self.time.is_some() {
+                return Err(UserError("--partition, --gres and --time are settings of Slurm jobs: add --executor slurm".into()).into());
+            }
+            return Ok(None);
+        }
+        if !(self.poll.is_finite() && self.poll > 0.0) {
+            return Err(UserError(format!("--poll {}: expected seconds above 0", self.poll)).into());
+        }
+        let logs = std::path::absolute(&self.slurm_logs).unwrap_or_else(|_| self.slurm_logs.clone());
+        let opts = crate::engine::slurm::SlurmOptions {
+            partition: self.partition.clone(),
+            gres: self.gres.clone(),
+            time: self.time.clone(),
+            retries: self.retries,
+            logs,
+            poll: std::time::Duration::from_secs_f64(self.poll),
+        };
+        crate::engine::slurm::Slurm::new(opts).map(Some)
+    }
+}
+
 #[derive(clap::Args)]
 struct PipelineArgs {
     /// A pipeline file (TOML).
@@ -86,6 +157,16 @@ enum Command {
         /// Run only this sweep member (0-based; what `--jobs` starts for each member).
         #[arg(long, hide = true)]
         member: Option<usize>,
+        #[command(flatten)]
+        executor: ExecutorArgs,
+    },
+    /// Compute one stage whose job `pipe run --executor slurm` saved in the store (what
+    /// each Slurm job runs). Idempotent: a committed stage is left as it is.
+    ExecStage {
+        /// The stage's key.
+        key: String,
+        #[command(flatten)]
+        store: StoreArg,
     },
     /// Everything that went into a checkpoint: the chain of warm starts, the data sets and
     /// every pseudo-negative (how it was made, how often it was drawn into a batch, how
@@ -254,7 +335,8 @@ enum Command {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { args, quiet, jobs, member } => run(&args, quiet, jobs as usize, member),
+        Command::Run { args, quiet, jobs, member, executor } => run(&args, quiet, jobs as usize, member, &executor),
+        Command::ExecStage { key, store } => exec_stage(&store.store, &key),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Samples(a) => samples::run(&a),
         Command::Sample(a) => sample::run(&a),
@@ -286,20 +368,21 @@ pub fn main() -> Result<()> {
     }
 }
 
-fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>) -> Result<()> {
+fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor: &ExecutorArgs) -> Result<()> {
     let display = Display::detect(quiet);
+    let slurm = executor.slurm()?;
     let members = sweep::expand(&a.file, &a.set)?;
     crate::audit::study::check(&members)?;
     if let Some(k) = only.filter(|k| *k >= members.len()) {
         return Err(UserError(format!("--member {k}: {} has {} member(s), numbered from 0", a.file.display(), members.len())).into());
     }
     let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
-    let created = !a.store.store.exists();
+    let created = !a.store.store.to_string_lossy().contains("://") && !a.store.store.exists();
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     interrupt::install();
     if jobs > 1 && members.len() > 1 && only.is_none() {
-        let ids = jobs::run_members(&a.file, &a.set, &a.store.store, quiet, &members, jobs).map_err(|e| with_resume_hint(e, a))?;
+        let ids = jobs::run_members(&a.file, &a.set, &a.store.store, quiet, &members, jobs, &executor.to_args()).map_err(|e| with_resume_hint(e, a))?;
         let records = ids.iter().map(|id| store.run::<RunRecord>(id)?.with_context(|| format!("the record of run {id} is missing"))).collect::<Result<Vec<_>>>()?;
         return crate::audit::study::report(&store, &members, &records).map(|_| ());
     }
@@ -309,12 +392,13 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>) -> Resul
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
         let member = (members.len() > 1).then(|| m.label());
-        match run_pipeline(&store, runner, &m.pipeline, member, display) {
+        let placement = slurm.as_ref().map_or(executor::Placement::Here, |q| executor::Placement::Jobs(q));
+        match run_pipeline(&store, runner, &m.pipeline, member, display, placement) {
             Ok(r) => records.push(r),
             Err(e) => {
                 // bad input found only once the data was read: as if refused up front
                 if UserError::is_in(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
-                    std::fs::remove_dir_all(store.root()).with_context(|| format!("removing the store {} this run created", store.root().display()))?;
+                    std::fs::remove_dir_all(&a.store.store).with_context(|| format!("removing the store {} this run created", store.location()))?;
                 }
                 return Err(with_resume_hint(e, a));
             }
@@ -322,6 +406,21 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>) -> Resul
     }
     if members.len() > 1 && only.is_none() {
         crate::audit::study::report(&store, &members, &records)?;
+    }
+    Ok(())
+}
+
+/// `pipe exec-stage KEY`: one saved job, computed here.
+fn exec_stage(root: &Path, key: &str) -> Result<()> {
+    let store = Store::open_existing(root)?;
+    let _lock = store.lock()?;
+    interrupt::install();
+    let job = crate::engine::job::Job::load(&store, key)?;
+    let runner = Kinds::for_device(&job.device)?;
+    let line = executor::exec_job(&store, key, crate::kinds::kind_id, &runner, Display::Lines)?;
+    println!("{line}");
+    if let Some(r) = store.requests() {
+        println!("store: {r}");
     }
     Ok(())
 }
@@ -349,17 +448,17 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member: Option<String>, display: Display) -> Result<RunRecord> {
+fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member: Option<String>, display: Display, placement: executor::Placement) -> Result<RunRecord> {
     let graph = plan(pipeline);
     let stages = graph.stages;
     let rounds = graph.rounds;
     let mut record = new_record(&pipeline.name, pipeline, runner.device());
     record.member = member;
     let id = record.id.clone();
-    println!("run {id}: {} ({}) -> {}", pipeline.name, crate::audit::text::count(stages.len(), "stage"), store.root().display());
+    println!("run {id}: {} ({}) -> {}", pipeline.name, crate::audit::text::count(stages.len(), "stage"), store.location());
     let patience = pipeline.spec.pipeline.patience;
     let stop = move |done: &[executor::RunStage]| patience.and_then(|p| select::stop_reason(done, &rounds, p));
-    if let Err(e) = executor::run(store, &stages, runner, &mut record, &stop, display) {
+    if let Err(e) = executor::run_placed(store, &stages, runner, &mut record, &stop, display, placement) {
         // exit 2 means nothing written: a run refused before any stage ran leaves no record
         if UserError::is_in(&e) && record.stages.iter().all(|s| s.status != "ran") {
             store.remove_runs(std::slice::from_ref(&record.id))?;
@@ -370,6 +469,10 @@ fn run_pipeline(store: &Store, runner: &Kinds, pipeline: &spec::Pipeline, member
     store.write_run(&record.id, &record)?;
     let ran = record.stages.iter().filter(|s| s.status == "ran").count();
     println!("done in {:.2}s: {ran} ran, {} cached", record.seconds, record.stages.len() - ran);
+    if let Some(r) = store.requests() {
+        // what the run cost on object storage, for sizing and for bills
+        println!("store: {r} so far");
+    }
     print_errors(&record, &rounds);
     Ok(record)
 }
@@ -440,7 +543,7 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
             println!("  {:<48} {cached} cached, {} to run", m.label(), rows.len() - cached);
             continue;
         }
-        println!("{} ({}), store {}", m.pipeline.name, m.pipeline.file.display(), store.root().display());
+        println!("{} ({}), store {}", m.pipeline.name, m.pipeline.file.display(), store.location());
         for r in &rows {
             let key = match (&r.key, &r.waits_for) {
                 (Some(k), _) => k[..12].to_string(),
@@ -457,10 +560,10 @@ fn status(a: &PipelineArgs, json: bool) -> Result<()> {
         let doc = match docs.len() {
             1 => {
                 let mut d = docs.remove(0);
-                d["store"] = serde_json::json!(store.root());
+                d["store"] = serde_json::json!(store.location());
                 d
             }
-            _ => serde_json::json!({"file": a.file, "store": store.root(), "members": docs, "cached": cached_all, "to_run": total_all - cached_all}),
+            _ => serde_json::json!({"file": a.file, "store": store.location(), "members": docs, "cached": cached_all, "to_run": total_all - cached_all}),
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
@@ -648,7 +751,7 @@ fn show_stage(store: &Store, key: &str, json: bool) -> Result<()> {
         let mut doc = serde_json::to_value(&m)?;
         doc["type"] = "stage".into();
         for (name, o) in &m.outputs {
-            doc["outputs"][name]["path"] = serde_json::json!(store.object_path(&o.digest));
+            doc["outputs"][name]["path"] = serde_json::json!(store.object_location(&o.digest));
         }
         let mut tables = serde_json::Map::new();
         for (name, o) in m.outputs.iter().filter(|(n, _)| n.ends_with(".parquet")) {
@@ -669,7 +772,7 @@ fn show_stage(store: &Store, key: &str, json: bool) -> Result<()> {
     }
     println!("outputs");
     for (name, o) in &m.outputs {
-        println!("  {name:<26} {}  {:>10} bytes  {}", o.digest, o.bytes, store.object_path(&o.digest).display());
+        println!("  {name:<26} {}  {:>10} bytes  {}", o.digest, o.bytes, store.object_location(&o.digest));
     }
     println!("summary   {}", serde_json::to_string_pretty(&m.summary)?.replace('\n', "\n          "));
     for (name, o) in m.outputs.iter().filter(|(n, _)| n.ends_with(".parquet")) {

@@ -4,6 +4,7 @@
 
 use crate::engine::graph::{key_of, stage_key, InputRef, StageDef};
 use crate::engine::interrupt::{self, Interrupted};
+use crate::engine::job::Job;
 use crate::engine::progress::{Display, Live, Meter, Stop};
 use crate::engine::store::{absent_if_damaged, digest_file, Digest, Lease, Store};
 use crate::engine::timefmt;
@@ -107,10 +108,10 @@ fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
     let Some(m) = absent_if_damaged(store.manifest::<Manifest>(key), "the stage is recomputed")? else { return Ok(None) };
     // the seal says the file is as written; the key says it describes this stage
     if m.key != key || key_of(&m.kind, m.version, &m.params, &m.inputs) != key {
-        eprintln!("warning: {} does not describe stage {key} (its kind, version, params or inputs make another key); the stage is recomputed", store.manifest_path(key).display());
+        eprintln!("warning: {} does not describe stage {key} (its kind, version, params or inputs make another key); the stage is recomputed", store.manifest_location(key));
         return Ok(None);
     }
-    Ok(Some(m).filter(|m| m.outputs.values().all(|o| std::fs::metadata(store.object_path(&o.digest)).is_ok_and(|f| f.len() == o.bytes))))
+    Ok(Some(m).filter(|m| m.outputs.values().all(|o| store.object_size(&o.digest).is_ok_and(|s| s == Some(o.bytes)))))
 }
 
 /// How a stage stands before a run.
@@ -176,7 +177,7 @@ pub fn status_with_inputs(store: &Store, stages: &[StageDef]) -> Result<Vec<(Sta
                 let state = if let Some(m) = committed(store, &key)? {
                     known.add(stage, &m);
                     "cached"
-                } else if store.partial_dir(&key).is_dir() {
+                } else if store.has_partial(&key) {
                     "resume"
                 } else {
                     "to run"
@@ -236,14 +237,36 @@ pub struct RunRecord {
 /// Says, from the stages done so far, whether to stop the run early and why.
 pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
 
+/// Where the stages a run must compute are computed.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// In this process, one after another.
+    Here,
+    /// As jobs of a cluster's scheduler, each a `pipe exec-stage KEY` on some node that
+    /// reaches the store: this run saves each job, submits it and waits for its commit.
+    Jobs(&'a dyn JobQueue),
+}
+
+/// A scheduler that computes saved jobs ([`Job`]) in other processes.
+pub trait JobQueue: Sync {
+    /// Returns once stage `job.key` is committed in `store`, or with an error that names the
+    /// stage and where its log is.
+    fn compute(&self, store: &Store, job: &Job) -> Result<()>;
+}
+
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
 pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, display: Display) -> Result<()> {
+    run_placed(store, stages, runner, record, stop, display, Placement::Here)
+}
+
+/// [`run`], with the stages to compute computed where `placement` says.
+pub fn run_placed(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, display: Display, placement: Placement) -> Result<()> {
     let t_run = Instant::now();
     // alive before its record says `running`, so that no reader takes it for killed
     let _alive = store.hold_alive(&record.id)?;
     store.write_run(&record.id, record).context("writing the run record")?;
     let live = Live { store, run: record.id.clone(), display };
-    let result = run_stages(store, stages, runner, record, stop, &live);
+    let result = run_stages(store, stages, runner, record, stop, &live, placement);
     let _ = store.end_live(&record.id);
     record.seconds = t_run.elapsed().as_secs_f64();
     record.finished_at = Some(timefmt::now_iso());
@@ -265,26 +288,24 @@ pub fn run(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut
     }
 }
 
-fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, live: &Live) -> Result<()> {
+fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, live: &Live, placement: Placement) -> Result<()> {
     let mut known = Known::default();
     for stage in stages {
         let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
         let key = stage_key(stage, &inputs);
         let t0 = Instant::now();
-        let (manifest, status) = match leased(store, stage, &key)? {
-            Leased::Committed(m) => (*m, "cached"),
-            Leased::Ours(_lease) => {
-                let m = match execute(store, stage, &key, inputs, runner, live) {
-                    Ok(m) => m,
-                    // a stage stopped by an interrupt, whatever error its library call gave
-                    Err(e) if interrupt::requested() && !Interrupted::is_in(&e) => {
-                        let kept = if store.partial_dir(&key).is_dir() { "its last checkpoint is kept" } else { "it has no checkpoint and reruns from its start" };
-                        return Err(Interrupted::new(format!("{} stopped mid-way; {kept}", stage.id)).into());
-                    }
-                    Err(e) => return Err(e).with_context(|| format!("stage {} failed", stage.id)),
-                };
-                (m, "ran")
-            }
+        let (manifest, status) = match placement {
+            Placement::Here => compute_here(store, stage, &key, inputs, runner, live)?,
+            Placement::Jobs(queue) => match committed(store, &key)? {
+                Some(m) => (m, "cached"),
+                None => {
+                    let job = Job::new(stage, &key, &inputs, &runner.device());
+                    job.save(store).with_context(|| format!("saving the job of stage {}", stage.id))?;
+                    queue.compute(store, &job)?;
+                    let m = committed(store, &key)?.with_context(|| format!("stage {} ({}): its job ended but the stage is not committed in {}", stage.id, &key[..12], store.location()))?;
+                    (m, "ran")
+                }
+            },
         };
         let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
         println!("{}", stage_line(status, stage, &key, seconds, &manifest));
@@ -306,6 +327,46 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
         }
     }
     Ok(())
+}
+
+/// A stage computed in this process (or committed meanwhile by another that held its lease).
+fn compute_here(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner, live: &Live) -> Result<(Manifest, &'static str)> {
+    Ok(match leased(store, stage, key)? {
+        Leased::Committed(m) => (*m, "cached"),
+        Leased::Ours(_lease) => {
+            let m = match execute(store, stage, key, inputs, runner, live) {
+                Ok(m) => m,
+                // a stage stopped by an interrupt, whatever error its library call gave
+                Err(e) if interrupt::requested() && !Interrupted::is_in(&e) => {
+                    let kept = if store.has_partial(key) { "its last checkpoint is kept" } else { "it has no checkpoint and reruns from its start" };
+                    return Err(Interrupted::new(format!("{} stopped mid-way; {kept}", stage.id)).into());
+                }
+                Err(e) => return Err(e).with_context(|| format!("stage {} failed", stage.id)),
+            };
+            (m, "ran")
+        }
+    })
+}
+
+/// `pipe exec-stage`: computes the saved job of stage `key` here, unless it is committed
+/// already (then nothing is done: a job that runs twice, resubmitted or raced by another
+/// worker, commits once). Returns the stage's result line.
+pub fn exec_job(store: &Store, key: &str, kind: impl Fn(&str, u32) -> Option<crate::engine::graph::KindId>, runner: &dyn Runner, display: Display) -> Result<String> {
+    let job = Job::load(store, key)?;
+    let (stage, inputs) = job.stage(kind)?;
+    if let Some(m) = committed(store, key)? {
+        return Ok(stage_line("cached", &stage, key, 0.0, &m));
+    }
+    // alive and beating under a run id of its own, so `pipe status` shows the job's progress
+    let run = format!("{}-exec-{}-{}", timefmt::now_iso().replace([':', '-'], ""), &key[..12], std::process::id());
+    let _alive = store.hold_alive(&run)?;
+    let live = Live { store, run: run.clone(), display };
+    let t0 = Instant::now();
+    let done = compute_here(store, &stage, key, inputs, runner, &live);
+    let _ = store.end_live(&run);
+    let (m, status) = done?;
+    let seconds = if status == "ran" { m.seconds } else { t0.elapsed().as_secs_f64() };
+    Ok(stage_line(status, &stage, key, seconds, &m))
 }
 
 enum Leased {
@@ -338,7 +399,7 @@ fn leased(store: &Store, stage: &StageDef, key: &str) -> Result<Leased> {
             eprintln!("waiting for stage {} ({}), which another run of this store is computing", stage.id, &key[..12]);
             said = true;
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(store.poll());
     }
 }
 

@@ -66,6 +66,11 @@ pub fn read_params<P: DeserializeOwned>(params: &Value) -> Result<P> {
 }
 
 /// Every kind this `pipe` runs.
+/// This pipe's kind of that name and version (a saved job names its kind so).
+pub fn kind_id(name: &str, version: u32) -> Option<KindId> {
+    REGISTRY.iter().map(|e| e.id).find(|id| id.name == name && id.version == version)
+}
+
 pub static REGISTRY: [Entry; 10] = [
     entry::<load::Load>(),
     entry::<train::Train>(),

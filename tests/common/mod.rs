@@ -156,6 +156,12 @@ pub fn canonical(v: &serde_json::Value) -> String {
     }
 }
 
+/// A resumption checkpoint `file` of any stage and attempt (`partial/<key>/<attempt>/`).
+pub fn partial_file(store: &Path, file: &str) -> Option<PathBuf> {
+    let keys = std::fs::read_dir(store.join("partial")).ok()?;
+    keys.flatten().flat_map(|k| std::fs::read_dir(k.path()).into_iter().flatten().flatten()).map(|a| a.path().join(file)).find(|p| p.exists())
+}
+
 /// Waits until `after` is committed in the store's newest run and the running train stage
 /// has saved an epoch checkpoint, then kills `child` with SIGKILL: a kill in the middle of
 /// a training stage. Returns the partial checkpoint that was there.
@@ -175,10 +181,7 @@ pub fn kill_once_saved(child: &mut std::process::Child, store: &Path, after: &st
             .map(|r| r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap().to_string()).collect())
             .unwrap_or_default();
         if done.iter().any(|s| s == after) {
-            let found = std::fs::read_dir(store.join("partial"))
-                .ok()
-                .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path().join(file)).filter(|p| p.exists())));
-            if let Some(p) = found {
+            if let Some(p) = partial_file(store, file) {
                 break p;
             }
         }

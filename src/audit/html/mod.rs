@@ -113,7 +113,7 @@ fn index(ctx: &Ctx, groups: &[Group]) -> String {
     let cols = [Col("pipeline", false), Col("kind", false), Col("runs", true), Col("ok", true), Col("file", false), Col("last run started (UTC)", false)];
     let body = format!(
         "<h1>pipe report</h1>\n<p class=\"note\">store {}: every run's numbers, pictures and lineage, as of the report (the pictures are copies: the site outlives a <code>pipe gc</code>).</p>\n<h2>Pipelines and sweeps</h2>\n{}",
-        esc(&ctx.store.root().display().to_string()),
+        esc(&ctx.store.location()),
         table("pipelines", &cols, &rows)
     );
     page("pipe report", 0, &body)
@@ -135,7 +135,7 @@ fn strs(df: &DataFrame, name: &str) -> Result<Vec<String>> {
 /// an error, as on every read.
 fn object(ctx: &Ctx, s: &RunStage, output: &str) -> Result<Option<Vec<u8>>> {
     match s.outputs.get(output) {
-        Some(o) if ctx.store.object_path(&o.digest).exists() => Ok(Some(ctx.store.read(&o.digest)?)),
+        Some(o) if ctx.store.has_object(&o.digest) => Ok(Some(ctx.store.read(&o.digest)?)),
         _ => Ok(None),
     }
 }

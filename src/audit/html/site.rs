@@ -88,7 +88,7 @@ impl Site {
         if let Some(seen) = self.images.get(digest) {
             return Ok(seen.clone());
         }
-        let image = if store.object_path(digest).exists() {
+        let image = if store.has_object(digest) {
             let bytes = store.read(digest)?;
             let src = format!("img/{digest}.png");
             self.write(&src, &bytes)?;
