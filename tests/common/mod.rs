@@ -257,3 +257,28 @@ count = 50
     std::fs::write(&file, text).unwrap();
     file
 }
+
+/// Every run record of a store on any backend (a directory or a URL), oldest first.
+pub fn records_at(store: &str) -> Vec<serde_json::Value> {
+    pipe::engine::store::Store::open_existing(store).unwrap().intact_runs().unwrap()
+}
+
+/// The store locations a backend-generic test runs on: a directory below `dir`, and a fresh
+/// prefix on the S3 server of the environment (skipped without one, failing under CI).
+pub fn backends(dir: &Path, test: &str) -> Vec<String> {
+    let mut out = vec![dir.join(format!("{test}-dir")).display().to_string()];
+    out.extend(pipe::engine::store::testing::s3_url(test));
+    out
+}
+
+/// Whether Slurm's commands answer here; under CI=true a test that needs them fails instead
+/// of skipping (.ci/run starts a one-node cluster).
+pub fn slurm_ready(test: &str) -> bool {
+    let ok = Command::new("sbatch").arg("--version").output().is_ok_and(|o| o.status.success())
+        && Command::new("sinfo").args(["-h", "-o", "%T"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("idle") || String::from_utf8_lossy(&o.stdout).contains("mix") || String::from_utf8_lossy(&o.stdout).contains("alloc"));
+    if !ok {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{test}: no Slurm cluster answers (sbatch/sinfo); .ci/run starts one with scripts/test-services.sh, and under CI=true a Slurm test fails rather than skip");
+        eprintln!("skipping {test}: no Slurm cluster (source scripts/test-services.sh start DIR to start one on loopback)");
+    }
+    ok
+}
