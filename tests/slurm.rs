@@ -16,8 +16,11 @@ fn slurm_run(file: &std::path::Path, store: &std::path::Path, logs: &std::path::
     c
 }
 
-/// member label -> (stage, key) of every stage of each run record.
-fn member_keys(store: &std::path::Path) -> std::collections::BTreeMap<String, (Vec<(String, String)>, Vec<(String, String, String)>)> {
+/// (stage, key) and (stage, output, digest) of every stage of a run record.
+type KeysAndOutputs = (Vec<(String, String)>, Vec<(String, String, String)>);
+
+/// member label -> its run's keys and outputs.
+fn member_keys(store: &std::path::Path) -> std::collections::BTreeMap<String, KeysAndOutputs> {
     records_at(&store.display().to_string())
         .into_iter()
         .map(|r| {
@@ -112,4 +115,26 @@ fn a_stage_that_always_fails_stops_the_run_naming_it_and_its_log() {
     let log = said.split("its log: ").last().unwrap().trim().lines().next().unwrap().to_string();
     let log_text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{log}: {e}\n{said}"));
     assert!(log_text.contains("No space left on device"), "the log holds the job's error: {log_text}");
+}
+
+#[test]
+fn one_vs_all_nets_ready_together_go_as_one_job_array() {
+    if !slurm_ready("one_vs_all_nets_ready_together") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let sets = ["pipeline.variant=one-vs-all"];
+    let local = dir.path().join("local");
+    run(&file, &local, &sets);
+    let store = dir.path().join("slurm");
+    let logs = dir.path().join("logs");
+    let out = slurm_run(&file, &store, &logs, &["--set", sets[0], "--array-parallelism", "2"]).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    // the ten nets of round 0 wait only for load: one array of ten tasks
+    assert!(said.lines().any(|l| l.starts_with("submitted 10 train stages (train/0/c0, ") && l.contains("as Slurm job array")), "{said}");
+    assert!(logs.read_dir().unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("array-")).count() >= 10, "{said}");
+    let ran: Vec<String> = said.lines().filter(|l| l.starts_with("ran ")).map(String::from).collect();
+    assert_eq!(member_keys(&store), member_keys(&local), "the same keys and bytes as run locally: {ran:?}");
 }

@@ -34,7 +34,7 @@ pub fn run_members(file: &Path, set: &[String], store: &Path, quiet: bool, membe
         for _ in 0..jobs.min(members.len()) {
             s.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
-                if k >= members.len() || failed.lock().unwrap().is_some() {
+                if k >= members.len() || failed.lock().unwrap().is_some() || crate::engine::interrupt::requested() {
                     return;
                 }
                 let tag = format!("[{}/{}]", k + 1, members.len());
@@ -62,7 +62,14 @@ pub fn run_members(file: &Path, set: &[String], store: &Path, quiet: bool, membe
             });
         }
     });
-    if let Some(f) = failed.into_inner().unwrap() {
+    let failed = failed.into_inner().unwrap();
+    // Ctrl-C reaches every member (one process group): each stops at its safe point with its
+    // checkpoint kept, and the sweep is interrupted, not failed (exit 130, with the resume hint)
+    if crate::engine::interrupt::requested() || failed.as_ref().is_some_and(|f| matches!(f.code, Some(130 | 143))) {
+        let done = ids.lock().unwrap().iter().filter(|id| id.is_some()).count();
+        return Err(crate::engine::interrupt::Interrupted::new(format!("sweep stopped with {done} of {} members done; the others keep their checkpoints", members.len())).into());
+    }
+    if let Some(f) = failed {
         let what = format!("sweep member {}/{} ({}) failed{}: {}", f.member + 1, members.len(), members[f.member].label(), f.code.map(|c| format!(" with exit {c}")).unwrap_or_default(), f.last);
         // a member refused for its input is the user's to fix, as in a serial sweep
         return Err(if f.code == Some(2) { UserError(what).into() } else { anyhow::anyhow!(what) });

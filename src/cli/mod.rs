@@ -67,6 +67,10 @@ struct ExecutorArgs {
     /// Seconds between looks at the queue.
     #[arg(long, default_value_t = 2.0)]
     poll: f64,
+    /// Stages of one kind that are ready together go as one job array; at most this many of
+    /// its tasks run at once (sbatch --array=0-N%P).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    array_parallelism: Option<u32>,
 }
 
 impl ExecutorArgs {
@@ -79,14 +83,17 @@ impl ExecutorArgs {
             }
         }
         out.extend(["--retries".into(), self.retries.to_string(), "--slurm-logs".into(), self.slurm_logs.display().to_string(), "--poll".into(), self.poll.to_string()]);
+        if let Some(p) = self.array_parallelism {
+            out.extend(["--array-parallelism".into(), p.to_string()]);
+        }
         out
     }
 
     /// The Slurm queue, when stages go to Slurm; slurm settings without it are refused.
     fn slurm(&self) -> Result<Option<crate::engine::slurm::Slurm>> {
         if self.executor != ExecutorKind::Slurm {
-            if self.partition.is_some() || self.gres.is_some() || self.time.is_some() {
-                return Err(UserError("--partition, --gres and --time are settings of Slurm jobs: add --executor slurm".into()).into());
+            if self.partition.is_some() || self.gres.is_some() || self.time.is_some() || self.array_parallelism.is_some() {
+                return Err(UserError("--partition, --gres, --time and --array-parallelism are settings of Slurm jobs: add --executor slurm".into()).into());
             }
             return Ok(None);
         }
@@ -101,6 +108,7 @@ impl ExecutorArgs {
             retries: self.retries,
             logs,
             poll: std::time::Duration::from_secs_f64(self.poll),
+            array_parallelism: self.array_parallelism,
         };
         crate::engine::slurm::Slurm::new(opts).map(Some)
     }
@@ -151,7 +159,8 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
         /// Sweep members to run at once, each a process with its share of the cores; stages
-        /// they share are computed once.
+        /// they share are computed once. For one pipeline: independent stages at once (the
+        /// one-vs-all nets of a round), as threads sharing the cores.
         #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         jobs: u32,
         /// Run only this sweep member (0-based; what `--jobs` starts for each member).
@@ -392,7 +401,12 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor
             println!("== sweep member {}/{}: {}", i + 1, members.len(), m.label());
         }
         let member = (members.len() > 1).then(|| m.label());
-        let placement = slurm.as_ref().map_or(executor::Placement::Here, |q| executor::Placement::Jobs(q));
+        // one pipeline with --jobs: its independent stages (one-vs-all nets) at once
+        let placement = match &slurm {
+            Some(q) => executor::Placement::Jobs(q),
+            None if jobs > 1 => executor::Placement::Threads(jobs),
+            None => executor::Placement::Here,
+        };
         match run_pipeline(&store, runner, &m.pipeline, member, display, placement) {
             Ok(r) => records.push(r),
             Err(e) => {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Runs one kind of stage; implemented by the stage adapters.
-pub trait Runner {
+pub trait Runner: Sync {
     fn run(&self, stage: &StageDef, io: &mut StageIo) -> Result<()>;
     /// Where the work runs (recorded in manifests, never in keys).
     fn device(&self) -> String;
@@ -242,6 +242,9 @@ pub type StopRule<'a> = &'a dyn Fn(&[RunStage]) -> Option<String>;
 pub enum Placement<'a> {
     /// In this process, one after another.
     Here,
+    /// In this process, up to this many independent stages at once (threads sharing the
+    /// cores).
+    Threads(usize),
     /// As jobs of a cluster's scheduler, each a `pipe exec-stage KEY` on some node that
     /// reaches the store: this run saves each job, submits it and waits for its commit.
     Jobs(&'a dyn JobQueue),
@@ -252,6 +255,14 @@ pub trait JobQueue: Sync {
     /// Returns once stage `job.key` is committed in `store`, or with an error that names the
     /// stage and where its log is.
     fn compute(&self, store: &Store, job: &Job) -> Result<()>;
+
+    /// [`JobQueue::compute`] for stages that are ready together, one result each, in order.
+    fn compute_many(&self, store: &Store, jobs: &[Job]) -> Vec<Result<()>> {
+        std::thread::scope(|s| {
+            let waits: Vec<_> = jobs.iter().map(|j| s.spawn(move || self.compute(store, j))).collect();
+            waits.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("waiting on a job panicked")))).collect()
+        })
+    }
 }
 
 /// Runs the graph, writing the run record as it goes (a killed run leaves `running`).
@@ -288,45 +299,117 @@ pub fn run_placed(store: &Store, stages: &[StageDef], runner: &dyn Runner, recor
     }
 }
 
+/// A stage computed (or found committed) by a wave, waiting to be recorded in plan order.
+struct Done {
+    key: String,
+    manifest: Manifest,
+    status: &'static str,
+    seconds: f64,
+}
+
+/// Walks the graph in waves: every stage whose inputs are known is computed at once (as
+/// many as `placement` takes), then the stages done are recorded in plan order, with the
+/// stop rule asked after each. The plan is in dependency order, so its first stage not yet
+/// done is always in the next wave; run one at a time (`Placement::Here`) this is the plan
+/// order itself. Keys and seeds come from stage ids and input digests only, so the waves
+/// change when stages run, never what they make.
 fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &mut RunRecord, stop: StopRule, live: &Live, placement: Placement) -> Result<()> {
+    let width = match placement {
+        Placement::Here => 1,
+        Placement::Threads(n) => n.max(1),
+        Placement::Jobs(_) => usize::MAX,
+    };
     let mut known = Known::default();
-    for stage in stages {
-        let inputs = known.inputs(stage)?.map_err(|up| anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stage.id))?;
-        let key = stage_key(stage, &inputs);
-        let t0 = Instant::now();
-        let (manifest, status) = match placement {
-            Placement::Here => compute_here(store, stage, &key, inputs, runner, live)?,
-            Placement::Jobs(queue) => match committed(store, &key)? {
-                Some(m) => (m, "cached"),
-                None => {
-                    let job = Job::new(stage, &key, &inputs, &runner.device());
-                    job.save(store).with_context(|| format!("saving the job of stage {}", stage.id))?;
-                    queue.compute(store, &job)?;
-                    let m = committed(store, &key)?.with_context(|| format!("stage {} ({}): its job ended but the stage is not committed in {}", stage.id, &key[..12], store.location()))?;
-                    (m, "ran")
+    let mut done: BTreeMap<usize, Done> = BTreeMap::new();
+    let mut next = 0;
+    while next < stages.len() {
+        let mut wave = Vec::new();
+        for (i, stage) in stages.iter().enumerate().skip(next).filter(|(i, _)| !done.contains_key(i)) {
+            if let Ok(inputs) = known.inputs(stage)? {
+                wave.push((i, stage_key(stage, &inputs), inputs));
+                if wave.len() == width {
+                    break;
                 }
-            },
-        };
-        let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
-        println!("{}", stage_line(status, stage, &key, seconds, &manifest));
-        known.add(stage, &manifest);
-        record.stages.push(RunStage {
-            stage: stage.id.clone(),
-            kind: stage.kind.name.into(),
-            key,
-            status: status.into(),
-            seconds,
-            outputs: manifest.outputs.clone(),
-            summary: manifest.summary.clone(),
-        });
-        store.write_run(&record.id, record).with_context(|| format!("writing the run record after stage {}", stage.id))?;
-        if let Some(reason) = stop(&record.stages) {
-            println!("stopping: {reason}");
-            record.stopped_early = Some(reason);
-            break;
+            }
+        }
+        if wave.first().map(|w| w.0) != Some(next) {
+            let up = known.inputs(&stages[next])?.err().unwrap_or_default();
+            return Err(anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stages[next].id));
+        }
+        for (i, d) in compute_wave(store, stages, &wave, runner, live, placement)? {
+            println!("{}", stage_line(d.status, &stages[i], &d.key, d.seconds, &d.manifest));
+            known.add(&stages[i], &d.manifest);
+            done.insert(i, d);
+        }
+        while let Some(d) = done.remove(&next) {
+            let stage = &stages[next];
+            next += 1;
+            record.stages.push(RunStage {
+                stage: stage.id.clone(),
+                kind: stage.kind.name.into(),
+                key: d.key,
+                status: d.status.into(),
+                seconds: d.seconds,
+                outputs: d.manifest.outputs,
+                summary: d.manifest.summary,
+            });
+            store.write_run(&record.id, record).with_context(|| format!("writing the run record after stage {}", stage.id))?;
+            if let Some(reason) = stop(&record.stages) {
+                // stages of a wave past this point stay committed, for the next run to reuse
+                println!("stopping: {reason}");
+                record.stopped_early = Some(reason);
+                return Ok(());
+            }
         }
     }
     Ok(())
+}
+
+/// Computes one wave of ready stages, in this process or as jobs.
+fn compute_wave(store: &Store, stages: &[StageDef], wave: &[(usize, String, BTreeMap<String, Digest>)], runner: &dyn Runner, live: &Live, placement: Placement) -> Result<Vec<(usize, Done)>> {
+    let here = |(i, key, inputs): &(usize, String, BTreeMap<String, Digest>)| -> Result<(usize, Done)> {
+        let t0 = Instant::now();
+        let (manifest, status) = compute_here(store, &stages[*i], key, inputs.clone(), runner, live)?;
+        let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
+        Ok((*i, Done { key: key.clone(), manifest, status, seconds }))
+    };
+    match placement {
+        Placement::Here => wave.iter().map(here).collect(),
+        Placement::Threads(_) => {
+            let results: Vec<Result<(usize, Done)>> = std::thread::scope(|s| {
+                let workers: Vec<_> = wave.iter().map(|w| s.spawn(move || here(w))).collect();
+                workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(anyhow!("a stage's thread panicked")))).collect()
+            });
+            // every stage of the wave ended (a failed one does not stop the others half-way);
+            // the first failure in plan order is the one reported
+            results.into_iter().collect()
+        }
+        Placement::Jobs(queue) => {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            let mut jobs = Vec::new();
+            for (i, key, inputs) in wave {
+                match committed(store, key)? {
+                    Some(manifest) => out.push((*i, Done { key: key.clone(), manifest, status: "cached", seconds: t0.elapsed().as_secs_f64() })),
+                    None => {
+                        let job = Job::new(&stages[*i], key, inputs, &runner.device());
+                        job.save(store).with_context(|| format!("saving the job of stage {}", stages[*i].id))?;
+                        jobs.push((*i, job));
+                    }
+                }
+            }
+            let ended = queue.compute_many(store, &jobs.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>());
+            for ((i, job), result) in jobs.into_iter().zip(ended) {
+                result?;
+                let manifest = committed(store, &job.key)?
+                    .with_context(|| format!("stage {} ({}): its job ended but the stage is not committed in {}", job.stage, &job.key[..12], store.location()))?;
+                let seconds = manifest.seconds;
+                out.push((i, Done { key: job.key, manifest, status: "ran", seconds }));
+            }
+            out.sort_by_key(|(i, _)| *i);
+            Ok(out)
+        }
+    }
 }
 
 /// A stage computed in this process (or committed meanwhile by another that held its lease).

@@ -27,6 +27,8 @@ pub struct SlurmOptions {
     pub logs: PathBuf,
     /// How often the queue is looked at.
     pub poll: Duration,
+    /// At most this many tasks of one job array run at once (`--array=0-N%P`).
+    pub array_parallelism: Option<u32>,
 }
 
 pub struct Slurm {
@@ -63,8 +65,26 @@ impl Slurm {
 
     /// Submits the job's stage and returns Slurm's job id.
     fn submit(&self, store: &Store, job: &Job) -> Result<String> {
+        let wrap = format!("exec {} exec-stage {} --store {}", shell_quote(&self.pipe.display().to_string()), job.key, shell_quote(&store.location()));
+        self.sbatch(&job.stage, &self.opts.logs.join(format!("{}-%j.log", &job.key[..12])), None, wrap).with_context(|| format!("submitting stage {} ({})", job.stage, &job.key[..12]))
+    }
+
+    /// Submits stages of one kind that are ready together as one job array: task i computes
+    /// `jobs[i]`.
+    fn submit_array(&self, store: &Store, jobs: &[Job]) -> Result<String> {
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let wrap = format!("keys=({}); exec {} exec-stage \"${{keys[$SLURM_ARRAY_TASK_ID]}}\" --store {}", keys.join(" "), shell_quote(&self.pipe.display().to_string()), shell_quote(&store.location()));
+        let range = format!("0-{}{}", jobs.len() - 1, self.opts.array_parallelism.map(|p| format!("%{p}")).unwrap_or_default());
+        let name = format!("{}[{}]", jobs[0].kind, jobs.len());
+        self.sbatch(&name, &self.opts.logs.join("array-%A_%a.log"), Some(&range), wrap).with_context(|| format!("submitting {} {} stages as a job array", jobs.len(), jobs[0].kind))
+    }
+
+    fn sbatch(&self, name: &str, output: &std::path::Path, array: Option<&str>, wrap: String) -> Result<String> {
         let mut cmd = Command::new("sbatch");
-        cmd.arg("--parsable").arg(format!("--job-name=pipe:{}", job.stage)).arg(format!("--output={}", self.opts.logs.join(format!("{}-%j.log", &job.key[..12])).display()));
+        cmd.arg("--parsable").arg(format!("--job-name=pipe:{name}")).arg(format!("--output={}", output.display()));
+        if let Some(range) = array {
+            cmd.arg(format!("--array={range}"));
+        }
         for (flag, value) in [("--partition", &self.opts.partition), ("--gres", &self.opts.gres), ("--time", &self.opts.time)] {
             if let Some(v) = value {
                 cmd.arg(format!("{flag}={v}"));
@@ -72,19 +92,82 @@ impl Slurm {
         }
         // the job inherits this environment (sbatch's default), credentials included: none
         // of them is written into the job's command line
-        let wrap = format!("exec {} exec-stage {} --store {}", shell_quote(&self.pipe.display().to_string()), job.key, shell_quote(&store.location()));
         cmd.arg("--wrap").arg(wrap);
         let out = cmd.output().context("running sbatch")?;
         if !out.status.success() {
-            bail!("sbatch refused stage {} ({}): {}", job.stage, &job.key[..12], String::from_utf8_lossy(&out.stderr).trim());
+            bail!("sbatch refused it: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         // --parsable prints `id` or `id;cluster`
         let text = String::from_utf8_lossy(&out.stdout);
         let id = text.trim().split(';').next().unwrap_or_default().to_string();
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
-            bail!("sbatch printed no job id for stage {}: {:?}", job.stage, text.trim());
+            bail!("sbatch printed no job id: {:?}", text.trim());
         }
         Ok(id)
+    }
+
+    /// Polls a job array until every task has left the queue: each task's end, by index.
+    fn wait_array(&self, what: &str, id: &str, tasks: usize) -> Result<Vec<Ended>> {
+        let mut shown = String::new();
+        loop {
+            if crate::engine::interrupt::requested() {
+                return Err(crate::engine::interrupt::Interrupted::new(format!("stopped while Slurm job array {id} computes {what}; it goes on (scancel {id} stops it), and a rerun uses its commits")).into());
+            }
+            let out = Command::new("scontrol").args(["show", "job", "-o", id]).output().context("running scontrol")?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            if !out.status.success() {
+                return Ok((0..tasks).map(|_| Ended { state: "GONE".into(), exit: "?".into() }).collect());
+            }
+            // one line per task, except tasks still pending together (`ArrayTaskId=3-9`)
+            let mut ended: Vec<Option<Ended>> = (0..tasks).map(|_| None).collect();
+            let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+            for line in text.lines() {
+                let field = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name).map(String::from));
+                let (Some(task), Some(state)) = (field("ArrayTaskId="), field("JobState=")) else { continue };
+                *counts.entry(state.clone()).or_insert(0) += task_count(&task);
+                if let Ok(i) = task.parse::<usize>() {
+                    if !live(&state) && i < tasks {
+                        ended[i] = Some(Ended { state, exit: field("ExitCode=").unwrap_or_else(|| "?".into()) });
+                    }
+                }
+            }
+            let summary = counts.iter().map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", ");
+            if summary != shown {
+                println!("  slurm job array {id} ({what}): {summary}");
+                shown = summary;
+            }
+            if ended.iter().all(Option::is_some) {
+                return Ok(ended.into_iter().map(|e| e.expect("all ended")).collect());
+            }
+            std::thread::sleep(self.opts.poll);
+        }
+    }
+
+    /// Submits `job` until it commits, after `tried` attempts already made.
+    fn attempts(&self, store: &Store, job: &Job, tried: u32, mut last: Option<(String, Ended, PathBuf)>) -> Result<()> {
+        let attempts = self.opts.retries + 1;
+        for attempt in tried + 1..=attempts {
+            let id = self.submit(store, job)?;
+            println!("submitted {} ({}) as Slurm job {id}{}", job.stage, &job.key[..12], if attempt > 1 { format!(" (attempt {attempt} of {attempts})") } else { String::new() });
+            let ended = self.wait(job, &id)?;
+            let log = self.log_of(job, &id);
+            if committed(store, job) {
+                return Ok(());
+            }
+            if attempt < attempts {
+                warn_again(job, &id, &ended, &log);
+            }
+            last = Some((id, ended, log));
+        }
+        let (id, ended, log) = last.ok_or_else(|| anyhow!("no attempt was made"))?;
+        bail!(
+            "stage {} ({}) failed in {attempts} Slurm job(s); the last, job {id}, ended {} (exit {}); its log: {}",
+            job.stage,
+            &job.key[..12],
+            ended.state,
+            ended.exit,
+            log.display()
+        )
     }
 
     /// Polls the job until it has left the queue, showing its state as it changes.
@@ -112,7 +195,7 @@ impl Slurm {
                 println!("  slurm job {id} ({}): {state}", job.stage);
                 shown = state.clone();
             }
-            if !matches!(state.as_str(), "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT") {
+            if !live(&state) {
                 return Ok(Ended { state, exit: field("ExitCode=").unwrap_or_else(|| "?".into()) });
             }
             std::thread::sleep(self.opts.poll);
@@ -120,42 +203,109 @@ impl Slurm {
     }
 }
 
+/// Whether a job in this state may still run (or run again).
+fn live(state: &str) -> bool {
+    matches!(state, "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT")
+}
+
+fn committed(store: &Store, job: &Job) -> bool {
+    store.manifest::<serde_json::Value>(&job.key).ok().flatten().is_some()
+}
+
+fn warn_again(job: &Job, id: &str, ended: &Ended, log: &std::path::Path) {
+    eprintln!(
+        "warning: Slurm job {id} of stage {} ended {} (exit {}) without committing it; its log: {}; submitting it again, to resume from its checkpoint",
+        job.stage,
+        ended.state,
+        ended.exit,
+        log.display()
+    );
+}
+
 impl JobQueue for Slurm {
     fn compute(&self, store: &Store, job: &Job) -> Result<()> {
-        let attempts = self.opts.retries + 1;
-        let mut last = None;
-        for attempt in 1..=attempts {
-            let id = self.submit(store, job)?;
-            println!("submitted {} ({}) as Slurm job {id}{}", job.stage, &job.key[..12], if attempt > 1 { format!(" (attempt {attempt} of {attempts})") } else { String::new() });
-            let ended = self.wait(job, &id)?;
-            let log = self.log_of(job, &id);
-            if store.manifest::<serde_json::Value>(&job.key).ok().flatten().is_some() {
-                return Ok(());
-            }
-            if attempt < attempts {
-                eprintln!(
-                    "warning: Slurm job {id} of stage {} ended {} (exit {}) without committing it; its log: {}; submitting it again, to resume from its checkpoint",
-                    job.stage,
-                    ended.state,
-                    ended.exit,
-                    log.display()
-                );
-            }
-            last = Some((id, ended, log));
-        }
-        let (id, ended, log) = last.ok_or_else(|| anyhow!("no attempt was made"))?;
-        bail!(
-            "stage {} ({}) failed in {attempts} Slurm job(s); the last, job {id}, ended {} (exit {}); its log: {}",
-            job.stage,
-            &job.key[..12],
-            ended.state,
-            ended.exit,
-            log.display()
-        )
+        self.attempts(store, job, 0, None)
     }
+
+    /// Stages of one kind that are ready together go as one job array (the one-vs-all nets
+    /// of a round, a sweep's evaluations); a task that ends without its commit is submitted
+    /// again on its own.
+    fn compute_many(&self, store: &Store, jobs: &[Job]) -> Vec<Result<()>> {
+        let mut by_kind: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, j) in jobs.iter().enumerate() {
+            by_kind.entry(j.kind.as_str()).or_default().push(i);
+        }
+        let mut results: Vec<Option<Result<()>>> = jobs.iter().map(|_| None).collect();
+        std::thread::scope(|s| {
+            let groups: Vec<_> = by_kind
+                .into_values()
+                .map(|idx| {
+                    s.spawn(move || -> Vec<(usize, Result<()>)> {
+                        if idx.len() == 1 {
+                            return vec![(idx[0], self.compute(store, &jobs[idx[0]]))];
+                        }
+                        let group: Vec<Job> = idx.iter().map(|&i| jobs[i].clone()).collect();
+                        let what = format!("{} {} stages", group.len(), group[0].kind);
+                        let ended = self.submit_array(store, &group).and_then(|id| {
+                            println!("submitted {what} ({}) as Slurm job array {id}", group.iter().map(|j| j.stage.as_str()).collect::<Vec<_>>().join(", "));
+                            Ok((self.wait_array(&what, &id, group.len())?, id))
+                        });
+                        match ended {
+                            Err(e) => idx.iter().map(|&i| (i, Err(anyhow!("{e:#}")))).collect(),
+                            Ok((ended, id)) => idx
+                                .iter()
+                                .zip(ended)
+                                .enumerate()
+                                .map(|(task, (&i, end))| {
+                                    let job = &jobs[i];
+                                    if committed(store, job) {
+                                        return (i, Ok(()));
+                                    }
+                                    let log = self.opts.logs.join(format!("array-{id}_{task}.log"));
+                                    let task_id = format!("{id}_{task}");
+                                    if self.opts.retries > 0 {
+                                        warn_again(job, &task_id, &end, &log);
+                                    }
+                                    (i, self.attempts(store, job, 1, Some((task_id, end, log))))
+                                })
+                                .collect(),
+                        }
+                    })
+                })
+                .collect();
+            for g in groups {
+                for (i, r) in g.join().unwrap_or_default() {
+                    results[i] = Some(r);
+                }
+            }
+        });
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(anyhow!("waiting on a job array panicked")))).collect()
+    }
+}
+
+/// Tasks an `ArrayTaskId` names: `4`, `3-9`, `3-9%2` (a throttle), `1,4-5`.
+fn task_count(ids: &str) -> usize {
+    let ids = ids.split('%').next().unwrap_or_default();
+    ids.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().ok().zip(a.parse::<usize>().ok()).map_or(1, |(b, a)| b.saturating_sub(a) + 1),
+            None => 1,
+        })
+        .sum()
 }
 
 /// `s` as one word for sh.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn array_task_ids_are_counted() {
+        for (ids, n) in [("4", 1), ("3-9", 7), ("3-9%2", 7), ("1,4-5", 3), ("0-0", 1)] {
+            assert_eq!(super::task_count(ids), n, "{ids}");
+        }
+        assert_eq!(super::shell_quote("it's"), r"'it'\''s'");
+    }
 }

@@ -822,7 +822,7 @@ mod tests {
             drop(second);
             let cleaner = store.try_lock()?.expect("no run holds the store");
             assert!(store.try_lock()?.is_none(), "{at}: one cleaner at a time");
-            let refused = store.lock().err().expect("a run waits for gc").to_string();
+            let refused = store.lock().expect_err("a run waits for gc").to_string();
             assert!(refused.contains("pipe gc"), "{refused}");
             drop(cleaner);
             drop(store.lock()?);

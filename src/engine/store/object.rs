@@ -70,9 +70,8 @@ fn env_seconds(name: &str, default: u64) -> Result<Duration> {
 
 impl ObjectBackend {
     pub(super) fn new(url: &url::Url) -> Result<ObjectBackend> {
-        let mut retry = object_store::RetryConfig::default();
         // a store that stays unreachable this long fails the run (exit 1) instead of hanging
-        retry.retry_timeout = env_seconds("PIPE_STORE_RETRY_SECONDS", 60)?;
+        let retry = object_store::RetryConfig { retry_timeout: env_seconds("PIPE_STORE_RETRY_SECONDS", 60)?, ..Default::default() };
         let shown = url.as_str().trim_end_matches('/').to_string();
         let bad = |e: object_store::Error| anyhow!(crate::UserError(format!("--store {shown}: {e}")));
         let client: Box<dyn ObjectStore> = match url.scheme() {
