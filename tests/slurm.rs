@@ -138,3 +138,32 @@ fn one_vs_all_nets_ready_together_go_as_one_job_array() {
     let ran: Vec<String> = said.lines().filter(|l| l.starts_with("ran ")).map(String::from).collect();
     assert_eq!(member_keys(&store), member_keys(&local), "the same keys and bytes as run locally: {ran:?}");
 }
+
+#[test]
+fn a_detached_graph_runs_on_its_own_and_ends_with_the_local_keys() {
+    if !slurm_ready("a_detached_graph") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    let local = dir.path().join("local");
+    run(&file, &local, &[]);
+    let store = dir.path().join("slurm");
+    let logs = dir.path().join("logs");
+    let t0 = std::time::Instant::now();
+    let out = slurm_run(&file, &store, &logs, &["--detach"]).output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(t0.elapsed().as_secs() < 20, "--detach returns once everything is submitted: {said}");
+    assert!(said.contains("6 of 6 stages submitted"), "{said}");
+    let last = said.split("and job ").nth(1).and_then(|r| r.split(',').next()).unwrap().to_string();
+    // the last job is the `pipe run` that finds every stage cached and writes the record
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while Command::new("squeue").args(["-h", "-j", &last]).output().is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the detached jobs did not end: {said}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let record = std::fs::read_to_string(logs.join(format!("record-{last}.log"))).unwrap();
+    assert!(record.contains("0 ran, 6 cached"), "{record}");
+    assert_eq!(member_keys(&store), member_keys(&local), "{record}");
+}

@@ -71,6 +71,13 @@ struct ExecutorArgs {
     /// its tasks run at once (sbatch --array=0-N%P).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     array_parallelism: Option<u32>,
+    /// Submit the whole graph at once, each stage after its upstream stages' jobs
+    /// (--dependency=afterok), and a last job that writes the run record, then return: for
+    /// clusters that forbid long processes on login nodes. Every round is computed (an early
+    /// stop on validation cannot cancel jobs already queued), and a failed job is not
+    /// resubmitted (a rerun of the same command resumes).
+    #[arg(long)]
+    detach: bool,
 }
 
 impl ExecutorArgs {
@@ -92,8 +99,8 @@ impl ExecutorArgs {
     /// The Slurm queue, when stages go to Slurm; slurm settings without it are refused.
     fn slurm(&self) -> Result<Option<crate::engine::slurm::Slurm>> {
         if self.executor != ExecutorKind::Slurm {
-            if self.partition.is_some() || self.gres.is_some() || self.time.is_some() || self.array_parallelism.is_some() {
-                return Err(UserError("--partition, --gres, --time and --array-parallelism are settings of Slurm jobs: add --executor slurm".into()).into());
+            if self.partition.is_some() || self.gres.is_some() || self.time.is_some() || self.array_parallelism.is_some() || self.detach {
+                return Err(UserError("--partition, --gres, --time, --array-parallelism and --detach are settings of Slurm jobs: add --executor slurm".into()).into());
             }
             return Ok(None);
         }
@@ -172,8 +179,15 @@ enum Command {
     /// Compute one stage whose job `pipe run --executor slurm` saved in the store (what
     /// each Slurm job runs). Idempotent: a committed stage is left as it is.
     ExecStage {
-        /// The stage's key.
-        key: String,
+        /// The stage's key (its job saved by `pipe run --executor slurm`).
+        #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+        key: Option<String>,
+        /// A plan saved by `--detach`, with --stage: that stage, its key worked out from
+        /// the manifests of its upstream stages.
+        #[arg(long, requires = "stage")]
+        plan: Option<String>,
+        #[arg(long, requires = "plan")]
+        stage: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -345,7 +359,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { args, quiet, jobs, member, executor } => run(&args, quiet, jobs as usize, member, &executor),
-        Command::ExecStage { key, store } => exec_stage(&store.store, &key),
+        Command::ExecStage { key, plan, stage, store } => exec_stage(&store.store, key.as_deref(), plan.as_deref().zip(stage.as_deref())),
         Command::Lineage { checkpoint, format, json, out, rows, store } => lineage(&store.store, &checkpoint, if json { "json" } else { &format }, out, rows),
         Command::Samples(a) => samples::run(&a),
         Command::Sample(a) => sample::run(&a),
@@ -390,6 +404,9 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     interrupt::install();
+    if let Some(slurm) = slurm.as_ref().filter(|_| executor.detach) {
+        return detach(a, &store, slurm, &members, &runners);
+    }
     if jobs > 1 && members.len() > 1 && only.is_none() {
         let ids = jobs::run_members(&a.file, &a.set, &a.store.store, quiet, &members, jobs, &executor.to_args()).map_err(|e| with_resume_hint(e, a))?;
         let records = ids.iter().map(|id| store.run::<RunRecord>(id)?.with_context(|| format!("the record of run {id} is missing"))).collect::<Result<Vec<_>>>()?;
@@ -424,14 +441,48 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor
     Ok(())
 }
 
+/// `--detach`: every member's graph submitted at once, then a last job, this same `pipe
+/// run` (every stage cached by then), that writes the run records and the sweep's table.
+fn detach(a: &PipelineArgs, store: &Store, slurm: &crate::engine::slurm::Slurm, members: &[sweep::Member], runners: &[Kinds]) -> Result<()> {
+    use crate::engine::slurm::shell_quote;
+    let mut all = Vec::new();
+    for (m, runner) in members.iter().zip(runners) {
+        let stages = plan(&m.pipeline).stages;
+        let cached = executor::status(store, &stages)?.into_iter().filter(|s| s.state == "cached").map(|s| s.stage).collect();
+        let id = crate::engine::job::Plan::new(&stages, &runner.device()).save(store)?;
+        let ids = slurm.submit_plan(store, &id, &stages, &cached)?;
+        let label = if members.len() > 1 { m.label() } else { m.pipeline.name.clone() };
+        println!("{label}: plan {} — {} of {} stages submitted{}", &id[..12], ids.len(), stages.len(), ids.first().map(|(s, j)| format!(" (first: {s} as job {j})")).unwrap_or_default());
+        all.extend(ids.into_iter().map(|(_, j)| j));
+    }
+    let file = std::path::absolute(&a.file).unwrap_or_else(|_| a.file.clone());
+    let mut finale = format!("exec {} run {} --store {} --quiet", shell_quote(&slurm.pipe().display().to_string()), shell_quote(&file.display().to_string()), shell_quote(&store.location()));
+    for kv in &a.set {
+        finale.push_str(&format!(" --set {}", shell_quote(kv)));
+    }
+    let last = slurm.submit_after("record", &all, finale)?;
+    println!("detached: {} stage job(s) and job {last}, which writes the run record once they all end well; follow with `squeue` and `pipe status {} --store {}`", all.len(), a.file.display(), store.location());
+    Ok(())
+}
+
 /// `pipe exec-stage KEY`: one saved job, computed here.
-fn exec_stage(root: &Path, key: &str) -> Result<()> {
+fn exec_stage(root: &Path, key: Option<&str>, planned: Option<(&str, &str)>) -> Result<()> {
     let store = Store::open_existing(root)?;
     let _lock = store.lock()?;
     interrupt::install();
-    let job = crate::engine::job::Job::load(&store, key)?;
-    let runner = Kinds::for_device(&job.device)?;
-    let line = executor::exec_job(&store, key, crate::kinds::kind_id, &runner, Display::Lines)?;
+    let line = match (key, planned) {
+        (Some(key), _) => {
+            let job = crate::engine::job::Job::load(&store, key)?;
+            let runner = Kinds::for_device(&job.device)?;
+            executor::exec_job(&store, key, crate::kinds::kind_id, &runner, Display::Lines)?
+        }
+        (None, Some((plan, stage))) => {
+            let plan = crate::engine::job::Plan::load(&store, plan)?;
+            let runner = Kinds::for_device(&plan.device)?;
+            executor::exec_planned(&store, &plan.stages(crate::kinds::kind_id)?, stage, &runner, Display::Lines)?
+        }
+        (None, None) => unreachable!("clap requires a key or a plan"),
+    };
     println!("{line}");
     if let Some(r) = store.requests() {
         println!("store: {r}");

@@ -431,25 +431,51 @@ fn compute_here(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<Str
     })
 }
 
-/// `pipe exec-stage`: computes the saved job of stage `key` here, unless it is committed
-/// already (then nothing is done: a job that runs twice, resubmitted or raced by another
-/// worker, commits once). Returns the stage's result line.
+/// `pipe exec-stage KEY`: computes the saved job of stage `key` here, unless it is
+/// committed already (then nothing is done: a job that runs twice, resubmitted or raced by
+/// another worker, commits once). Returns the stage's result line.
 pub fn exec_job(store: &Store, key: &str, kind: impl Fn(&str, u32) -> Option<crate::engine::graph::KindId>, runner: &dyn Runner, display: Display) -> Result<String> {
     let job = Job::load(store, key)?;
     let (stage, inputs) = job.stage(kind)?;
+    exec_here(store, &stage, key, inputs, runner, display)
+}
+
+/// `pipe exec-stage --plan P --stage ID`: stage `id` of a detached graph. Its upstream
+/// stages' jobs ended well before this one started (afterok), so their manifests give its
+/// input digests and so its key.
+pub fn exec_planned(store: &Store, stages: &[StageDef], id: &str, runner: &dyn Runner, display: Display) -> Result<String> {
+    let mut known = Known::default();
+    for stage in stages {
+        let inputs = known.inputs(stage)?;
+        if stage.id == id {
+            let inputs = inputs.map_err(|up| anyhow!("stage {id} needs {up}, which is not committed in {}: its job must end well first (afterok)", store.location()))?;
+            let key = stage_key(stage, &inputs);
+            Job::new(stage, &key, &inputs, &runner.device()).save(store)?;
+            return exec_here(store, stage, &key, inputs, runner, display);
+        }
+        if let Ok(inputs) = inputs {
+            if let Some(m) = committed(store, &stage_key(stage, &inputs))? {
+                known.add(stage, &m);
+            }
+        }
+    }
+    Err(crate::UserError(format!("the plan has no stage {id}")).into())
+}
+
+fn exec_here(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner, display: Display) -> Result<String> {
     if let Some(m) = committed(store, key)? {
-        return Ok(stage_line("cached", &stage, key, 0.0, &m));
+        return Ok(stage_line("cached", stage, key, 0.0, &m));
     }
     // alive and beating under a run id of its own, so `pipe status` shows the job's progress
     let run = format!("{}-exec-{}-{}", timefmt::now_iso().replace([':', '-'], ""), &key[..12], std::process::id());
     let _alive = store.hold_alive(&run)?;
     let live = Live { store, run: run.clone(), display };
     let t0 = Instant::now();
-    let done = compute_here(store, &stage, key, inputs, runner, &live);
+    let done = compute_here(store, stage, key, inputs, runner, &live);
     let _ = store.end_live(&run);
     let (m, status) = done?;
     let seconds = if status == "ran" { m.seconds } else { t0.elapsed().as_secs_f64() };
-    Ok(stage_line(status, &stage, key, seconds, &m))
+    Ok(stage_line(status, stage, key, seconds, &m))
 }
 
 enum Leased {

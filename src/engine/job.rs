@@ -89,3 +89,92 @@ impl Job {
         Ok((def, digests))
     }
 }
+
+/// Where an input of a planned stage comes from, as a detached job reads it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanInput {
+    File { path: PathBuf },
+    Output { stage: String, output: String },
+    Object { digest: Digest },
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct PlannedStage {
+    pub id: String,
+    pub kind: String,
+    pub version: u32,
+    pub params: Value,
+    pub inputs: BTreeMap<String, PlanInput>,
+}
+
+/// A whole graph saved in the store (`plans/<digest>.json`), for `--detach`: each stage is
+/// submitted at once with a dependency on the jobs of its upstream stages, and its job
+/// (`pipe exec-stage --plan ID --stage S`) works out its key when it starts, from the
+/// manifests its upstream jobs committed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Plan {
+    pub device: String,
+    pub stages: Vec<PlannedStage>,
+}
+
+impl Plan {
+    pub fn new(stages: &[StageDef], device: &str) -> Plan {
+        let stages = stages
+            .iter()
+            .map(|s| PlannedStage {
+                id: s.id.clone(),
+                kind: s.kind.name.to_string(),
+                version: s.kind.version,
+                params: s.params.clone(),
+                inputs: s
+                    .inputs
+                    .iter()
+                    .map(|(name, input)| {
+                        let p = match input {
+                            InputRef::File(path) => PlanInput::File { path: std::path::absolute(path).unwrap_or_else(|_| path.clone()) },
+                            InputRef::Output { stage, output } => PlanInput::Output { stage: stage.clone(), output: output.clone() },
+                            InputRef::Object(d) => PlanInput::Object { digest: d.clone() },
+                        };
+                        (name.clone(), p)
+                    })
+                    .collect(),
+            })
+            .collect();
+        Plan { device: device.to_string(), stages }
+    }
+
+    /// Puts the plan in the store under the digest of its content, and returns that id.
+    pub fn save(&self, store: &Store) -> Result<String> {
+        let id = crate::engine::store::digest_bytes(crate::engine::graph::canonical_json(&serde_json::to_value(self)?).as_bytes());
+        store.put_sealed(&format!("plans/{id}.json"), self)?;
+        Ok(id)
+    }
+
+    pub fn load(store: &Store, id: &str) -> Result<Plan> {
+        store.get_sealed(&format!("plans/{id}.json"))?.with_context(|| crate::UserError(format!("no plan {id} in {}", store.location())))
+    }
+
+    /// The graph again, with this pipe's kinds.
+    pub fn stages(&self, kind: impl Fn(&str, u32) -> Option<KindId>) -> Result<Vec<StageDef>> {
+        self.stages
+            .iter()
+            .map(|s| {
+                let id = kind(&s.kind, s.version).with_context(|| format!("stage {}: this pipe has no kind {} v{} (the plan was saved by another version of pipe)", s.id, s.kind, s.version))?;
+                let inputs = s
+                    .inputs
+                    .iter()
+                    .map(|(name, p)| {
+                        let r = match p {
+                            PlanInput::File { path } => InputRef::File(path.clone()),
+                            PlanInput::Output { stage, output } => InputRef::output(stage, output),
+                            PlanInput::Object { digest } => InputRef::Object(digest.clone()),
+                        };
+                        (name.clone(), r)
+                    })
+                    .collect();
+                Ok(StageDef { id: s.id.clone(), kind: id, params: s.params.clone(), inputs })
+            })
+            .collect()
+    }
+}

@@ -7,6 +7,7 @@
 //! scheduler is Slurm's: nothing here decides where or when a job runs.
 
 use crate::engine::executor::JobQueue;
+use crate::engine::graph::{InputRef, StageDef};
 use crate::engine::job::Job;
 use crate::engine::store::Store;
 use anyhow::{anyhow, bail, Context, Result};
@@ -66,7 +67,7 @@ impl Slurm {
     /// Submits the job's stage and returns Slurm's job id.
     fn submit(&self, store: &Store, job: &Job) -> Result<String> {
         let wrap = format!("exec {} exec-stage {} --store {}", shell_quote(&self.pipe.display().to_string()), job.key, shell_quote(&store.location()));
-        self.sbatch(&job.stage, &self.opts.logs.join(format!("{}-%j.log", &job.key[..12])), None, wrap).with_context(|| format!("submitting stage {} ({})", job.stage, &job.key[..12]))
+        self.sbatch(&job.stage, &self.opts.logs.join(format!("{}-%j.log", &job.key[..12])), None, &[], wrap).with_context(|| format!("submitting stage {} ({})", job.stage, &job.key[..12]))
     }
 
     /// Submits stages of one kind that are ready together as one job array: task i computes
@@ -76,14 +77,52 @@ impl Slurm {
         let wrap = format!("keys=({}); exec {} exec-stage \"${{keys[$SLURM_ARRAY_TASK_ID]}}\" --store {}", keys.join(" "), shell_quote(&self.pipe.display().to_string()), shell_quote(&store.location()));
         let range = format!("0-{}{}", jobs.len() - 1, self.opts.array_parallelism.map(|p| format!("%{p}")).unwrap_or_default());
         let name = format!("{}[{}]", jobs[0].kind, jobs.len());
-        self.sbatch(&name, &self.opts.logs.join("array-%A_%a.log"), Some(&range), wrap).with_context(|| format!("submitting {} {} stages as a job array", jobs.len(), jobs[0].kind))
+        self.sbatch(&name, &self.opts.logs.join("array-%A_%a.log"), Some(&range), &[], wrap).with_context(|| format!("submitting {} {} stages as a job array", jobs.len(), jobs[0].kind))
     }
 
-    fn sbatch(&self, name: &str, output: &std::path::Path, array: Option<&str>, wrap: String) -> Result<String> {
+    /// `--detach`: every stage of a saved plan that is not committed yet (`cached` holds the
+    /// ids of those that are), submitted at once, each to start only after the jobs of its
+    /// upstream stages ended well (`afterok`; a failed one cancels what depends on it).
+    /// Returns (stage, job id) in plan order.
+    pub fn submit_plan(&self, store: &Store, plan: &str, stages: &[StageDef], cached: &std::collections::BTreeSet<String>) -> Result<Vec<(String, String)>> {
+        let mut ids: Vec<(String, String)> = Vec::new();
+        for stage in stages.iter().filter(|s| !cached.contains(&s.id)) {
+            let mut after: Vec<String> = stage
+                .inputs
+                .values()
+                .filter_map(|i| match i {
+                    InputRef::Output { stage: up, .. } => ids.iter().find(|(s, _)| s == up).map(|(_, id)| id.clone()),
+                    _ => None,
+                })
+                .collect();
+            after.sort();
+            after.dedup();
+            let wrap = format!("exec {} exec-stage --plan {plan} --stage {} --store {}", shell_quote(&self.pipe.display().to_string()), shell_quote(&stage.id), shell_quote(&store.location()));
+            let log = self.opts.logs.join(format!("{}-%j.log", stage.id.replace('/', "_")));
+            let id = self.sbatch(&stage.id, &log, None, &after, wrap).with_context(|| format!("submitting stage {}", stage.id))?;
+            ids.push((stage.id.clone(), id));
+        }
+        Ok(ids)
+    }
+
+    /// Submits `command` (a shell line) to start after jobs `after` all ended well.
+    pub fn submit_after(&self, name: &str, after: &[String], command: String) -> Result<String> {
+        self.sbatch(name, &self.opts.logs.join(format!("{}-%j.log", name.replace('/', "_"))), None, after, command)
+    }
+
+    /// The pipe binary the jobs run.
+    pub fn pipe(&self) -> &std::path::Path {
+        &self.pipe
+    }
+
+    fn sbatch(&self, name: &str, output: &std::path::Path, array: Option<&str>, after: &[String], wrap: String) -> Result<String> {
         let mut cmd = Command::new("sbatch");
         cmd.arg("--parsable").arg(format!("--job-name=pipe:{name}")).arg(format!("--output={}", output.display()));
         if let Some(range) = array {
             cmd.arg(format!("--array={range}"));
+        }
+        if !after.is_empty() {
+            cmd.arg(format!("--dependency=afterok:{}", after.join(":"))).arg("--kill-on-invalid-dep=yes");
         }
         for (flag, value) in [("--partition", &self.opts.partition), ("--gres", &self.opts.gres), ("--time", &self.opts.time)] {
             if let Some(v) = value {
@@ -295,7 +334,7 @@ fn task_count(ids: &str) -> usize {
 }
 
 /// `s` as one word for sh.
-fn shell_quote(s: &str) -> String {
+pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
