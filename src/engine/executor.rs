@@ -336,8 +336,13 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
             let up = known.inputs(&stages[next])?.err().unwrap_or_default();
             return Err(anyhow!("stage {} needs {up}, which has not run (bug in the plan order)", stages[next].id));
         }
-        for (i, d) in compute_wave(store, stages, &wave, runner, live, placement)? {
-            println!("{}", stage_line(d.status, &stages[i], &d.key, d.seconds, &d.manifest));
+        let before = store.requests();
+        let computed = compute_wave(store, stages, &wave, runner, live, placement)?;
+        // on object storage, what a stage cost in requests (its reads, writes, lease and
+        // commit; the run record's PUT after it is not counted), when it ran alone
+        let cost = before.zip(store.requests()).filter(|_| computed.len() == 1).map(|(b, a)| format!("  [{}]", a.since(&b))).unwrap_or_default();
+        for (i, d) in computed {
+            println!("{}{cost}", stage_line(d.status, &stages[i], &d.key, d.seconds, &d.manifest));
             known.add(&stages[i], &d.manifest);
             done.insert(i, d);
         }
