@@ -260,3 +260,53 @@ fn damaged_objects_in_the_bucket_are_found_on_read_and_by_verify() {
     assert!(ran(&rerun).contains(&"train/0".to_string()), "{}", text(&rerun));
     assert_eq!(record_outputs(records_at(&store).last().unwrap()), outputs);
 }
+
+#[test]
+fn gc_on_both_backends_frees_what_only_old_runs_made_and_never_runs_under_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = small(dir.path(), 1);
+    for store in backends(dir.path(), "gc") {
+        let at = std::path::Path::new(&store);
+        run(&file, at, &[]);
+        run(&file, at, &["train.lr=0.04"]);
+        let records = records_at(&store);
+        let (old, new) = (&records[0], &records[1]);
+        let keys = |r: &serde_json::Value| r["stages"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap().to_string()).collect::<BTreeSet<_>>();
+        let objects = |r: &serde_json::Value| record_outputs(r).into_iter().map(|(_, _, d)| d).collect::<BTreeSet<_>>();
+        let old_only: BTreeSet<String> = keys(old).difference(&keys(new)).cloned().collect();
+        let old_objects: BTreeSet<String> = objects(old).difference(&objects(new)).cloned().collect();
+
+        // a run registered on the store: gc deletes nothing and says why
+        let s = Store::open_existing(&store).unwrap();
+        let writer = s.lock().unwrap();
+        let refused = pipe().args(["gc", "--keep-last", "1", "--store", &store]).output().unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{store}: {}", text(&refused));
+        assert!(text(&refused).contains("locked by a running `pipe run`"), "{}", text(&refused));
+        drop(writer);
+
+        let done = pipe().args(["gc", "--keep-last", "1", "--json", "--store", &store]).output().unwrap();
+        assert!(done.status.success(), "{store}: {}", text(&done));
+        let report: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+        let removed: BTreeSet<String> = report["removed_manifests"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
+        assert_eq!(removed, old_only, "{store}");
+        assert!(report["freed_bytes"].as_u64().unwrap() > 0);
+        for d in &old_objects {
+            assert!(!s.has_object(d), "{store}: {d} was only the old run's");
+        }
+        for d in &objects(new) {
+            assert!(s.has_object(d), "{store}: {d} is the kept run's");
+        }
+        assert!(ran(&run(&file, at, &["train.lr=0.04"])).is_empty(), "{store}: the kept run is still cached");
+        let verify = pipe().args(["verify", "--store", &store]).output().unwrap();
+        assert!(verify.status.success(), "{store}: {}", text(&verify));
+
+        // and while gc holds the store, a run is refused with nothing written
+        let cleaner = s.try_lock().unwrap().expect("no run holds the store");
+        let before = records_at(&store).len();
+        let refused = pipe().arg("run").arg(&file).args(["--store", &store]).output().unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{store}: {}", text(&refused));
+        assert!(text(&refused).contains("pipe gc"), "{}", text(&refused));
+        assert_eq!(records_at(&store).len(), before, "{store}: no record of the refused run");
+        drop(cleaner);
+    }
+}
