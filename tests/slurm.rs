@@ -31,14 +31,16 @@ fn member_keys(store: &std::path::Path) -> std::collections::BTreeMap<String, Ke
 }
 
 #[test]
-fn a_sweep_through_slurm_ends_with_the_keys_and_bytes_of_a_local_run() {
-    if !slurm_ready("a_sweep_through_slurm") {
+fn the_quickstart_sweep_through_slurm_ends_with_the_keys_and_bytes_of_a_local_run() {
+    if !slurm_ready("the_quickstart_sweep_through_slurm") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = small(dir.path(), 1);
-    let text_of = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, format!("{text_of}\n[sweep]\n\"pipeline.seed\" = [1, 2]\n")).unwrap();
+    // pipelines/quickstart.toml as shipped, over two seeds
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let text_of = std::fs::read_to_string(shipped.join("quickstart.toml")).unwrap().replace("path = \"data/mnist\"", &format!("path = {:?}", shipped.join("data/mnist")));
+    let file = dir.path().join("quickstart.toml");
+    std::fs::write(&file, format!("{text_of}\n[sweep]\n\"pipeline.seed\" = [0, 1]\n")).unwrap();
     let local = dir.path().join("local");
     run(&file, &local, &[]);
 
@@ -53,7 +55,7 @@ fn a_sweep_through_slurm_ends_with_the_keys_and_bytes_of_a_local_run() {
     let ran = said.lines().filter(|l| l.contains("] ran ")).count();
     assert_eq!(logged, ran, "a log per job: {said}");
     assert_eq!(member_keys(&store), member_keys(&local), "the same keys and output digests, member by member");
-    assert!(store.join("sweeps/tiny.parquet").is_file());
+    assert!(store.join("sweeps/quickstart.parquet").is_file());
 }
 
 #[test]

@@ -77,7 +77,8 @@ pub(super) fn publish_file(path: &Path, tmp_dir: Option<&Path>, bytes: &[u8], ho
         let mut tries = 0;
         loop {
             let put = match how {
-                Publish::Replace | Publish::Volatile => fs::rename(&tmp, path).map(|()| true),
+                // an object under its name that is not intact was found so by the caller: replaced
+                Publish::Replace | Publish::Volatile | Publish::Content => fs::rename(&tmp, path).map(|()| true),
                 Publish::IfAbsent => match fs::hard_link(&tmp, path) {
                     Ok(()) => Ok(true),
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),

@@ -116,6 +116,9 @@ pub(crate) enum Publish {
     IfAbsent,
     /// As `Replace`, but not made durable: the heartbeat, worthless after a crash.
     Volatile,
+    /// A content-addressed object: one already under the name holds the same bytes (the
+    /// caller checked it is not a torn one), so create-if-absent, and losing is success.
+    Content,
 }
 
 /// The verbs a store needs from where its bytes live. Names are `/`-separated and relative
@@ -332,7 +335,7 @@ impl Store {
         let digest = digest_bytes(bytes);
         let name = Store::object_name(&digest);
         if !self.backend.holds(&name, &digest, bytes.len() as u64) {
-            self.backend.put(&name, bytes, Publish::Replace)?;
+            self.backend.put(&name, bytes, Publish::Content)?;
         }
         Ok(digest)
     }

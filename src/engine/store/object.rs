@@ -291,8 +291,16 @@ impl Backend for ObjectBackend {
     }
 
     fn put(&self, name: &str, bytes: &[u8], how: Publish) -> Result<bool> {
-        let mode = if how == Publish::IfAbsent { PutMode::Create } else { PutMode::Overwrite };
-        Ok(self.inner.put(name, bytes, mode)?.is_some())
+        Ok(match how {
+            Publish::IfAbsent => self.inner.put(name, bytes, PutMode::Create)?.is_some(),
+            // If-None-Match: * for an object, another writer's copy being as good as this
+            // one (a multipart upload has no such condition: it overwrites the same bytes)
+            Publish::Content => {
+                self.inner.put(name, bytes, if bytes.len() > PART { PutMode::Overwrite } else { PutMode::Create })?;
+                true
+            }
+            Publish::Replace | Publish::Volatile => self.inner.put(name, bytes, PutMode::Overwrite)?.is_some(),
+        })
     }
 
     fn list(&self, dir: &str) -> Result<Vec<Entry>> {
