@@ -137,6 +137,7 @@ fn one_vs_all_nets_ready_together_go_as_one_job_array() {
     // the ten nets of round 0 wait only for load: one array of ten tasks
     assert!(said.lines().any(|l| l.starts_with("submitted 10 train stages (train/0/c0, ") && l.contains("as Slurm job array")), "{said}");
     assert!(logs.read_dir().unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("array-")).count() >= 10, "{said}");
+    assert!(!said.contains("FAILED") && !said.contains("without committing"), "every task commits its stage the first time: {said}");
     let ran: Vec<String> = said.lines().filter(|l| l.starts_with("ran ")).map(String::from).collect();
     assert_eq!(member_keys(&store), member_keys(&local), "the same keys and bytes as run locally: {ran:?}");
 }

@@ -74,7 +74,8 @@ impl Slurm {
     /// `jobs[i]`.
     fn submit_array(&self, store: &Store, jobs: &[Job]) -> Result<String> {
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
-        let wrap = format!("keys=({}); exec {} exec-stage \"${{keys[$SLURM_ARRAY_TASK_ID]}}\" --store {}", keys.join(" "), shell_quote(&self.pipe.display().to_string()), shell_quote(&store.location()));
+        // sbatch --wrap runs /bin/sh: the keys as positional parameters, task i takes the i-th
+        let wrap = format!("set -- {}; shift \"$SLURM_ARRAY_TASK_ID\"; exec {} exec-stage \"$1\" --store {}", keys.join(" "), shell_quote(&self.pipe.display().to_string()), shell_quote(&store.location()));
         let range = format!("0-{}{}", jobs.len() - 1, self.opts.array_parallelism.map(|p| format!("%{p}")).unwrap_or_default());
         let name = format!("{}[{}]", jobs[0].kind, jobs.len());
         self.sbatch(&name, &self.opts.logs.join("array-%A_%a.log"), Some(&range), &[], wrap).with_context(|| format!("submitting {} {} stages as a job array", jobs.len(), jobs[0].kind))
