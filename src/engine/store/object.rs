@@ -296,7 +296,12 @@ impl Backend for ObjectBackend {
             // If-None-Match: * for an object, another writer's copy being as good as this
             // one (a multipart upload has no such condition: it overwrites the same bytes)
             Publish::Content => {
-                self.inner.put(name, bytes, if bytes.len() > PART { PutMode::Overwrite } else { PutMode::Create })?;
+                let mode = if bytes.len() > PART { PutMode::Overwrite } else { PutMode::Create };
+                // lost to a name already there: another writer's copy, or a torn one that the
+                // caller found not to hold these bytes, which is replaced
+                if self.inner.put(name, bytes, mode)?.is_none() && !self.holds(name, "", bytes.len() as u64) {
+                    self.inner.put(name, bytes, PutMode::Overwrite)?;
+                }
                 true
             }
             Publish::Replace | Publish::Volatile => self.inner.put(name, bytes, PutMode::Overwrite)?.is_some(),
