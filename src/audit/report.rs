@@ -221,12 +221,10 @@ impl Metrics {
 /// `<store>/export/metrics.parquet`).
 pub fn export(root: &Path, out: Option<&Path>) -> Result<()> {
     let m = metrics(root)?;
-    let out: PathBuf = match out {
-        Some(out) => out.to_path_buf(),
-        None if root.to_string_lossy().contains("://") => {
-            return Err(UserError(format!("the store {} is not a directory: give the export's path with --out", root.display())).into())
-        }
-        None => root.join("export").join("metrics.parquet"),
+    let out: PathBuf = match (out, crate::engine::store::local_dir(root)) {
+        (Some(out), _) => out.to_path_buf(),
+        (None, Some(dir)) => dir.join("export").join("metrics.parquet"),
+        (None, None) => return Err(UserError(format!("the store {} is not a directory: give the export's path with --out", root.display())).into()),
     };
     crate::engine::store::write_file_atomic(&out, &m.to_parquet()?)?;
     println!("{} ({}) -> {}", count(m.rows.len(), "row"), count(m.runs.len(), "run"), out.display());

@@ -91,7 +91,9 @@ fn lock(store: &Store, what: &str) -> Result<Held> {
 
 /// What gc would remove; nothing is touched.
 pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
-    let ids = store.run_ids()?;
+    // sizes from the listings: on object storage a request per record would be thousands
+    let run_bytes = store.run_sizes()?;
+    let ids: Vec<String> = run_bytes.keys().cloned().collect();
     let split = opts.keep_last.map_or(0, |n| ids.len().saturating_sub(n));
     let (old, kept) = ids.split_at(split);
 
@@ -138,13 +140,11 @@ pub fn collect(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         removed_partials: Vec::new(),
     };
     for id in old {
-        r.runs.add(store.run_size(id));
+        r.runs.add(run_bytes.get(id).copied().unwrap_or(0));
         r.removed_runs.push(id.clone());
     }
-    let mut keys = store.stage_keys()?;
-    keys.sort();
-    for key in keys.into_iter().filter(|k| !live_keys.contains(k)) {
-        r.manifests.add(store.manifest_size(&key));
+    for (key, bytes) in store.manifest_sizes()?.into_iter().filter(|(k, _)| !live_keys.contains(k)) {
+        r.manifests.add(bytes);
         r.removed_manifests.push(key);
     }
     for (d, bytes) in store.objects()?.into_iter().filter(|(d, _)| !live_objects.contains(d)) {

@@ -400,7 +400,8 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor
         return Err(UserError(format!("--member {k}: {} has {} member(s), numbered from 0", a.file.display(), members.len())).into());
     }
     let runners = members.iter().map(|m| Kinds::for_device(&m.pipeline.spec.pipeline.device)).collect::<Result<Vec<_>>>()?;
-    let created = !a.store.store.to_string_lossy().contains("://") && !a.store.store.exists();
+    // a directory this run makes is removed again if the run is refused for its input
+    let created = crate::engine::store::local_dir(&a.store.store).filter(|d| !d.exists());
     let store = Store::open(&a.store.store)?;
     let _lock = store.lock()?;
     interrupt::install();
@@ -428,8 +429,10 @@ fn run(a: &PipelineArgs, quiet: bool, jobs: usize, only: Option<usize>, executor
             Ok(r) => records.push(r),
             Err(e) => {
                 // bad input found only once the data was read: as if refused up front
-                if UserError::is_in(&e) && created && store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
-                    std::fs::remove_dir_all(&a.store.store).with_context(|| format!("removing the store {} this run created", store.location()))?;
+                if let Some(dir) = created.as_ref().filter(|_| UserError::is_in(&e)) {
+                    if store.run_ids()?.is_empty() && store.stage_keys()?.is_empty() {
+                        std::fs::remove_dir_all(dir).with_context(|| format!("removing the store {} this run created", dir.display()))?;
+                    }
                 }
                 return Err(with_resume_hint(e, a));
             }

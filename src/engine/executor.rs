@@ -104,7 +104,7 @@ fn complete(digests: &InputDigests) -> Option<BTreeMap<String, Digest>> {
 
 /// A committed manifest of `key` whose outputs are all present at their size: anything
 /// less (a missing object, a damaged manifest) means the stage runs again.
-fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
+pub(crate) fn committed(store: &Store, key: &str) -> Result<Option<Manifest>> {
     let Some(m) = absent_if_damaged(store.manifest::<Manifest>(key), "the stage is recomputed")? else { return Ok(None) };
     // the seal says the file is as written; the key says it describes this stage
     if m.key != key || key_of(&m.kind, m.version, &m.params, &m.inputs) != key {
@@ -372,12 +372,7 @@ fn run_stages(store: &Store, stages: &[StageDef], runner: &dyn Runner, record: &
 
 /// Computes one wave of ready stages, in this process or as jobs.
 fn compute_wave(store: &Store, stages: &[StageDef], wave: &[(usize, String, BTreeMap<String, Digest>)], runner: &dyn Runner, live: &Live, placement: Placement) -> Result<Vec<(usize, Done)>> {
-    let here = |(i, key, inputs): &(usize, String, BTreeMap<String, Digest>)| -> Result<(usize, Done)> {
-        let t0 = Instant::now();
-        let (manifest, status) = compute_here(store, &stages[*i], key, inputs.clone(), runner, live)?;
-        let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
-        Ok((*i, Done { key: key.clone(), manifest, status, seconds }))
-    };
+    let here = |(i, key, inputs): &(usize, String, BTreeMap<String, Digest>)| -> Result<(usize, Done)> { Ok((*i, compute_timed(store, &stages[*i], key, inputs.clone(), runner, live)?)) };
     match placement {
         Placement::Here => wave.iter().map(here).collect(),
         Placement::Threads(_) => {
@@ -392,19 +387,20 @@ fn compute_wave(store: &Store, stages: &[StageDef], wave: &[(usize, String, BTre
         Placement::Jobs(queue) => {
             let t0 = Instant::now();
             let mut out = Vec::new();
-            let mut jobs = Vec::new();
+            let (mut at, mut jobs) = (Vec::new(), Vec::new());
             for (i, key, inputs) in wave {
                 match committed(store, key)? {
                     Some(manifest) => out.push((*i, Done { key: key.clone(), manifest, status: "cached", seconds: t0.elapsed().as_secs_f64() })),
                     None => {
                         let job = Job::new(&stages[*i], key, inputs, &runner.device());
                         job.save(store).with_context(|| format!("saving the job of stage {}", stages[*i].id))?;
-                        jobs.push((*i, job));
+                        at.push(*i);
+                        jobs.push(job);
                     }
                 }
             }
-            let ended = queue.compute_many(store, &jobs.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>());
-            for ((i, job), result) in jobs.into_iter().zip(ended) {
+            let ended = queue.compute_many(store, &jobs);
+            for ((i, job), result) in at.into_iter().zip(jobs).zip(ended) {
                 result?;
                 let manifest = committed(store, &job.key)?
                     .with_context(|| format!("stage {} ({}): its job ended but the stage is not committed in {}", job.stage, &job.key[..12], store.location()))?;
@@ -475,12 +471,19 @@ fn exec_here(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String
     let run = format!("{}-exec-{}-{}", timefmt::now_iso().replace([':', '-'], ""), &key[..12], std::process::id());
     let _alive = store.hold_alive(&run)?;
     let live = Live { store, run: run.clone(), display };
-    let t0 = Instant::now();
-    let done = compute_here(store, stage, key, inputs, runner, &live);
+    let done = compute_timed(store, stage, key, inputs, runner, &live);
     let _ = store.end_live(&run);
-    let (m, status) = done?;
-    let seconds = if status == "ran" { m.seconds } else { t0.elapsed().as_secs_f64() };
-    Ok(stage_line(status, stage, key, seconds, &m))
+    let d = done?;
+    Ok(stage_line(d.status, stage, key, d.seconds, &d.manifest))
+}
+
+/// [`compute_here`], with the seconds a stage line shows: the computation's own for a stage
+/// that ran, the wait for one another process committed meanwhile.
+fn compute_timed(store: &Store, stage: &StageDef, key: &str, inputs: BTreeMap<String, Digest>, runner: &dyn Runner, live: &Live) -> Result<Done> {
+    let t0 = Instant::now();
+    let (manifest, status) = compute_here(store, stage, key, inputs, runner, live)?;
+    let seconds = if status == "ran" { manifest.seconds } else { t0.elapsed().as_secs_f64() };
+    Ok(Done { key: key.to_string(), manifest, status, seconds })
 }
 
 enum Leased {

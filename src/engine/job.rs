@@ -67,9 +67,7 @@ impl Job {
     /// The stage to compute and its input digests; `kind` turns the kind's name and
     /// version into this pipe's [`KindId`] (None: this pipe has no such kind).
     pub fn stage(&self, kind: impl Fn(&str, u32) -> Option<KindId>) -> Result<(StageDef, BTreeMap<String, Digest>)> {
-        let Some(id) = kind(&self.kind, self.version) else {
-            bail!("stage {} ({}): this pipe has no kind {} v{} (the job was saved by another version of pipe)", self.stage, &self.key[..12.min(self.key.len())], self.kind, self.version);
-        };
+        let id = kind_of(&kind, &self.stage, &self.kind, self.version)?;
         let mut refs = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for (name, input) in &self.inputs {
@@ -160,7 +158,7 @@ impl Plan {
         self.stages
             .iter()
             .map(|s| {
-                let id = kind(&s.kind, s.version).with_context(|| format!("stage {}: this pipe has no kind {} v{} (the plan was saved by another version of pipe)", s.id, s.kind, s.version))?;
+                let id = kind_of(&kind, &s.id, &s.kind, s.version)?;
                 let inputs = s
                     .inputs
                     .iter()
@@ -177,4 +175,10 @@ impl Plan {
             })
             .collect()
     }
+}
+
+/// This pipe's kind for a saved stage: one saved by another version of pipe may name a
+/// kind (or version) this one does not have.
+fn kind_of(kind: impl Fn(&str, u32) -> Option<KindId>, stage: &str, name: &str, version: u32) -> Result<KindId> {
+    kind(name, version).with_context(|| format!("stage {stage}: this pipe has no kind {name} v{version} (it was saved by another version of pipe)"))
 }

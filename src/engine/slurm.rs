@@ -191,7 +191,7 @@ impl Slurm {
             println!("submitted {} ({}) as Slurm job {id}{}", job.stage, &job.key[..12], if attempt > 1 { format!(" (attempt {attempt} of {attempts})") } else { String::new() });
             let ended = self.wait(job, &id)?;
             let log = self.log_of(job, &id);
-            if committed(store, job) {
+            if committed(store, job)? {
                 return Ok(());
             }
             if attempt < attempts {
@@ -248,8 +248,10 @@ fn live(state: &str) -> bool {
     matches!(state, "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT")
 }
 
-fn committed(store: &Store, job: &Job) -> bool {
-    store.manifest::<serde_json::Value>(&job.key).ok().flatten().is_some()
+/// Whether the job's stage is committed, as the run that waits for it judges: a manifest
+/// that describes the stage, with its outputs there.
+fn committed(store: &Store, job: &Job) -> Result<bool> {
+    Ok(crate::engine::executor::committed(store, &job.key)?.is_some())
 }
 
 fn warn_again(job: &Job, id: &str, ended: &Ended, log: &std::path::Path) {
@@ -298,8 +300,10 @@ impl JobQueue for Slurm {
                                 .enumerate()
                                 .map(|(task, (&i, end))| {
                                     let job = &jobs[i];
-                                    if committed(store, job) {
-                                        return (i, Ok(()));
+                                    match committed(store, job) {
+                                        Ok(true) => return (i, Ok(())),
+                                        Ok(false) => {}
+                                        Err(e) => return (i, Err(e)),
                                     }
                                     let log = self.opts.logs.join(format!("array-{id}_{task}.log"));
                                     let task_id = format!("{id}_{task}");

@@ -235,25 +235,23 @@ impl Location {
 }
 
 impl Store {
-    fn with(backend: Box<dyn Backend>) -> Store {
-        let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        Store { backend, attempt: format!("{}-{nanos:x}", std::process::id()), last_live: Default::default() }
-    }
-
-    fn backend_at(location: &str, create: bool) -> Result<Box<dyn Backend>> {
-        Ok(match Location::parse(location)? {
+    /// The store at `location` (a directory is made when `create`), its layout checked;
+    /// whether it has a layout file.
+    fn connect(location: &OsStr, create: bool) -> Result<(Store, bool)> {
+        let backend: Box<dyn Backend> = match Location::parse(&location.to_string_lossy())? {
             Location::Dir(root) => Box::new(dir::DirBackend::new(&root, create)?),
             Location::Url(url) => Box::new(object::ObjectBackend::new(&url)?),
-        })
+        };
+        let store = Store { backend, attempt: unique_id(), last_live: Default::default() };
+        let laid_out = store.check_layout()?;
+        Ok((store, laid_out))
     }
 
     /// Opens (creating if needed) the store at `location`: a directory, or an object-store
     /// URL (`s3://bucket/prefix`).
     pub fn open<L: AsRef<OsStr> + ?Sized>(location: &L) -> Result<Store> {
-        let location = &*location.as_ref().to_string_lossy();
-        let store = Store::with(Store::backend_at(location, true)?);
-        store.check_layout()?;
-        if store.backend.size(LAYOUT_FILE)?.is_none() {
+        let (store, laid_out) = Store::connect(location.as_ref(), true)?;
+        if !laid_out {
             store.backend.put(LAYOUT_FILE, layout_line(LAYOUT_VERSION).as_bytes(), Publish::IfAbsent)?;
         }
         Ok(store)
@@ -261,31 +259,25 @@ impl Store {
 
     /// A store that may not exist yet; nothing is created (for `pipe status`).
     pub fn at<L: AsRef<OsStr> + ?Sized>(location: &L) -> Result<Store> {
-        let location = &*location.as_ref().to_string_lossy();
-        let store = Store::with(Store::backend_at(location, false)?);
-        store.check_layout()?;
-        Ok(store)
+        Store::connect(location.as_ref(), false).map(|(store, _)| store)
     }
 
     /// Opens an existing store without creating anything (for read-only commands).
     pub fn open_existing<L: AsRef<OsStr> + ?Sized>(location: &L) -> Result<Store> {
-        let location = &*location.as_ref().to_string_lossy();
-        let store = Store::with(Store::backend_at(location, false)?);
+        let (store, laid_out) = Store::connect(location.as_ref(), false)?;
         // a directory store made before the layout file existed has objects/ only
-        let there = store.backend.size(LAYOUT_FILE)?.is_some() || matches!(Location::parse(location)?, Location::Dir(root) if root.join("objects").is_dir());
-        if !there {
-            bail!(crate::UserError(format!("{location} is not a pipe store (it has no `layout`); run `pipe run` first or pass --store")));
+        if !laid_out && !local_dir(location).is_some_and(|root| root.join("objects").is_dir()) {
+            bail!(crate::UserError(format!("{} is not a pipe store (it has no `layout`); run `pipe run` first or pass --store", location.as_ref().to_string_lossy())));
         }
-        store.check_layout()?;
         Ok(store)
     }
 
-    /// Checks the layout file of a store, if it has one.
-    fn check_layout(&self) -> Result<()> {
-        let Some(bytes) = self.backend.get(LAYOUT_FILE)? else { return Ok(()) };
+    /// Checks the layout file of a store, if it has one (Ok(false) when it has none).
+    fn check_layout(&self) -> Result<bool> {
+        let Some(bytes) = self.backend.get(LAYOUT_FILE)? else { return Ok(false) };
         let text = String::from_utf8_lossy(&bytes);
         match text.trim().strip_prefix("pipe-store layout ").and_then(|v| v.parse::<u32>().ok()) {
-            Some(LAYOUT_VERSION) => Ok(()),
+            Some(LAYOUT_VERSION) => Ok(true),
             Some(v) => bail!(crate::UserError(format!(
                 "{} is a pipe store of layout {v}; this pipe reads layout {LAYOUT_VERSION} (use the pipe that made it, or another --store)",
                 self.location()
@@ -454,13 +446,17 @@ impl Store {
 
     /// All committed stage keys.
     pub fn stage_keys(&self) -> Result<Vec<String>> {
-        self.json_stems("stages")
+        Ok(self.json_sizes("stages")?.into_keys().collect())
     }
 
-    fn json_stems(&self, dir: &str) -> Result<Vec<String>> {
-        let mut out: Vec<String> = self.backend.list(dir)?.into_iter().filter_map(|e| e.name.strip_suffix(".json").filter(|s| !s.contains('/')).map(String::from)).collect();
-        out.sort();
-        Ok(out)
+    /// Every committed manifest's size, by stage key (one listing, not a request each).
+    pub fn manifest_sizes(&self) -> Result<BTreeMap<String, u64>> {
+        self.json_sizes("stages")
+    }
+
+    /// The `<name>.json` records directly in `dir`, by name, with their sizes.
+    fn json_sizes(&self, dir: &str) -> Result<BTreeMap<String, u64>> {
+        Ok(self.backend.list(dir)?.into_iter().filter_map(|e| e.name.strip_suffix(".json").filter(|s| !s.contains('/')).map(|s| (s.to_string(), e.bytes))).collect())
     }
 
     /// Uncommits stages; durable on return, so that their objects may be removed after.
@@ -581,14 +577,9 @@ impl Store {
         self.backend.locate(&Store::run_name(id))
     }
 
-    /// The size of a run record (0 when it is gone).
-    pub fn run_size(&self, id: &str) -> u64 {
-        self.backend.size(&Store::run_name(id)).ok().flatten().unwrap_or(0)
-    }
-
-    /// The size of a manifest (0 when it is gone).
-    pub fn manifest_size(&self, key: &str) -> u64 {
-        self.backend.size(&Store::manifest_name(key)).ok().flatten().unwrap_or(0)
+    /// Every run record's size, by run id (one listing, not a request each).
+    pub fn run_sizes(&self) -> Result<BTreeMap<String, u64>> {
+        self.json_sizes("runs")
     }
 
     /// Files in the staging area (debris of killed writers on a directory store), with
@@ -628,7 +619,7 @@ impl Store {
 
     /// Run ids, oldest first (ids start with a UTC timestamp).
     pub fn run_ids(&self) -> Result<Vec<String>> {
-        self.json_stems("runs")
+        Ok(self.run_sizes()?.into_keys().collect())
     }
 
     /// Removes run records, durably: they are the roots that keep stages alive.
@@ -662,6 +653,21 @@ impl Store {
     pub fn lease(&self, key: &str) -> Result<Option<Lease>> {
         self.backend.lease(key)
     }
+}
+
+/// The directory of a store at `location`, or None when it lives on object storage.
+pub fn local_dir<L: AsRef<OsStr> + ?Sized>(location: &L) -> Option<PathBuf> {
+    match Location::parse(&location.as_ref().to_string_lossy()) {
+        Ok(Location::Dir(root)) => Some(root),
+        _ => None,
+    }
+}
+
+/// A name no other process takes, `<pid>-<nanoseconds>`: a checkpoint attempt, a writer's
+/// registration, a lease holder, a test's prefix.
+pub fn unique_id() -> String {
+    let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}-{nanos:x}", std::process::id())
 }
 
 /// Writes `bytes` at `path`, a file outside any store (an export), so that readers see the

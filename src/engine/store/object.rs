@@ -105,20 +105,26 @@ impl Inner {
         anyhow!("{what} {} failed: {e}", self.locate(name))
     }
 
-    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
+    /// A GET, counted; None when the name is absent.
+    async fn open(&self, name: &str) -> Result<Option<object_store::GetResult>> {
         self.counts.get.fetch_add(1, Ordering::Relaxed);
+        match self.client.get(&self.path(name)).await {
+            Ok(got) => Ok(Some(got)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("reading", name, e)),
+        }
+    }
+
+    /// The bytes under `name` and their metadata (ETag, Last-Modified).
+    fn get(&self, name: &str) -> Result<Option<(Vec<u8>, object_store::ObjectMeta)>> {
         let path = self.path(name);
         self.rt.block_on(async {
-            let got = match self.client.get(&path).await {
-                Ok(got) => got,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.fail("reading", name, e)),
-            };
+            let Some(got) = self.open(name).await? else { return Ok(None) };
             let size = got.meta.size;
-            let e_tag = got.meta.e_tag.clone();
+            let meta = got.meta.clone();
             if size as usize <= PART {
                 let bytes = got.bytes().await.map_err(|e| self.fail("reading", name, e))?;
-                return Ok(Some((bytes.to_vec(), e_tag)));
+                return Ok(Some((bytes.to_vec(), meta)));
             }
             // a big object comes down in ranges, fetched at once, into one buffer
             drop(got);
@@ -129,7 +135,7 @@ impl Inner {
             for p in parts {
                 out.extend_from_slice(&p);
             }
-            Ok(Some((out, e_tag)))
+            Ok(Some((out, meta)))
         })
     }
 
@@ -188,6 +194,11 @@ impl Inner {
 
     fn fresh(&self, modified: SystemTime, ttl: Duration) -> bool {
         SystemTime::now().duration_since(modified).map_or(true, |age| age < ttl)
+    }
+
+    /// Whether `name` is there and was renewed within [`ALIVE_TTL`].
+    fn alive(&self, name: &str) -> Result<bool> {
+        Ok(self.head(name)?.is_some_and(|m| self.fresh(SystemTime::from(m.last_modified), ALIVE_TTL)))
     }
 }
 
@@ -267,13 +278,8 @@ impl Backend for ObjectBackend {
 
     fn digest(&self, name: &str) -> Result<Option<Digest>> {
         let inner = &self.inner;
-        inner.counts.get.fetch_add(1, Ordering::Relaxed);
         inner.rt.block_on(async {
-            let got = match inner.client.get(&inner.path(name)).await {
-                Ok(got) => got,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(inner.fail("reading", name, e)),
-            };
+            let Some(got) = inner.open(name).await? else { return Ok(None) };
             // hashed as it streams in: verify never holds an object whole
             let mut h = blake3::Hasher::new();
             let mut stream = got.into_stream();
@@ -317,8 +323,7 @@ impl Backend for ObjectBackend {
     }
 
     fn lock(&self) -> Result<Held> {
-        let nanos = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let name = format!("writers/{}-{nanos:x}", std::process::id());
+        let name = format!("writers/{}", super::unique_id());
         self.inner.put(&name, &stamp(), PutMode::Overwrite)?;
         let again = name.clone();
         let registered = Renewed::start(&self.inner, name, ALIVE_EVERY, move |i: &Inner| {
@@ -326,7 +331,7 @@ impl Backend for ObjectBackend {
             true
         });
         // registered first, looked second: see the module's comment
-        if self.inner.head("gc.lock")?.is_some_and(|m| self.inner.fresh(SystemTime::from(m.last_modified), ALIVE_TTL)) {
+        if self.inner.alive("gc.lock")? {
             drop(registered);
             bail!("the store {} is being cleaned by `pipe gc` or `pipe verify --repair` (gc.lock); wait for it to end", self.inner.url);
         }
@@ -338,8 +343,8 @@ impl Backend for ObjectBackend {
         if inner.put("gc.lock", &stamp(), PutMode::Create)?.is_none() {
             // a cleaner that died leaves its gc.lock: stale, it is taken over
             match inner.get("gc.lock")? {
-                Some((_, e_tag)) if !inner.head("gc.lock")?.is_some_and(|m| inner.fresh(SystemTime::from(m.last_modified), ALIVE_TTL)) => {
-                    let mode = PutMode::Update(UpdateVersion { e_tag, version: None });
+                Some((_, meta)) if !inner.fresh(SystemTime::from(meta.last_modified), ALIVE_TTL) => {
+                    let mode = PutMode::Update(UpdateVersion { e_tag: meta.e_tag, version: None });
                     if inner.put("gc.lock", &stamp(), mode)?.is_none() {
                         return Ok(None);
                     }
@@ -382,18 +387,18 @@ impl Backend for ObjectBackend {
     fn lease(&self, key: &str) -> Result<Option<Held>> {
         let inner = &self.inner;
         let name = format!("leases/{key}.json");
-        let holder = format!("{}-{:x}", std::process::id(), SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        let holder = super::unique_id();
         let ttl = inner.lease_ttl;
         let e_tag = match inner.put(&name, &LeaseBody::bytes(&holder, ttl), PutMode::Create)? {
             Some(e_tag) => e_tag,
             None => {
-                let Some((bytes, e_tag)) = inner.get(&name)? else { return Ok(None) }; // let go meanwhile: next poll
+                let Some((bytes, meta)) = inner.get(&name)? else { return Ok(None) }; // let go meanwhile: next poll
                 let expired = serde_json::from_slice::<LeaseBody>(&bytes).map_or(true, |l| l.expires_unix < unix_now());
                 if !expired {
                     return Ok(None);
                 }
                 // of two takers, the update conditional on the ETag both read lets one in
-                match inner.put(&name, &LeaseBody::bytes(&holder, ttl), PutMode::Update(UpdateVersion { e_tag, version: None }))? {
+                match inner.put(&name, &LeaseBody::bytes(&holder, ttl), PutMode::Update(UpdateVersion { e_tag: meta.e_tag, version: None }))? {
                     Some(e_tag) => e_tag,
                     None => return Ok(None),
                 }
@@ -432,7 +437,7 @@ impl Backend for ObjectBackend {
     }
 
     fn run_alive(&self, run: &str) -> bool {
-        self.inner.head(&format!("live/{run}.lock")).is_ok_and(|m| m.is_some_and(|m| self.inner.fresh(SystemTime::from(m.last_modified), ALIVE_TTL)))
+        self.inner.alive(&format!("live/{run}.lock")).unwrap_or(false)
     }
 
     fn poll(&self) -> Duration {

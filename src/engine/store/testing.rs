@@ -20,8 +20,7 @@ pub fn s3_url(test: &str) -> Option<String> {
         return None;
     };
     make_bucket(&endpoint);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    Some(format!("s3://{BUCKET}/{test}-{}-{nanos:x}", std::process::id()))
+    Some(format!("s3://{BUCKET}/{test}-{}", super::unique_id()))
 }
 
 /// Creates the test bucket with one plain HTTP PUT (moto checks no signature); an
